@@ -1,0 +1,195 @@
+"""The ``tlsync`` command.
+
+Commands that train or predict live in ``tlsync.trainer.cli`` and are imported only when
+run, so that ``tlsync --help``, ``sources`` and ``pull`` never import torch. Every error
+reaches the user as one redacted line on stderr and a non-zero exit; ``--debug`` shows
+the traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from typing import Any
+
+import click
+
+from . import __version__
+from .errors import TlsyncError
+from .secrets import redact
+
+# name -> (module:attribute, one-line help), loaded on first use
+LAZY_COMMANDS = {
+    "train": ("tlsync.trainer.cli:train", "Fine-tune a detector on a dataset (or resume a run)."),
+    "eval": ("tlsync.trainer.cli:eval_command", "Evaluate a run: mAP50-95, mAP50, per-class AP, P/R/F1."),
+    "predict": ("tlsync.trainer.cli:predict", "Run a trained model on images, folders or globs."),
+    "compare": ("tlsync.trainer.cli:compare", "Compare runs: the transfer-vs-scratch table and curves."),
+    "weights": ("tlsync.trainer.cli:weights", "Where pretrained weights live, for offline machines."),
+    "push": ("tlsync.cli_push:push", "Send a run's predictions to a target (e.g. Nucleus)."),
+    "datasets": ("tlsync.cli_datasets:datasets", "List, show and remove local datasets."),
+    "export": ("tlsync.cli_datasets:export", "Write a dataset version out as COCO JSON + images."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *LAZY_COMMANDS])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in LAZY_COMMANDS:
+            module, _, attr = LAZY_COMMANDS[name][0].partition(":")
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(n, LAZY_COMMANDS[n][1] if n in LAZY_COMMANDS else self.commands[n].get_short_help_str(70))
+                for n in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup)
+@click.version_option(__version__, prog_name="tlsync")
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+def cli(debug: bool) -> None:
+    """Pull labelled images from Nucleus, Roboflow or COCO folders and fine-tune detectors on them."""
+    if debug:
+        os.environ["TLSYNC_DEBUG"] = "1"
+
+
+@cli.command()
+def sources() -> None:
+    """List the data sources (built-in and from plugins) with their options."""
+    from . import plugins
+
+    for name, source in sorted(plugins.get_sources().items()):
+        click.echo(f"{name}: {source.description}")
+        for opt in source.options:
+            click.echo(f"    {', '.join(opt.opts):<24} {opt.help or ''}")
+    for plugin, error in sorted(plugins.broken.items()):
+        click.echo(f"BROKEN {plugin}: {redact(error)}")
+
+
+@cli.command(name="plugins")
+def plugins_command() -> None:
+    """List installed plugins, their versions, the hooks each implements, and broken ones."""
+    from . import plugins
+
+    for info in plugins.plugin_infos():
+        origin = "built-in" if info.builtin else (info.version or "?")
+        status = f"BROKEN: {redact(info.error)}" if info.error else ", ".join(info.hooks)
+        click.echo(f"{info.name} ({origin}): {status}")
+
+
+class SourceCommand(click.Command):
+    """``pull`` grows the chosen source's options, so ``--source X --help`` lists them."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        name = _peek_option(args, "--source")
+        if name:
+            from . import plugins
+
+            source = plugins.get_source(name)
+            ctx.meta["tlsync.source"] = source
+            self.params = [p for p in self.params if not getattr(p, "_from_source", False)]
+            for opt in source.options:
+                opt._from_source = True  # type: ignore[attr-defined]
+                self.params.append(opt)
+        return super().parse_args(ctx, args)
+
+
+def _peek_option(args: list[str], flag: str) -> str | None:
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+@cli.command(cls=SourceCommand, context_settings={"ignore_unknown_options": False})
+@click.option("--source", "source_name", required=True, help="Source name (see `tlsync sources`).")
+@click.option("--dataset", required=True, help="Local dataset name; each changed pull adds a version.")
+@click.option("--split-ratios", default="0.8,0.1,0.1", show_default=True,
+              help="train,val,test ratios for items the source gives no split.")
+@click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
+              help="On a bad item or box: stop, or skip it and count it in the summary.")
+@click.option("--concurrency", type=click.IntRange(1, 256), default=None, help="Parallel image fetches.")
+@click.pass_context
+def pull(ctx: click.Context, source_name: str, dataset: str, split_ratios: str, on_error: str,
+         concurrency: int | None, **source_options: Any) -> None:
+    """Pull items and boxes from a source into a local, versioned dataset."""
+    from .console import progress
+    from .pull import pull as run_pull
+    from .splits import parse_ratios
+    from .store import Store
+
+    source = ctx.meta["tlsync.source"]
+    with progress(f"pull {source_name} -> {dataset}", unit="items") as update:
+        result = run_pull(Store(), source, source_options, dataset, on_error, parse_ratios(split_ratios),
+                          concurrency, progress=update)
+    print_pull_summary(result)
+
+
+def print_pull_summary(result: Any) -> None:
+    for note in result.notes:
+        click.echo(redact(note))
+    click.echo(f"{result.items} items, {result.boxes} boxes, {len(result.categories)} classes "
+               f"({result.fetched} images fetched, {result.cached} from cache) in {result.seconds:.1f}s")
+    if result.skipped:
+        click.echo(f"skipped {sum(result.skipped.values())}:")
+        for reason, n in sorted(result.skipped.items(), key=lambda kv: -kv[1])[:10]:
+            click.echo(f"  {n} x {redact(reason)}")
+    if result.not_used:
+        click.echo("not used: " + ", ".join(f"{n} {kind}" for kind, n in sorted(result.not_used.items())))
+    click.echo(f"unchanged, still {result.ref}" if result.unchanged else f"new version {result.ref}")
+
+
+@cli.command()
+@click.option("--dataset", default="quickstart", show_default=True, help="Dataset name for the synthetic data.")
+@click.option("--seconds", default=60, show_default=True, help="Training time budget.")
+def quickstart(dataset: str, seconds: int) -> None:
+    """Pull the built-in synthetic dataset, then train and evaluate a small detector on it."""
+    from . import plugins
+    from .pull import pull as run_pull
+    from .store import Store
+
+    result = run_pull(Store(), plugins.get_source("synthetic"), {}, dataset)
+    print_pull_summary(result)
+    try:
+        quick = importlib.import_module("tlsync.trainer.quick")
+    except ImportError:
+        click.echo("next: tlsync train --dataset " + dataset)
+        return
+    quick.run(result.ref, seconds)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: one-line errors, exit codes 1 (error), 2 (usage), 130 (interrupted)."""
+    try:
+        cli.main(args=argv, prog_name="tlsync", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)
+    except Exception as e:
+        if os.environ.get("TLSYNC_DEBUG"):
+            raise
+        if isinstance(e, TlsyncError):
+            message = str(e)
+        else:
+            message = f"{type(e).__name__}: {e} (run with --debug for the traceback)"
+        click.echo("Error: " + redact(" ".join(message.split())), err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

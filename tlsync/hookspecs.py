@@ -1,0 +1,41 @@
+"""The plugin API. These docstrings are the reference; docs/plugins.md quotes them.
+
+A plugin is a module (or object) with functions of these names decorated with
+``@tlsync.hookimpl``, installed under the ``tlsync`` entry-point group.
+"""
+
+from pluggy import HookimplMarker, HookspecMarker
+
+hookspec = HookspecMarker("tlsync")
+hookimpl = HookimplMarker("tlsync")
+
+
+@hookspec
+def tlsync_register_sources(register):
+    """Register data sources that ``tlsync pull --source NAME`` can read.
+
+    Call ``register(source)`` once for each ``tlsync.sources.Source`` instance the plugin
+    provides. The source's ``name`` must be unique among installed plugins; a duplicate is
+    reported as broken (naming both plugins) and ignored.
+    """
+
+
+@hookspec
+def tlsync_register_models(register):
+    """Register detector architectures that ``tlsync train --model NAME`` can build.
+
+    Call ``register(spec)`` with a ``tlsync.models.ModelSpec``: a name, a description
+    and a ``build(num_classes, weights, **kwargs)`` callable returning a torchvision-style
+    detection model (images + targets in, a loss dict out in training mode; a list of
+    ``{"boxes", "labels", "scores"}`` out in eval mode). Import torch inside ``build``,
+    not at module level, so that ``tlsync --help`` stays fast.
+    """
+
+
+@hookspec
+def tlsync_register_targets(register):
+    """Register destinations that ``tlsync push --target NAME`` can send predictions to.
+
+    Call ``register(target)`` with a ``tlsync.targets.Target`` instance; its ``push``
+    receives the run's categories and config and an iterator of predicted ``Item``s.
+    """

@@ -1,0 +1,107 @@
+"""A dataset version on disk: ``items.jsonl`` (one item a line) and ``dataset.json``.
+
+JSON Lines keeps reading streaming: the trainer and the exporters walk a 100k-item dataset
+with constant memory. ``dataset.json`` is written last, so a version folder that has one is
+complete; the store only ever renames finished folders into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import TlsyncError
+from .format import Item, content_key
+
+ITEMS = "items.jsonl"
+INFO = "dataset.json"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write beside the target and rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+class ManifestWriter:
+    """Streams items to ``items.jsonl`` while keeping the counts and content hash."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self._file = open(folder / ITEMS, "w", encoding="utf-8")
+        self._hash = hashlib.sha256()
+        self.items = 0
+        self.boxes = 0
+        self.per_split: Counter[str] = Counter()
+        self.boxes_per_split: Counter[str] = Counter()
+        self.per_class: Counter[str] = Counter()
+        self.labels_seen: set[str] = set()
+        self.negatives = 0
+
+    def write(self, item: Item) -> None:
+        self._file.write(json.dumps(item.to_dict(), separators=(",", ":")) + "\n")
+        self._hash.update(repr(content_key(item)).encode())
+        split = item.split or "none"
+        self.items += 1
+        self.boxes += len(item.annotations)
+        self.per_split[split] += 1
+        self.boxes_per_split[split] += len(item.annotations)
+        if not item.annotations:
+            self.negatives += 1
+        for box in item.annotations:
+            self.per_class[box.label] += 1
+            self.labels_seen.add(box.label)
+
+    def close(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+
+    def content_hash(self, categories: list[str]) -> str:
+        h = self._hash.copy()
+        h.update(repr(categories).encode())
+        return "sha256:" + h.hexdigest()
+
+    def counts(self) -> dict[str, Any]:
+        return {
+            "items": self.items,
+            "boxes": self.boxes,
+            "negatives": self.negatives,
+            "splits": {s: {"items": n, "boxes": self.boxes_per_split[s]} for s, n in sorted(self.per_split.items())},
+            "classes": dict(sorted(self.per_class.items())),
+        }
+
+
+def read_items(path: Path) -> Iterator[Item]:
+    """Yield the items of an ``items.jsonl`` one at a time (constant memory)."""
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            try:
+                yield Item.from_dict(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise TlsyncError(f"{path}: line {n} is not valid JSON ({e.msg})") from None
+
+
+def read_info(folder: Path) -> dict[str, Any]:
+    try:
+        return json.loads((folder / INFO).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TlsyncError(f"{folder}: not a dataset version (no {INFO})") from None
+    except json.JSONDecodeError as e:
+        raise TlsyncError(f"{folder / INFO}: not valid JSON ({e.msg})") from None

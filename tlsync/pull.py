@@ -1,0 +1,202 @@
+"""``tlsync pull``: source items -> cached images -> a new (or unchanged) dataset version.
+
+The source yields items; worker threads fetch their images into the content-addressed
+store (skipping any the fetch cache already has); the core validates boxes against the
+real image size, assigns missing splits, and streams the result into a staging folder
+that becomes ``name@N+1`` only when it differs from ``name@N``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterable, Iterator
+
+from . import __version__
+from .errors import InvalidItem, TlsyncError
+from .format import Item
+from .manifest import INFO, ManifestWriter, atomic_write_json
+from .secrets import redact
+from .sources import PullContext, Source, local_path
+from .splits import DEFAULT_RATIOS, assign_split
+from .store import Store, parse_ref
+
+
+@dataclass
+class PullResult:
+    dataset: str
+    version: int
+    unchanged: bool
+    items: int
+    boxes: int
+    categories: list[str]
+    skipped: dict[str, int] = field(default_factory=dict)
+    not_used: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    fetched: int = 0
+    cached: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ref(self) -> str:
+        return f"{self.dataset}@{self.version}"
+
+
+def _cache_key(item: Item) -> str:
+    if item.image.cache_key:
+        return item.image.cache_key
+    path = local_path(item.image.uri)
+    if path is None:
+        return item.image.uri
+    try:
+        st = path.stat()
+    except OSError:
+        return f"file:{path.resolve()}"  # fetch will report the missing file
+    return f"file:{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+
+
+class _Fetcher:
+    """Puts one item's image into the store; runs in worker threads."""
+
+    def __init__(self, store: Store, source: Source):
+        self.store, self.source = store, source
+        self.fetched = self.cached = 0
+
+    def __call__(self, item: Item) -> Item | TlsyncError:
+        try:
+            key = _cache_key(item)
+            hit = self.store.cache_get(key)
+            if hit:
+                self.cached += 1
+                path, sha256, width, height = hit
+            else:
+                try:
+                    path, sha256, width, height = self.store.add_image(lambda out: self.source.fetch(item, out))
+                except TlsyncError as e:
+                    msg = str(e)
+                    if not msg.startswith("item "):
+                        msg = f"item '{item.id}': image {item.image.uri}: {msg}"
+                    raise TlsyncError(msg) from None
+                self.fetched += 1
+                self.store.cache_put(key, path, sha256, width, height)
+            item.image.path, item.image.sha256 = path, sha256
+            item.image.width, item.image.height = width, height
+            return item
+        except TlsyncError as e:
+            return e  # handed back to the main thread, which applies --on-error
+
+
+def _in_order(fn: Callable[[Item], Any], items: Iterable[Item], workers: int) -> Iterator[Any]:
+    """``map(fn, items)`` on a thread pool, in input order, with a bounded window."""
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tlsync-fetch") as pool:
+        window: deque[Future] = deque()
+        try:
+            for item in items:
+                window.append(pool.submit(fn, item))
+                if len(window) >= workers * 4:
+                    yield window.popleft().result()
+            while window:
+                yield window.popleft().result()
+        finally:
+            for fut in window:
+                fut.cancel()
+
+
+def _check_boxes(item: Item, ctx: PullContext) -> None:
+    """Clip boxes to the real image size; a box entirely outside goes through --on-error."""
+    try:
+        item.clip_to_image()
+        return
+    except InvalidItem as e:
+        if ctx.on_error == "fail":
+            raise
+        first_error = str(e)
+    kept = []
+    for box in item.annotations:
+        clipped = box.clipped(item.image.width, item.image.height)
+        if clipped is None:
+            ctx.skip(f"box outside its image (first: {first_error})")
+        else:
+            kept.append(clipped)
+    item.annotations = kept
+
+
+def pull(
+    store: Store,
+    source: Source,
+    options: dict[str, Any],
+    dataset: str,
+    on_error: str = "fail",
+    split_ratios: tuple[float, float, float] = DEFAULT_RATIOS,
+    concurrency: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> PullResult:
+    """Pull ``source`` into ``dataset``; returns what happened (new version or unchanged)."""
+    started = time.perf_counter()
+    name, version = parse_ref(dataset)
+    if version is not None:
+        raise TlsyncError(f"--dataset {dataset!r}: give a name; pull picks the next version itself")
+    ctx = PullContext(store, source.name, on_error)
+    fetcher = _Fetcher(store, source)
+    seen: set[str] = set()
+    with store.lock(name), store.staging(name) as staging:
+        store.clean_tmp()
+        writer = ManifestWriter(staging)
+        try:
+            for result in _in_order(fetcher, _unique(source.items(ctx, **options), seen, ctx), concurrency or source.concurrency):
+                if isinstance(result, TlsyncError):
+                    ctx.bad(str(result))
+                    continue
+                _check_boxes(result, ctx)
+                if result.split is None:
+                    result.split = assign_split(result.group, split_ratios)
+                writer.write(result)
+                if progress:
+                    progress(writer.items)
+        finally:
+            writer.close()
+        if writer.items == 0:
+            raise TlsyncError(f"source '{source.name}' gave no items" + (f" ({sum(ctx.skipped.values())} skipped)" if ctx.skipped else ""))
+        categories = list(ctx.categories or [])
+        categories += sorted(writer.labels_seen - set(categories))
+        content_hash = writer.content_hash(categories)
+        versions = store.versions(name)
+        result_kwargs = dict(
+            dataset=name, items=writer.items, boxes=writer.boxes, categories=categories,
+            skipped=ctx.skipped, not_used=ctx.not_used, notes=ctx.notes,
+            fetched=fetcher.fetched, cached=fetcher.cached,
+        )
+        if versions and store.open(f"{name}@{versions[-1]}").content_hash == content_hash:
+            return PullResult(version=versions[-1], unchanged=True, seconds=time.perf_counter() - started, **result_kwargs)
+        new_version = (versions[-1] + 1) if versions else 1
+        atomic_write_json(staging / INFO, {
+            "name": name,
+            "version": new_version,
+            "categories": categories,
+            "counts": writer.counts(),
+            "source": {"name": source.name, "params": _redacted(source.recorded_params(options))},
+            "split_ratios": list(split_ratios),
+            "skipped": ctx.skipped,
+            "not_used": ctx.not_used,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "content_hash": content_hash,
+            "tlsync_version": __version__,
+        })
+        store.publish(name, staging, new_version)
+        return PullResult(version=new_version, unchanged=False, seconds=time.perf_counter() - started, **result_kwargs)
+
+
+def _unique(items: Iterable[Item], seen: set[str], ctx: PullContext) -> Iterator[Item]:
+    for item in items:
+        if item.id in seen:
+            ctx.bad(f"item '{item.id}': duplicate item id")
+            continue
+        seen.add(item.id)
+        yield item
+
+
+def _redacted(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: redact(v) if isinstance(v, str) else v for k, v in params.items()}

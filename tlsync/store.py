@@ -1,0 +1,283 @@
+"""The local dataset store under ``TLSYNC_HOME``.
+
+Layout::
+
+    $TLSYNC_HOME/
+      images/ab/<sha256>.jpg     every image once, named by its content
+      fetch-cache.sqlite         source cache key -> sha256, size (skip refetching)
+      datasets/<name>/<N>/       one folder per version: items.jsonl + dataset.json
+      datasets/<name>/.lock      held while a pull writes a new version
+      cache/<source>/...         source downloads (e.g. Roboflow zips)
+
+Images are copied, not linked, into the store: a hard link would change under us when
+the user edits the original in place, and a symlink breaks when they move the folder.
+Content addressing makes the copy cheap across versions and datasets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import sqlite3
+import tempfile
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Iterator
+
+from filelock import FileLock, Timeout
+
+from .errors import TlsyncError
+from .format import Item
+from .manifest import INFO, ITEMS, read_info, read_items
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def _sha256(f: BinaryIO) -> str:
+    h = hashlib.sha256()
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "BMP": ".bmp", "GIF": ".gif", "TIFF": ".tif", "WEBP": ".webp"}
+
+
+def image_info(path: Path) -> tuple[int, int, str]:
+    """``(width, height, extension)`` of an image file, reading only its header.
+
+    EXIF orientation is applied to the size, since training decodes with it applied.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            fmt = im.format or ""
+            width, height = im.size
+            orientation = im.getexif().get(0x0112, 1)
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise TlsyncError(f"not a readable image ({type(e).__name__})") from None
+    if orientation in (5, 6, 7, 8):
+        width, height = height, width
+    if fmt not in EXTENSIONS:
+        raise TlsyncError(f"unsupported image format {fmt or 'unknown'}")
+    return width, height, EXTENSIONS[fmt]
+
+
+def default_home() -> Path:
+    env = os.environ.get("TLSYNC_HOME")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("tlsync", appauthor=False))
+
+
+def parse_ref(ref: str) -> tuple[str, int | None]:
+    """``"chess@2"`` -> ``("chess", 2)``; ``"chess"`` -> ``("chess", None)`` (the latest)."""
+    name, _, version = ref.partition("@")
+    if not NAME_RE.match(name):
+        raise TlsyncError(f"dataset name {name!r}: use letters, digits, '.', '_' or '-'")
+    if not version:
+        return name, None
+    if not version.isdigit() or int(version) < 1:
+        raise TlsyncError(f"dataset {ref!r}: version must be a positive number, as in {name}@1")
+    return name, int(version)
+
+
+@dataclass
+class DatasetVersion:
+    """A finished, read-only dataset version."""
+
+    store: Store
+    name: str
+    version: int
+    folder: Path
+    info: dict[str, Any]
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    @property
+    def categories(self) -> list[str]:
+        return list(self.info["categories"])
+
+    @property
+    def content_hash(self) -> str:
+        return self.info["content_hash"]
+
+    def items(self, split: str | None = None) -> Iterator[Item]:
+        """Stream the items, optionally of one split only."""
+        for item in read_items(self.folder / ITEMS):
+            if split is None or item.split == split:
+                yield item
+
+    def image_path(self, item: Item) -> Path:
+        if not item.image.path:
+            raise TlsyncError(f"{self.ref}: item '{item.id}' has no cached image")
+        return self.store.home / item.image.path
+
+
+class Store:
+    def __init__(self, home: str | os.PathLike | None = None):
+        self.home = Path(home).expanduser() if home else default_home()
+        self.images_dir = self.home / "images"
+        self.datasets_dir = self.home / "datasets"
+        self._db_lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+
+    # -- images ---------------------------------------------------------------------------
+
+    def image_relpath(self, sha256: str, ext: str) -> str:
+        return f"images/{sha256[:2]}/{sha256}{ext}"
+
+    def add_image(self, write: Callable[[BinaryIO], None]) -> tuple[str, str, int, int]:
+        """Let ``write`` fill a temp file, check it is an image, move it to its content address.
+
+        Returns ``(relative path, sha256, width, height)``. Bytes land in ``images/.tmp``
+        first (named after this process), so a killed pull leaves no partial image under a
+        real name; ``clean_tmp`` removes what dead processes left behind.
+        """
+        tmp_dir = self.images_dir / ".tmp"
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=tmp_dir, prefix=f"{os.getpid()}-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+            with open(tmp, "rb") as f:
+                sha256 = _sha256(f)
+            width, height, ext = image_info(Path(tmp))
+            rel = self.image_relpath(sha256, ext)
+            dest = self.home / rel
+            if dest.exists():
+                os.unlink(tmp)
+            else:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, dest)
+            return rel, sha256, width, height
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def clean_tmp(self) -> None:
+        """Remove temp images left by pulls whose process is gone (e.g. SIGKILLed)."""
+        tmp_dir = self.images_dir / ".tmp"
+        if not tmp_dir.exists():
+            return
+        for path in tmp_dir.iterdir():
+            pid = path.name.split("-", 1)[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                path.unlink(missing_ok=True)
+
+    # -- fetch cache ----------------------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            self.home.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.home / "fetch-cache.sqlite", timeout=60, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS fetched (key TEXT PRIMARY KEY, path TEXT, sha256 TEXT, width INT, height INT)"
+            )
+            self._db = db
+        return self._db
+
+    def cache_get(self, key: str) -> tuple[str, str, int, int] | None:
+        """``(path, sha256, width, height)`` for a cache key whose image is still in the store."""
+        with self._db_lock:
+            row = self._conn().execute("SELECT path, sha256, width, height FROM fetched WHERE key=?", (key,)).fetchone()
+        if row and (self.home / row[0]).exists():
+            return row
+        return None
+
+    def cache_put(self, key: str, path: str, sha256: str, width: int, height: int) -> None:
+        with self._db_lock:
+            db = self._conn()
+            db.execute("INSERT OR REPLACE INTO fetched VALUES (?,?,?,?,?)", (key, path, sha256, width, height))
+            db.commit()
+
+    # -- datasets -------------------------------------------------------------------------
+
+    def dataset_names(self) -> list[str]:
+        if not self.datasets_dir.exists():
+            return []
+        return sorted(p.name for p in self.datasets_dir.iterdir() if p.is_dir() and self.versions(p.name))
+
+    def versions(self, name: str) -> list[int]:
+        folder = self.datasets_dir / name
+        if not folder.exists():
+            return []
+        return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and (p / INFO).exists())
+
+    def open(self, ref: str) -> DatasetVersion:
+        """Open ``name`` (latest) or ``name@N``; a clear error when it does not exist."""
+        name, version = parse_ref(ref)
+        versions = self.versions(name)
+        if not versions:
+            raise TlsyncError(f"dataset '{name}' not found in {self.datasets_dir} (pull it first: tlsync pull ...)")
+        if version is None:
+            version = versions[-1]
+        elif version not in versions:
+            raise TlsyncError(f"dataset '{name}' has no version {version} (versions: {', '.join(map(str, versions))})")
+        folder = self.datasets_dir / name / str(version)
+        return DatasetVersion(self, name, version, folder, read_info(folder))
+
+    @contextmanager
+    def lock(self, name: str, timeout: float = 600) -> Iterator[None]:
+        """Serialise writers of one dataset, across processes."""
+        folder = self.datasets_dir / name
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            with FileLock(str(folder / ".lock"), timeout=timeout):
+                yield
+        except Timeout:
+            raise TlsyncError(f"dataset '{name}' is locked by another pull ({folder / '.lock'})") from None
+
+    @contextmanager
+    def staging(self, name: str) -> Iterator[Path]:
+        """A temp folder for a new version; removed unless ``publish`` renamed it."""
+        folder = self.datasets_dir / name
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=folder, prefix=".staging-"))
+        try:
+            yield tmp
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def publish(self, name: str, staging: Path, version: int) -> None:
+        """Rename a finished staging folder into place as ``name@version`` (call under ``lock``)."""
+        os.replace(staging, self.datasets_dir / name / str(version))
+
+    def remove(self, ref: str) -> list[str]:
+        """Delete one version (``name@N``) or every version (``name``); images stay shared."""
+        name, version = parse_ref(ref)
+        versions = self.versions(name)
+        if not versions or (version is not None and version not in versions):
+            raise TlsyncError(f"dataset '{ref}' not found")
+        with self.lock(name):
+            if version is None:
+                shutil.rmtree(self.datasets_dir / name)
+                return [f"{name}@{v}" for v in versions]
+            shutil.rmtree(self.datasets_dir / name / str(version))
+            return [f"{name}@{version}"]
+
+    def cache_dir(self, *parts: str) -> Path:
+        """A folder for a source's downloads (e.g. Roboflow zips), kept between pulls."""
+        path = self.home.joinpath("cache", *parts)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
