@@ -22,9 +22,9 @@ from .secrets import redact
 # name -> (module:attribute, one-line help), loaded on first use
 LAZY_COMMANDS = {
     "train": ("tlsync.trainer.cli:train", "Fine-tune a detector on a dataset (or resume a run)."),
-    "eval": ("tlsync.trainer.cli:eval_command", "Evaluate a run: mAP50-95, mAP50, per-class AP, P/R/F1."),
-    "predict": ("tlsync.trainer.cli:predict", "Run a trained model on images, folders or globs."),
-    "compare": ("tlsync.trainer.cli:compare", "Compare runs: the transfer-vs-scratch table and curves."),
+    "eval": ("tlsync.trainer.cli_eval:eval_command", "Evaluate a run: mAP50-95, mAP50, per-class AP, P/R/F1."),
+    "predict": ("tlsync.trainer.cli_eval:predict", "Run a trained model on images, folders or globs."),
+    "compare": ("tlsync.trainer.cli_eval:compare", "Compare runs: the transfer-vs-scratch table and curves."),
     "weights": ("tlsync.trainer.cli:weights", "Where pretrained weights live, for offline machines."),
     "push": ("tlsync.cli_push:push", "Send a run's predictions to a target (e.g. Nucleus)."),
     "datasets": ("tlsync.cli_datasets:datasets", "List, show and remove local datasets."),
