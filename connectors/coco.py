@@ -1,0 +1,158 @@
+"""The ``coco`` source: a local COCO "instances" JSON plus its image folder.
+
+Written exactly like a third-party plugin: one ``Source`` subclass and a ``@hookimpl``.
+``read_coco`` is shared with the Roboflow source, whose COCO exports are this format with
+a super-category on top.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import click
+
+from tlsync.errors import InvalidItem, SourceError
+from tlsync.format import SPLITS, Box, ImageRef, Item
+from tlsync.hookspecs import hookimpl
+from tlsync.sources import PullContext, Source
+
+
+def find_annotations(folder: Path) -> Path:
+    """The one COCO JSON in ``folder``; a clear error for none or several."""
+    if not folder.is_dir():
+        raise SourceError(f"{folder}: not a folder")
+    found = sorted(folder.glob("*.json"))
+    if len(found) != 1:
+        what = "no JSON file" if not found else f"{len(found)} JSON files ({', '.join(p.name for p in found)})"
+        raise SourceError(f"{folder}: expected one COCO JSON file, found {what}; use --annotations FILE --images DIR")
+    return found[0]
+
+
+def load_json(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise SourceError(f"{path}: file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SourceError(f"{path}: not valid JSON ({getattr(e, 'msg', e)})") from None
+    if not isinstance(data, dict):
+        raise SourceError(f"{path}: expected a JSON object with 'images', 'annotations' and 'categories'")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise SourceError(f"{path}: missing or malformed key '{key}' (expected a list)")
+    return data
+
+
+def coco_categories(path: Path, categories: list[Any], drop_supercategory: bool = False) -> dict[int, str]:
+    """``{category id: name}`` in id order, optionally without Roboflow's root super-category.
+
+    Roboflow exports put every class under a parent category (``supercategory: "none"``)
+    that never has boxes and may share its name with a real class; classes are keyed by
+    id so that this cannot merge them.
+    """
+    names: dict[int, str] = {}
+    for i, cat in enumerate(categories):
+        if not isinstance(cat, dict) or not isinstance(cat.get("id"), int) or not isinstance(cat.get("name"), str):
+            raise SourceError(f"{path}: categories[{i}] needs an integer 'id' and a string 'name'")
+        if cat["id"] in names:
+            raise SourceError(f"{path}: duplicate category id {cat['id']}")
+        names[cat["id"]] = cat["name"]
+    if drop_supercategory:
+        parents = {c.get("supercategory") for c in categories if c.get("supercategory") not in (None, "none")}
+        for cat in categories:
+            if cat.get("supercategory") == "none" and cat["name"] in parents:
+                del names[cat["id"]]
+    seen: dict[str, int] = {}
+    for cid, name in sorted(names.items()):
+        if name in seen:
+            raise SourceError(f"{path}: categories {seen[name]} and {cid} share the name '{name}'")
+        seen[name] = cid
+    return dict(sorted(names.items()))
+
+
+def read_coco(ctx: PullContext, annotations: Path, images: Path, split: str | None = None,
+              drop_supercategory: bool = False) -> Iterator[Item]:
+    """Yield one item per COCO image, with its boxes; bad entries go through ``ctx.bad``."""
+    data = load_json(annotations)
+    categories = coco_categories(annotations, data["categories"], drop_supercategory)
+    ctx.set_categories(list(categories.values()))
+    boxes: dict[Any, list[Box]] = {}
+    seen_ann: set[Any] = set()
+    image_ids = {img.get("id") for img in data["images"] if isinstance(img, dict)}
+    for i, ann in enumerate(data["annotations"]):
+        where = f"{annotations}: annotation {ann.get('id', f'#{i}') if isinstance(ann, dict) else f'#{i}'}"
+        box = _box(ctx, ann, where, categories, image_ids, seen_ann)
+        if box is not None:
+            boxes.setdefault(ann["image_id"], []).append(box)
+    seen_img: set[Any] = set()
+    for i, img in enumerate(data["images"]):
+        if not isinstance(img, dict) or "id" not in img or not isinstance(img.get("file_name"), str):
+            ctx.bad(f"{annotations}: images[{i}] needs an 'id' and a string 'file_name'")
+            continue
+        if img["id"] in seen_img:
+            ctx.bad(f"{annotations}: duplicate image id {img['id']}")
+            continue
+        seen_img.add(img["id"])
+        item_split = split or (img.get("split") if img.get("split") in SPLITS else None)
+        yield Item(img["file_name"], ImageRef(str((images / img["file_name"]).absolute())), boxes.get(img["id"], []), item_split)
+
+
+def _box(ctx: PullContext, ann: Any, where: str, categories: dict[int, str], image_ids: set[Any],
+         seen: set[Any]) -> Box | None:
+    if not isinstance(ann, dict):
+        ctx.bad(f"{where}: not an object")
+        return None
+    missing = [k for k in ("image_id", "category_id", "bbox") if k not in ann]
+    if missing:
+        ctx.bad(f"{where}: missing key '{missing[0]}'")
+        return None
+    if ann.get("id") is not None:
+        if ann["id"] in seen:
+            ctx.bad(f"{where}: duplicate annotation id")
+            return None
+        seen.add(ann["id"])
+    if ann["image_id"] not in image_ids:
+        ctx.bad(f"{where}: unknown image_id {ann['image_id']!r}")
+        return None
+    if ann["category_id"] not in categories:
+        ctx.bad(f"{where}: unknown category_id {ann['category_id']!r}")
+        return None
+    if ann.get("iscrowd"):
+        ctx.count_not_used("crowd regions (iscrowd=1)")
+        return None
+    bbox = ann["bbox"]
+    if not isinstance(bbox, list) or len(bbox) != 4:
+        ctx.bad(f"{where}: 'bbox' must be [x, y, width, height]")
+        return None
+    try:
+        return Box(categories[ann["category_id"]], *bbox, id=None if ann.get("id") is None else str(ann["id"]))
+    except InvalidItem as e:
+        ctx.bad(f"{where}: {e}")
+        return None
+
+
+class CocoSource(Source):
+    name = "coco"
+    description = "A local COCO instances JSON and its image folder."
+    options = [
+        click.Option(["--path"], type=click.Path(path_type=Path), help="Folder holding one COCO JSON and its images."),
+        click.Option(["--annotations"], type=click.Path(path_type=Path), help="The COCO JSON file (with --images)."),
+        click.Option(["--images"], type=click.Path(path_type=Path), help="Image folder (default: beside the JSON)."),
+        click.Option(["--split"], type=click.Choice(SPLITS), help="Put every item in this split."),
+    ]
+
+    def items(self, ctx: PullContext, path: Path | None = None, annotations: Path | None = None,
+              images: Path | None = None, split: str | None = None, **_: Any) -> Iterator[Item]:
+        if annotations is None:
+            if path is None:
+                raise SourceError("coco: give --path FOLDER, or --annotations FILE [--images DIR]")
+            annotations = find_annotations(path)
+        yield from read_coco(ctx, annotations, images or annotations.parent, split)
+
+
+@hookimpl
+def tlsync_register_sources(register):
+    register(CocoSource())
