@@ -114,7 +114,7 @@ class Source(ABC):
     def recorded_params(self, options: dict[str, Any]) -> dict[str, Any]:
         """The options as stored in ``dataset.json``: secrets removed, paths as strings."""
         return {
-            k: (str(v) if isinstance(v, Path) else v)
+            k: (str(v.absolute()) if isinstance(v, Path) else v)
             for k, v in options.items()
             if k not in self.secret_options and v is not None
         }

@@ -1,0 +1,83 @@
+"""``tlsync datasets list|show|rm`` and ``tlsync export``: the local store, for people."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .store import Store
+
+
+@click.group()
+def datasets() -> None:
+    """List, show and remove local datasets."""
+
+
+@datasets.command(name="list")
+def list_datasets() -> None:
+    """Name, latest version, items, boxes, classes, source and creation time of each dataset."""
+    store = Store()
+    rows = [("NAME", "LATEST", "ITEMS", "BOXES", "CLASSES", "SOURCE", "CREATED")]
+    for name in store.dataset_names():
+        info = store.open(name).info
+        counts = info["counts"]
+        rows.append((name, f"@{info['version']}", str(counts["items"]), str(counts["boxes"]),
+                     str(len(info["categories"])), info["source"]["name"], info["created"]))
+    if len(rows) == 1:
+        click.echo(f"no datasets in {store.datasets_dir} yet: tlsync pull --source ... --dataset NAME")
+        return
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+@datasets.command()
+@click.argument("ref")
+def show(ref: str) -> None:
+    """Per-split and per-class counts of NAME or NAME@N."""
+    ds = Store().open(ref)
+    info = ds.info
+    click.echo(f"{ds.ref}  ({info['source']['name']}, created {info['created']})")
+    click.echo(f"content hash {info['content_hash']}")
+    params = ", ".join(f"{k}={v}" for k, v in info["source"]["params"].items())
+    if params:
+        click.echo(f"source params: {params}")
+    counts = info["counts"]
+    click.echo(f"{counts['items']} items ({counts['negatives']} without boxes), {counts['boxes']} boxes")
+    for split, c in counts["splits"].items():
+        click.echo(f"  {split:<6} {c['items']:>7} items {c['boxes']:>8} boxes")
+    click.echo(f"{len(info['categories'])} classes:")
+    for name in info["categories"]:
+        click.echo(f"  {name:<24} {counts['classes'].get(name, 0):>8} boxes")
+    for what in ("skipped", "not_used"):
+        for reason, n in info.get(what, {}).items():
+            click.echo(f"{what.replace('_', ' ')}: {n} x {reason}")
+
+
+@datasets.command()
+@click.argument("ref")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def rm(ref: str, yes: bool) -> None:
+    """Remove NAME@N, or every version of NAME (cached images stay, shared)."""
+    store = Store()
+    store.open(ref)  # a clear error if it does not exist
+    if not yes:
+        click.confirm(f"remove {ref}?", abort=True)
+    for removed in store.remove(ref):
+        click.echo(f"removed {removed}")
+
+
+@click.command()
+@click.option("--dataset", "ref", required=True, help="NAME or NAME@N.")
+@click.option("--format", "fmt", type=click.Choice(["coco"]), default="coco", show_default=True)
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder to create.")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), help="Export one split only.")
+def export(ref: str, fmt: str, out: Path, split: str | None) -> None:
+    """Write a dataset version out as COCO JSON + images (readable by --source coco)."""
+    from .export import export_coco
+
+    ds = Store().open(ref)
+    counts = export_coco(ds, out, split)
+    click.echo(f"exported {ds.ref}: {counts['images']} images, {counts['annotations']} boxes, "
+               f"{counts['categories']} classes -> {out / 'annotations.json'}")
