@@ -1,0 +1,201 @@
+"""From dataset items to training batches: decoding, augmentation, grouping, collation.
+
+Images are decoded with PIL (EXIF orientation applied, RGB), shrunk to the training size
+as they are decoded, and augmented together with their boxes by
+``torchvision.transforms.v2``. An image that fails to decode does not stop training: its
+slot in the batch carries a ``DecodeFailure`` that the loop counts and reports.
+
+Batches group images by orientation (landscape or portrait) because a detector pads every
+image of a batch to the largest one; mixing the two would pad each to a square. The
+grouping wraps whatever sampler yields the indices, so a ``DistributedSampler`` can be
+dropped in for multi-GPU training.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from tlsync.errors import TlsyncError
+from tlsync.format import Item
+
+# Grey padding for zoomed-out images, the value YOLO-style pipelines use: neutral for
+# ImageNet-normalised backbones and not mistakable for a dark object.
+FILL = 114
+
+
+@dataclass(frozen=True)
+class DecodeFailure:
+    """Stands in a batch for an image that could not be read."""
+
+    item_id: str
+    reason: str
+
+
+def train_transforms(img_size: int) -> v2.Transform:
+    """Flip, scale jitter (zoom 0.75x-1.25x) and mild colour changes, boxes moved along.
+
+    The jitter keeps the canvas size and zooms its content, because the detector resizes
+    every image to a fixed size itself: resizing the whole image here would be undone.
+    """
+    return v2.Compose([
+        v2.Resize(size=None, max_size=img_size, antialias=True),
+        v2.RandomHorizontalFlip(p=0.5),
+        v2.RandomApply([v2.RandomAffine(degrees=0, scale=(0.75, 1.25), fill=FILL)], p=0.5),
+        v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
+        v2.ClampBoundingBoxes(),
+        v2.SanitizeBoundingBoxes(min_size=2.0),
+        v2.ToDtype(torch.float32, scale=True),
+    ])
+
+
+def eval_transforms(img_size: int) -> v2.Transform:
+    return v2.Compose([v2.Resize(size=None, max_size=img_size, antialias=True), v2.ToDtype(torch.float32, scale=True)])
+
+
+def decode(path: Path, longest_side: int | None = None) -> Any:
+    """Open an image as RGB with its EXIF orientation applied.
+
+    With ``longest_side``, JPEGs are decoded at the smallest power-of-two reduction that is
+    still at least that big (PIL's draft mode), several times faster for large photos.
+    """
+    from PIL import Image, ImageOps
+
+    image = Image.open(path)
+    if longest_side:
+        scale = longest_side / max(image.size)
+        if scale < 1:
+            image.draft("RGB", (math.ceil(image.width * scale), math.ceil(image.height * scale)))
+    image = ImageOps.exif_transpose(image)
+    return image.convert("RGB")
+
+
+class DetectionDataset(Dataset):
+    """One split of a dataset version as ``(image, target)`` pairs in torchvision's format.
+
+    ``target`` holds ``boxes`` (float ``[N, 4]`` xyxy pixels of the returned image) and
+    ``labels`` (int64, category ``categories[label - 1]``). Items are held as plain data
+    (no store handle) so worker processes can receive them however they are started.
+    """
+
+    def __init__(self, items: Sequence[Item], paths: Sequence[Path], categories: Sequence[str],
+                 transforms: v2.Transform, img_size: int):
+        index = {name: i + 1 for i, name in enumerate(categories)}
+        self.records = []
+        for item, path in zip(items, paths):
+            unknown = [b.label for b in item.annotations if b.label not in index]
+            if unknown:
+                raise TlsyncError(f"item '{item.id}': label '{unknown[0]}' is not one of the classes {list(categories)}")
+            boxes = [(b.x, b.y, b.width, b.height) for b in item.annotations]
+            labels = [index[b.label] for b in item.annotations]
+            self.records.append((item.id, str(path), item.image.width, item.image.height, boxes, labels))
+        self.transforms = transforms
+        self.img_size = img_size
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def aspect_groups(self) -> list[int]:
+        """0 for landscape or square images, 1 for portrait (from the stored sizes)."""
+        return [int((h or 1) > (w or 1)) for _, _, w, h, _, _ in self.records]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | DecodeFailure:
+        item_id, path, width, height, boxes, labels = self.records[i]
+        try:
+            image = decode(Path(path), self.img_size)
+        except Exception as e:  # any decoder error: the item is skipped and counted, not fatal
+            return DecodeFailure(item_id, f"{type(e).__name__}: {e}")
+        # Draft decoding shrank the image: bring the boxes (stored in original pixels) along.
+        sx = image.width / width if width else 1.0
+        sy = image.height / height if height else 1.0
+        xywh = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4) * torch.tensor([sx, sy, sx, sy])
+        target = {
+            "boxes": v2.functional.convert_bounding_box_format(
+                tv_tensors.BoundingBoxes(xywh, format="XYWH", canvas_size=(image.height, image.width)),
+                new_format=tv_tensors.BoundingBoxFormat.XYXY,
+            ),
+            "labels": torch.tensor(labels, dtype=torch.int64),
+        }
+        image, target = self.transforms(tv_tensors.Image(v2.functional.pil_to_tensor(image)), target)
+        return image.as_subclass(torch.Tensor), {"boxes": target["boxes"].as_subclass(torch.Tensor),
+                                                 "labels": target["labels"]}
+
+
+def collate(batch: list[Any]) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]], list[DecodeFailure]]:
+    """Images and targets as lists (detectors take differently sized images), failures apart."""
+    failures = [b for b in batch if isinstance(b, DecodeFailure)]
+    good = [b for b in batch if not isinstance(b, DecodeFailure)]
+    return [b[0] for b in good], [b[1] for b in good], failures
+
+
+class GroupedBatchSampler(Sampler[list[int]]):
+    """Batches whose images share a group, drawn in the order ``sampler`` gives.
+
+    The idea of torchvision's detection references, kept small: each group fills its own
+    batch; what is left at the end is batched together, group by group. There are always
+    ``ceil(len(sampler) / batch_size)`` batches, so every rank of a distributed run takes
+    the same number of steps. ``set_epoch`` reshuffles (forwarded to the sampler).
+    """
+
+    def __init__(self, sampler: Sampler[int], group_ids: Sequence[int], batch_size: int):
+        self.sampler, self.group_ids, self.batch_size = sampler, list(group_ids), batch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        pending: dict[int, list[int]] = {}
+        for index in self.sampler:
+            batch = pending.setdefault(self.group_ids[index], [])
+            batch.append(index)
+            if len(batch) == self.batch_size:
+                yield batch
+                pending[self.group_ids[index]] = []
+        rest = [i for group in sorted(pending) for i in pending[group]]
+        for start in range(0, len(rest), self.batch_size):
+            yield rest[start:start + self.batch_size]
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.sampler) / self.batch_size)  # type: ignore[arg-type]
+
+
+class SeededRandomSampler(RandomSampler):
+    """A random order that depends only on ``seed`` and the epoch, so resuming replays it."""
+
+    def __init__(self, data: Dataset, seed: int):
+        super().__init__(data, generator=torch.Generator())
+        self.seed = seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator.manual_seed(self.seed * 100_003 + epoch)
+
+
+def make_loader(dataset: DetectionDataset, batch_size: int, workers: int, seed: int, shuffle: bool = True,
+                sampler: Sampler[int] | None = None, pin_memory: bool = False) -> DataLoader:
+    """A loader of grouped batches; pass ``sampler`` (e.g. a ``DistributedSampler``) to replace the default.
+
+    Worker processes are started afresh each epoch, with seeds taken from the loader's
+    own generator (see ``start_epoch``), so augmentation does not depend on how many
+    epochs ran in this process: a resumed run sees the same images as an unbroken one.
+    """
+    if sampler is None:
+        sampler = SeededRandomSampler(dataset, seed) if shuffle else SequentialSampler(dataset)
+    return DataLoader(
+        dataset, batch_sampler=GroupedBatchSampler(sampler, dataset.aspect_groups(), batch_size),
+        num_workers=workers, collate_fn=collate, pin_memory=pin_memory, generator=torch.Generator(),
+    )
+
+
+def start_epoch(loader: DataLoader, epoch: int, seed: int) -> None:
+    """Set this epoch's shuffle order and worker seeds."""
+    loader.batch_sampler.set_epoch(epoch)  # type: ignore[union-attr]
+    loader.generator.manual_seed(seed * 100_003 + epoch + 1)  # type: ignore[union-attr]

@@ -1,0 +1,159 @@
+"""One epoch of training, and the optimiser, schedule and freezing it runs with.
+
+``train_one_epoch`` follows torchvision's detection references (references/detection/
+engine.py): the model returns a loss dict in training mode, the losses are summed, and the
+step is taken with optional mixed precision and gradient clipping. The learning-rate
+schedule advances every iteration, so warm-up works even when an epoch is a few batches.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from tlsync.errors import TlsyncError
+
+from .data import DecodeFailure
+
+
+class NonFiniteLoss(TlsyncError):
+    """The loss became NaN or infinite; the step was not taken."""
+
+
+@dataclass
+class EpochResult:
+    losses: dict[str, float]  # mean of each loss over the epoch
+    images: int
+    seconds: float
+    lr: float
+    failures: list[DecodeFailure] = field(default_factory=list)
+
+
+def amp_settings(device: torch.device) -> tuple[torch.dtype | None, torch.amp.GradScaler]:
+    """Mixed precision on CUDA only: bf16 where the GPU has it (no scaler needed), else fp16 with a scaler."""
+    if device.type != "cuda":
+        return None, torch.amp.GradScaler("cpu", enabled=False)
+    if torch.cuda.is_bf16_supported():
+        return torch.bfloat16, torch.amp.GradScaler("cuda", enabled=False)
+    return torch.float16, torch.amp.GradScaler("cuda")
+
+
+def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Iterable, device: torch.device,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
+                    amp_dtype: torch.dtype | None = None, clip_norm: float = 10.0,
+                    progress: Callable[..., None] | None = None) -> EpochResult:
+    """Train over ``loader`` once; raise ``NonFiniteLoss`` (before stepping) if the loss blows up."""
+    started, totals, images, failures = time.perf_counter(), {}, 0, []
+    for step, (batch, targets, failed) in enumerate(loader):
+        failures += failed
+        if not batch:
+            continue
+        batch = [img.to(device, non_blocking=True) for img in batch]
+        targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            loss_dict = model(batch, targets)
+            loss = sum(loss_dict.values())
+        values = {k: v.item() for k, v in loss_dict.items()}
+        if not math.isfinite(loss.item()):
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
+            raise NonFiniteLoss(f"the loss became {loss.item()} at iteration {step + 1} ({shown})")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        images += len(batch)
+        for k, v in values.items():
+            totals[k] = totals.get(k, 0.0) + v * len(batch)
+        if progress:
+            progress(images, losses=" ".join(f"{short(k)} {totals[k] / images:.3f}" for k in totals))
+    return EpochResult({k: v / max(images, 1) for k, v in totals.items()}, images, time.perf_counter() - started,
+                       optimizer.param_groups[0]["lr"], failures)
+
+
+def short(loss_name: str) -> str:
+    """``loss_box_reg`` -> ``box_reg``, to keep the progress line narrow."""
+    return loss_name.removeprefix("loss_")
+
+
+# -- optimiser and schedule -------------------------------------------------------------------
+
+def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+    """SGD (the detection default) or AdamW over every parameter that can ever train.
+
+    Parameters frozen for the first epochs are included: they have no gradient while
+    frozen, which both optimisers skip, and they start learning once unfrozen.
+    """
+    params = list(model.parameters())
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    raise TlsyncError(f"unknown optimizer '{name}' (use sgd or adamw)")
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int,
+                    warmup_factor: float = 0.001, final_factor: float = 0.01) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up from ``warmup_factor * lr``, then cosine decay to ``final_factor * lr``, per step."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            alpha = step / warmup_steps
+            return warmup_factor * (1 - alpha) + alpha
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return final_factor + (1 - final_factor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# -- freezing ---------------------------------------------------------------------------------
+
+def backbone_of(model: nn.Module) -> nn.Module:
+    """The pretrained feature extractor: ``backbone.body`` for FPN models, else ``backbone``.
+
+    The FPN and heads are what a new dataset needs to learn (and are freshly initialised
+    under ``--weights imagenet``), so they always train.
+    """
+    backbone = getattr(model, "backbone", None)
+    if backbone is None:
+        raise TlsyncError(f"--freeze backbone: model {type(model).__name__} has no 'backbone' attribute")
+    return getattr(backbone, "body", backbone)
+
+
+class Freezer:
+    """Freezes and unfreezes the backbone, restoring exactly the parameters that trained before.
+
+    torchvision already freezes the first layers of pretrained backbones; those stay frozen.
+    Frozen modules are also kept in eval mode, so their BatchNorm statistics do not drift.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.module = backbone_of(model)
+        self.trainable = [p for p in self.module.parameters() if p.requires_grad]
+        self.frozen = False
+
+    def set(self, frozen: bool) -> None:
+        for p in self.trainable:
+            p.requires_grad_(not frozen)
+        self.frozen = frozen
+
+    def train_mode(self, model: nn.Module) -> None:
+        model.train()
+        if self.frozen:
+            self.module.eval()
+
+
+def describe_lr(optimizer: torch.optim.Optimizer) -> float:
+    return float(optimizer.param_groups[0]["lr"])
+
+
+def state_dicts(**objects: Any) -> dict[str, Any]:
+    """``state_dict()`` of each object, for a checkpoint."""
+    return {name: obj.state_dict() for name, obj in objects.items()}
