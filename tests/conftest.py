@@ -45,6 +45,8 @@ def run_cli():
     from tlsync import cli
 
     class Entry:  # CliRunner calls .main(); route through tlsync.cli.main for its error handling
+        name = "tlsync"
+
         def main(self, args, prog_name=None, **_):
             cli.main(list(args))
 

@@ -1,0 +1,38 @@
+"""A real wheel build: everything under the tlsync namespace, and it runs from the wheel."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_wheel_contains_one_namespace_and_works(tmp_path: Path):
+    build = subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(tmp_path), str(ROOT)],
+                           capture_output=True, text=True, timeout=600)
+    assert build.returncode == 0, build.stdout[-2000:] + build.stderr[-2000:]
+    wheel = next(tmp_path.glob("tlsync-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names}
+    assert {t for t in tops if not t.endswith(".dist-info")} == {"tlsync"}, tops
+    for needed in ("tlsync/cli.py", "tlsync/hookspecs.py", "tlsync/connectors/coco.py",
+                   "tlsync/connectors/synthetic.py", "tlsync/trainer/__init__.py", "tlsync/testing/__init__.py"):
+        assert needed in names, needed
+    assert not any(n.startswith(("trainer/", "connectors/", "plugins/", "tests/")) for n in names)
+    entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "tlsync = tlsync.cli:main" in entry_points
+
+    target = tmp_path / "site"
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(target), str(wheel)],
+                             capture_output=True, text=True, timeout=300)
+    assert install.returncode == 0, install.stderr[-2000:]
+    code = (f"import sys; sys.path.insert(0, {str(target)!r})\n"
+            "import tlsync.connectors.coco as c; assert c.__file__.startswith(sys.path[0]), c.__file__\n"
+            "from tlsync.cli import main; main(['sources'])\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={"TLSYNC_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "coco:" in run.stdout and "synthetic:" in run.stdout
