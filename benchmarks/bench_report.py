@@ -1,0 +1,48 @@
+"""Shared by the benchmark scripts: machine facts and BENCHMARKS.md section updates.
+
+Each script owns one section between ``<!-- bench:NAME -->`` markers, so scripts can be
+re-run in any order without clobbering each other's figures.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import resource
+from datetime import date
+from pathlib import Path
+
+BENCHMARKS_MD = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
+HEADER = "# Benchmarks\n\nFigures printed and written by the scripts in `benchmarks/`; re-run one to refresh its section.\n"
+
+
+def machine() -> str:
+    """One line naming the machine, for the table's 'ran on' column."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()} cores ({cpu}), {mem_gib:.0f} GiB, Python {platform.python_version()}"
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def update_section(name: str, title: str, body: str, command: str) -> None:
+    """Replace (or append) this benchmark's section of BENCHMARKS.md."""
+    text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else HEADER
+    section = (f"<!-- bench:{name} -->\n## {title}\n\n`{command}` — {date.today().isoformat()}, {machine()}\n\n"
+               f"{body.strip()}\n<!-- /bench:{name} -->")
+    pattern = re.compile(rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->", re.S)
+    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
+    tmp = BENCHMARKS_MD.with_suffix(".md.tmp")
+    tmp.write_text(text)
+    tmp.replace(BENCHMARKS_MD)
