@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import TlsyncError
-from .format import Item, content_key
+import orjson
+
+from .format import Item, content_key, item_from_store
 
 ITEMS = "items.jsonl"
 INFO = "dataset.json"
@@ -44,7 +46,7 @@ class ManifestWriter:
 
     def __init__(self, folder: Path):
         self.folder = folder
-        self._file = open(folder / ITEMS, "w", encoding="utf-8")
+        self._file = open(folder / ITEMS, "wb")
         self._hash = hashlib.sha256()
         self.items = 0
         self.boxes = 0
@@ -55,7 +57,7 @@ class ManifestWriter:
         self.negatives = 0
 
     def write(self, item: Item) -> None:
-        self._file.write(json.dumps(item.to_dict(), separators=(",", ":")) + "\n")
+        self._file.write(orjson.dumps(item.to_dict()) + b"\n")
         self._hash.update(repr(content_key(item)).encode())
         split = item.split or "none"
         self.items += 1
@@ -90,12 +92,12 @@ class ManifestWriter:
 
 def read_items(path: Path) -> Iterator[Item]:
     """Yield the items of an ``items.jsonl`` one at a time (constant memory)."""
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:
         for n, line in enumerate(f, 1):
             try:
-                yield Item.from_dict(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise TlsyncError(f"{path}: line {n} is not valid JSON ({e.msg})") from None
+                yield item_from_store(orjson.loads(line))
+            except (orjson.JSONDecodeError, KeyError, TypeError) as e:
+                raise TlsyncError(f"{path}: line {n} is not a valid item ({e})") from None
 
 
 def read_info(folder: Path) -> dict[str, Any]:
