@@ -1,0 +1,127 @@
+"""``tlsync eval``, ``tlsync predict`` and ``tlsync compare``.
+
+Loaded lazily by ``tlsync.cli`` (they import torch). Results go to stdout; progress bars
+and notes go to stderr, so ``tlsync compare ... > table.txt`` captures just the table.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from tlsync.console import info, progress
+from tlsync.errors import TlsyncError
+from tlsync.format import SPLITS
+
+from .report import fmt
+from .train import resolve_device
+
+
+def run_dir(path: Path) -> Path:
+    if not path.exists():
+        raise TlsyncError(f"run '{path}' not found")
+    if not path.is_dir():
+        raise TlsyncError(f"--run {path}: give the run directory (e.g. runs/chess-1), not a file")
+    return path
+
+
+DEVICE = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+
+
+@click.command(name="eval")
+@click.option("--run", "run", required=True, type=click.Path(path_type=Path), help="The run directory.")
+@click.option("--dataset", default=None, help="Dataset (name or name@version) to evaluate on; default: the run's.")
+@click.option("--split", type=click.Choice(SPLITS), default=None,
+              help="Split to evaluate; default: test if the dataset has test items, else val.")
+@click.option("--conf", type=click.FloatRange(0, 1), default=None,
+              help="Also report precision, recall and F1 at this confidence.")
+@click.option("--batch-size", type=click.IntRange(1, 256), default=4, show_default=True)
+@DEVICE
+def eval_command(run: Path, dataset: str | None, split: str | None, conf: float | None, batch_size: int,
+                 device: str) -> None:
+    """Evaluate a run's best weights: mAP50-95, mAP50, per-class AP, P/R/F1; refresh its report."""
+    from tlsync.store import Store
+
+    from .checkpoint import load_model, resolve_checkpoint
+    from .evaluate import evaluate_split
+    from .report import write_report
+    from .runs import read_config
+
+    run = run_dir(run)
+    config = read_config(run)
+    trained_on = config.get("dataset")  # "name@version"
+    if not dataset and not trained_on:
+        raise TlsyncError(f"{run}/config.json names no dataset; pass --dataset NAME@VERSION")
+    version = Store().open(dataset or trained_on)
+    default_split = "test" if next(version.items("test"), None) else "val"
+    split = split or default_split
+    # The run's own data and default split is "the" evaluation, shown by the report; others sit beside it.
+    is_default = version.ref == trained_on and split == default_split
+    out = run / "eval" if is_default else run / "eval" / f"{version.ref}-{split}"
+
+    dev = resolve_device(device)
+    checkpoint = resolve_checkpoint(run)
+    model, categories, _ = load_model(run, device=dev)
+    with progress(f"eval {checkpoint.name} on {version.ref} {split}", unit="images") as update:
+        metrics = evaluate_split(model, version, split, categories, dev, out, conf=conf, progress=update,
+                                 batch_size=batch_size)
+    print_metrics(metrics, f"{run} ({checkpoint.name})")
+    click.echo(f"eval files: {out}")
+    click.echo(f"report: {write_report(run)}")
+
+
+def print_metrics(m: dict[str, Any], what: str) -> None:
+    click.echo(f"{what} on {m['dataset']} split {m['split']}: {m['images']} images, {m['ground_truth_boxes']} boxes")
+    click.echo(f"mAP50-95 {fmt(m['map50_95'])}  mAP50 {fmt(m['map50'])}")
+    click.echo(f"P {fmt(m['precision'])}  R {fmt(m['recall'])}  F1 {fmt(m['f1'])}  "
+               f"at conf {fmt(m['best_conf'], 2)} (the confidence with the best F1)")
+    if "at_conf" in m:
+        a = m["at_conf"]
+        click.echo(f"P {fmt(a['precision'])}  R {fmt(a['recall'])}  F1 {fmt(a['f1'])}  at conf {a['conf']:.2f}")
+    width = max(len(name) for name in m["per_class_ap"])
+    click.echo("AP50-95 per class:")
+    for name, ap in m["per_class_ap"].items():
+        click.echo(f"  {name:<{width}}  {fmt(ap)}" + ("  (no boxes of this class here)" if ap is None else ""))
+    if m.get("unknown_classes"):
+        click.echo(f"classes the model was not trained on (scored as AP 0): {', '.join(m['unknown_classes'])}")
+
+
+@click.command()
+@click.option("--run", "run", required=True, type=click.Path(path_type=Path),
+              help="A run directory (uses weights/best.pt) or a checkpoint file.")
+@click.argument("sources", nargs=-1, required=True)
+@click.option("--conf", type=click.FloatRange(0, 1), default=0.25, show_default=True,
+              help="Keep boxes at least this confident.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("preds"), show_default=True,
+              help="Folder for predictions.json, images.json and the drawn images.")
+@DEVICE
+def predict(run: Path, sources: tuple[str, ...], conf: float, out: Path, device: str) -> None:
+    """Run a trained model on images, folders or globs (SOURCES); write COCO JSON and drawn images."""
+    from .predict import predict_run
+
+    if not run.exists():
+        raise TlsyncError(f"run '{run}' not found")
+    with progress("predict", unit="images") as update:
+        result = predict_run(run, list(sources), out, conf, resolve_device(device), progress=update)
+    for path, reason in result["skipped"].items():
+        info(f"skipped {path}: {reason}")
+    counts = ", ".join(f"{name} {n}" for name, n in result["per_class"].items()) or "none"
+    click.echo(f"{result['images']} images, {result['boxes']} boxes at conf >= {conf:.2f} ({counts})")
+    click.echo(f"predictions: {out / 'predictions.json'} (COCO results; images in {out / 'images.json'})")
+    click.echo(f"drawn images: {out}")
+
+
+@click.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=Path("."), show_default=True,
+              help="Folder for compare.png.")
+def compare(runs: tuple[Path, ...], out: Path) -> None:
+    """Compare runs (RUNS): how each started, how long it took, how accurate it ended."""
+    from .compare import compare_runs, plot, table
+
+    summaries = compare_runs(list(runs))
+    click.echo(table(summaries))
+    plot(summaries, out / "compare.png")
+    click.echo(f"curves: {out / 'compare.png'}")

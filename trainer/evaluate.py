@@ -1,0 +1,61 @@
+"""Evaluating a model on one split of a dataset version, and writing what the report reads.
+
+The training loop calls ``evaluate_split`` on the val split every epoch (``out_dir=None``) and
+once more at the end with ``out_dir=run/eval``; ``tlsync eval`` calls it on any dataset and
+split. The files are COCO JSON so that any other tool can re-score them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from tlsync.errors import TlsyncError
+from tlsync.format import Item
+from tlsync.manifest import atomic_write_json
+from tlsync.store import DatasetVersion
+
+from .metrics import coco_ground_truth, coco_results, evaluate
+from .predict import predict_items
+
+
+def evaluate_split(model: torch.nn.Module, dataset_version: DatasetVersion, split: str, categories: list[str],
+                   device: str | torch.device, out_dir: Path | None, conf: float | None = None,
+                   progress: Callable[..., None] | None = None, batch_size: int = 4) -> dict[str, Any]:
+    """Predict on every item of ``split`` and score it; write the eval files when ``out_dir`` is given.
+
+    ``categories`` are the model's classes. Classes the dataset has and the model does not
+    (evaluating an old run on newer data) are scored too, at AP 0, and listed under
+    ``unknown_classes``, so the number says honestly how the model does on that data.
+    """
+    items = list(dataset_version.items(split))
+    if not items:
+        raise TlsyncError(f"dataset {dataset_version.ref} has no items in split '{split}'")
+    labels = [*dataset_version.categories, *(b.label for item in items for b in item.annotations)]
+    unknown = [name for name in dict.fromkeys(labels) if name not in categories]
+    scored = [*categories, *unknown]
+
+    predictions: list[Item] = []
+    for item in predict_items(model, items, dataset_version.image_path, categories, device, batch_size=batch_size):
+        predictions.append(item)
+        if progress:
+            progress(len(predictions), total=len(items))
+    metrics = evaluate(items, predictions, scored, conf)
+    metrics.update(dataset=dataset_version.ref, content_hash=dataset_version.content_hash, split=split,
+                   unknown_classes=unknown)
+    if out_dir is not None:
+        write_eval(Path(out_dir), dataset_version, items, predictions, scored, metrics)
+    return metrics
+
+
+def write_eval(out_dir: Path, dataset_version: DatasetVersion, items: list[Item], predictions: list[Item],
+               categories: list[str], metrics: dict[str, Any]) -> None:
+    """``ground_truth.json`` (COCO, with each image's path in the store), ``predictions.json``
+    (COCO results) and ``metrics.json``, each written atomically, metrics last."""
+    gt = coco_ground_truth(items, categories, file_name=lambda item: str(dataset_version.image_path(item)))
+    image_ids = {image["item_id"]: image["id"] for image in gt["images"]}
+    atomic_write_json(out_dir / "ground_truth.json", gt)
+    atomic_write_json(out_dir / "predictions.json", coco_results(predictions, categories, image_ids))
+    atomic_write_json(out_dir / "metrics.json", metrics)
