@@ -64,7 +64,9 @@ def sources() -> None:
     from . import plugins
 
     for name, source in sorted(plugins.get_sources().items()):
-        click.echo(f"{name}: {source.description}")
+        info = plugins.source_plugin(name)
+        origin = "" if info is None or info.builtin else f" (plugin {info.name} {info.version or '?'})"
+        click.echo(f"{name}: {source.description}{origin}")
         for opt in source.options:
             click.echo(f"    {', '.join(opt.opts):<24} {opt.help or ''}")
     for plugin, error in sorted(plugins.broken.items()):

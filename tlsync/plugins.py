@@ -37,11 +37,31 @@ class PluginInfo:
     error: str | None = None
 
 
-pm = pluggy.PluginManager("tlsync")
-pm.add_hookspecs(hookspecs)
+def _new_manager() -> pluggy.PluginManager:
+    manager = pluggy.PluginManager("tlsync")
+    manager.add_hookspecs(hookspecs)
+    return manager
+
+
+pm = _new_manager()
 broken: dict[str, str] = {}
 _info: dict[str, PluginInfo] = {}
+_source_plugins: dict[str, str] = {}
 _loaded = False
+
+
+def reset() -> None:
+    """Forget every loaded plugin, so the next call loads afresh.
+
+    For tests (``tlsync.testing.isolated_plugins``) and for a changed
+    ``TLSYNC_LOAD_PLUGINS``; a normal run loads once and never needs it.
+    """
+    global pm, _loaded
+    pm = _new_manager()
+    broken.clear()
+    _info.clear()
+    _source_plugins.clear()
+    _loaded = False
 
 
 def _allowed() -> set[str] | None:
@@ -111,9 +131,30 @@ def collect(hook_name: str, kind: str, check: Callable[[Any, str], Any]) -> dict
     return found
 
 
+# Registration hooks and how their objects are checked, so that ``tlsync plugins`` can
+# call every hook and report one that raises even when no command has used it yet.
+REGISTRIES = {
+    "tlsync_register_sources": ("source", "tlsync.sources:check_source"),
+    "tlsync_register_targets": ("target", "tlsync.targets:check_target"),
+    "tlsync_register_models": ("model", "tlsync.models:check_model"),
+}
+
+
+def _collect_registry(hook_name: str) -> dict[str, tuple[Any, str]]:
+    kind, checker = REGISTRIES[hook_name]
+    module, _, attr = checker.partition(":")
+    try:
+        check = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError):
+        return {}  # that part of tlsync is not installed: nothing can use the hook
+    return collect(hook_name, kind, check)
+
+
 def plugin_infos() -> list[PluginInfo]:
     """Every plugin seen, with the hooks it implements and its error if broken."""
     load_plugins()
+    for hook_name in REGISTRIES:
+        _collect_registry(hook_name)
     for plugin in pm.get_plugins():
         name = pm.get_name(plugin)
         info = _info.setdefault(name, PluginInfo(name))
@@ -122,9 +163,24 @@ def plugin_infos() -> list[PluginInfo]:
 
 
 def get_sources() -> dict[str, Any]:
-    from .sources import check_source
+    found = _collect_registry("tlsync_register_sources")
+    _source_plugins.update({name: plugin for name, (_, plugin) in found.items()})
+    return {name: obj for name, (obj, _) in found.items()}
 
-    return {name: obj for name, (obj, _) in collect("tlsync_register_sources", "source", check_source).items()}
+
+def source_plugin(source_name: str) -> PluginInfo | None:
+    """The plugin that registered a source (after ``get_sources``), for messages and listings."""
+    plugin = _source_plugins.get(source_name)
+    return (_info.get(plugin) or PluginInfo(plugin)) if plugin else None
+
+
+def describe_source(source_name: str) -> str:
+    """``source 'x' (plugin 'tlsync-x' 1.2)``: how errors blame a source and its plugin."""
+    info = source_plugin(source_name)
+    if info is None or info.builtin:
+        return f"source '{source_name}'"
+    version = f" {info.version}" if info.version else ""
+    return f"source '{source_name}' (plugin '{info.name}'{version})"
 
 
 def get_source(name: str) -> Any:
@@ -133,3 +189,18 @@ def get_source(name: str) -> Any:
         return sources[name]
     hint = next((f" (plugin '{p}' is broken: {err})" for p, err in broken.items() if name in p), "")
     raise PluginError(f"unknown source '{name}'{hint}; available: {', '.join(sorted(sources)) or 'none'}")
+
+
+def get_targets() -> dict[str, Any]:
+    """Every registered ``tlsync push`` target by name (mirrors ``get_sources``)."""
+    from .targets import check_target
+
+    return {name: obj for name, (obj, _) in collect("tlsync_register_targets", "target", check_target).items()}
+
+
+def get_target(name: str) -> Any:
+    targets = get_targets()
+    if name in targets:
+        return targets[name]
+    hint = next((f" (plugin '{p}' is broken: {err})" for p, err in broken.items() if name in p), "")
+    raise PluginError(f"unknown target '{name}'{hint}; available: {', '.join(sorted(targets)) or 'none'}")

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Iterator
 
-from . import __version__
-from .errors import InvalidItem, TlsyncError
+from . import __version__, plugins
+from .errors import InvalidItem, PluginError, TlsyncError
 from .format import Item
 from .manifest import INFO, ManifestWriter, atomic_write_json
 from .secrets import redact
@@ -74,7 +74,7 @@ class _Fetcher:
                 path, sha256, width, height = hit
             else:
                 try:
-                    path, sha256, width, height = self.store.add_image(lambda out: self.source.fetch(item, out))
+                    path, sha256, width, height = self.store.add_image(lambda out: self._fetch(item, out))
                 except TlsyncError as e:
                     msg = str(e)
                     if not msg.startswith("item "):
@@ -87,6 +87,16 @@ class _Fetcher:
             return item
         except TlsyncError as e:
             return e  # handed back to the main thread, which applies --on-error
+
+    def _fetch(self, item: Item, out: Any) -> None:
+        """The source's ``fetch``, with a bug in it blamed on the source by name."""
+        try:
+            self.source.fetch(item, out)
+        except TlsyncError:
+            raise
+        except Exception as e:
+            raise PluginError(f"item '{item.id}': {plugins.describe_source(self.source.name)} "
+                              f"fetch raised {type(e).__name__}: {e}") from e
 
 
 def _in_order(fn: Callable[[Item], Any], items: Iterable[Item], workers: int) -> Iterator[Any]:
@@ -112,7 +122,7 @@ def _check_boxes(item: Item, ctx: PullContext) -> None:
         return
     except InvalidItem as e:
         if ctx.on_error == "fail":
-            raise
+            raise InvalidItem(f"{plugins.describe_source(ctx.source_name)}: {e}") from None
         first_error = str(e)
     kept = []
     for box in item.annotations:
@@ -146,7 +156,8 @@ def pull(
         store.clean_tmp()
         writer = ManifestWriter(staging)
         try:
-            for result in _in_order(fetcher, _unique(source.items(ctx, **options), seen, ctx), concurrency or source.concurrency):
+            items = _unique(_from_source(source, ctx, options), seen, ctx)
+            for result in _in_order(fetcher, items, concurrency or source.concurrency):
                 if isinstance(result, TlsyncError):
                     ctx.bad(str(result))
                     continue
@@ -187,6 +198,26 @@ def pull(
         })
         store.publish(name, staging, new_version)
         return PullResult(version=new_version, unchanged=False, seconds=time.perf_counter() - started, **result_kwargs)
+
+
+def _from_source(source: Source, ctx: PullContext, options: dict[str, Any]) -> Iterator[Item]:
+    """The source's items, with anything it gets wrong blamed on it (and its plugin) by name.
+
+    Third-party code runs here: an invalid box it constructs, a non-Item it yields or a
+    bug that raises must end the pull with a message that says whose fault it was.
+    """
+    who = plugins.describe_source(source.name)
+    try:
+        for item in source.items(ctx, **options):
+            if not isinstance(item, Item):
+                raise PluginError(f"{who} yielded {type(item).__name__} {item!r:.80}, not a tlsync.format.Item")
+            yield item
+    except InvalidItem as e:
+        raise InvalidItem(f"{who}: {e}") from e
+    except TlsyncError:
+        raise
+    except Exception as e:
+        raise PluginError(f"{who} failed: {type(e).__name__}: {e}") from e
 
 
 def _unique(items: Iterable[Item], seen: set[str], ctx: PullContext) -> Iterator[Item]:
