@@ -84,21 +84,34 @@ def plugins_command() -> None:
         click.echo(f"{info.name} ({origin}): {status}")
 
 
-class SourceCommand(click.Command):
-    """``pull`` grows the chosen source's options, so ``--source X --help`` lists them."""
+class PluginOptionsCommand(click.Command):
+    """A command that grows the options of the plugin object it is given by name.
+
+    ``pull --source X`` gains source X's options and ``push --target Y`` target Y's, so
+    ``--help`` lists them. ``kind`` names the flag (``--source``), the lookup
+    (``plugins.get_source``) and where the object goes (``ctx.meta["tlsync.source"]``).
+    """
+
+    kind = "source"
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        name = _peek_option(args, "--source")
+        name = _peek_option(args, f"--{self.kind}")
         if name:
             from . import plugins
 
-            source = plugins.get_source(name)
-            ctx.meta["tlsync.source"] = source
-            self.params = [p for p in self.params if not getattr(p, "_from_source", False)]
-            for opt in source.options:
-                opt._from_source = True  # type: ignore[attr-defined]
+            chosen = getattr(plugins, f"get_{self.kind}")(name)
+            ctx.meta[f"tlsync.{self.kind}"] = chosen
+            self.params = [p for p in self.params if not getattr(p, "_from_plugin", False)]
+            for opt in chosen.options:
+                opt._from_plugin = True  # type: ignore[attr-defined]
                 self.params.append(opt)
         return super().parse_args(ctx, args)
+
+
+class SourceCommand(PluginOptionsCommand):
+    """``pull`` grows the chosen source's options, so ``--source X --help`` lists them."""
+
+    kind = "source"
 
 
 def _peek_option(args: list[str], flag: str) -> str | None:

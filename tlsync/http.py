@@ -39,8 +39,15 @@ class HttpClient:
         max_backoff: float = 30.0,
         timeout: tuple[float, float] = (10.0, 120.0),
         sleep: Callable[[float], None] = time.sleep,
+        pool_size: int | None = None,
     ):
+        """``pool_size``: keep-alive connections per host; set it to at least the number of
+        threads sharing this client, or requests opens (and drops) a connection per request."""
         self.session = session or requests.Session()
+        if pool_size:
+            adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
+            self.session.mount("http://", adapter)
+            self.session.mount("https://", adapter)
         self.attempts = attempts
         self.backoff = backoff
         self.max_backoff = max_backoff
@@ -67,8 +74,8 @@ class HttpClient:
                     return response
                 reason = f"HTTP {response.status_code}"
                 response.close()
-            except (requests.ConnectionError, requests.Timeout) as e:
-                reason = type(e).__name__
+            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as e:
+                reason = type(e).__name__  # ChunkedEncodingError: the body was cut short
             if attempt == self.attempts - 1:
                 raise HttpError(f"{label}{method} {url} failed after {self.attempts} attempts ({reason})",
                                 response.status_code if response is not None else None)

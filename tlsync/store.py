@@ -191,6 +191,9 @@ class Store:
             self.home.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self.home / "fetch-cache.sqlite", timeout=60, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
+            # Survives a killed process (WAL); only a power cut can lose the last entries, and
+            # a lost cache entry costs one re-download. FULL would fsync once per image.
+            db.execute("PRAGMA synchronous=NORMAL")
             db.execute(
                 "CREATE TABLE IF NOT EXISTS fetched (key TEXT PRIMARY KEY, path TEXT, sha256 TEXT, width INT, height INT)"
             )

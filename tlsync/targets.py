@@ -7,7 +7,7 @@ boxes carry ``confidence``; a target never imports the trainer.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator
 
 import click
 
@@ -26,6 +26,15 @@ class Target(ABC):
 
         Returns a summary (counts) for the CLI to print.
         """
+
+    def item_filter(self, **options: Any) -> Callable[[Item], bool] | None:
+        """Which dataset items to predict at all (None: every one), given the target's options.
+
+        Running the model is the slow part of a push, so a target that only wants some
+        items (say, those in a remote slice) says so here rather than dropping the rest
+        after they were predicted.
+        """
+        return None
 
 
 def check_target(obj: Any, plugin: str) -> Target:

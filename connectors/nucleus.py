@@ -1,0 +1,212 @@
+"""Scale Nucleus: pull slices or whole datasets, push a run's predictions back as a model.
+
+Pull streams the export page by page and hands each row to the core as an ``Item``; the
+core's pull engine downloads the images (16 at a time by default) into the store. Each
+image's cache key is the item's reference id plus its URL without the query string:
+Nucleus signs image URLs afresh on every export, so keying on the full URL would
+re-download an unchanged slice every time.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Iterator
+
+import click
+
+from tlsync.errors import InvalidItem, TlsyncError
+from tlsync.format import Box, ImageRef, Item
+from tlsync.hookspecs import hookimpl
+from tlsync.http import HttpClient
+from tlsync.secrets import get_secret
+from tlsync.sources import PullContext, Source
+from tlsync.targets import Target
+
+from .nucleus_api import MAX_PREDICTIONS_PER_REQUEST, NucleusAPI
+
+URL_KEYS = ("processed_url", "image_url", "original_image_url")
+UNUSED_KINDS = ("line", "keypoints", "cuboid", "category", "multicategory")
+POOL_SIZE = 64  # >= any sensible --concurrency, so every fetch thread keeps its connection
+
+
+def _api(http: HttpClient) -> NucleusAPI:
+    return NucleusAPI(get_secret("NUCLEUS_API_KEY"), http=http)
+
+
+def _box(ann: Any, ref: str, ctx: PullContext) -> Box | None:
+    """A Nucleus box annotation as a ``Box``; bad ones go through ``ctx.bad``."""
+    ann_id = ann.get("annotation_id") if isinstance(ann, dict) else None
+    geometry = ann.get("geometry") if isinstance(ann, dict) else None
+    if not isinstance(geometry, dict):
+        ctx.bad(f"item '{ref}': box {ann_id}: field 'geometry' is missing or not an object")
+        return None
+    metadata = ann.get("metadata")
+    try:
+        return Box(ann.get("label"), geometry.get("x"), geometry.get("y"), geometry.get("width"),
+                   geometry.get("height"), ann_id, metadata=metadata if isinstance(metadata, dict) else {})
+    except InvalidItem as e:
+        ctx.bad(f"item '{ref}': {e}")
+        return None
+
+
+def _polygon_box(ann: Any, ref: str, ctx: PullContext) -> Box | None:
+    """The bounding box of a polygon's vertices (for ``--polygons-as-boxes``)."""
+    ann_id = ann.get("annotation_id") if isinstance(ann, dict) else None
+    vertices = (ann.get("geometry") or {}).get("vertices") if isinstance(ann, dict) else None
+    try:
+        xs = [v["x"] for v in vertices]
+        ys = [v["y"] for v in vertices]
+        return Box(ann.get("label"), min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys), ann_id,
+                   metadata={"from": "polygon"})
+    except (TypeError, KeyError, ValueError):
+        ctx.bad(f"item '{ref}': polygon {ann_id}: field 'geometry.vertices' must be a list of {{x, y}} points")
+    except InvalidItem as e:
+        ctx.bad(f"item '{ref}': polygon {e}")
+    return None
+
+
+def row_to_item(row: Any, n: int, ctx: PullContext, polygons_as_boxes: bool = False) -> Item | None:
+    """One export row -> an ``Item`` (None when the row is bad and ``--on-error skip``)."""
+    item = row.get("item") if isinstance(row, dict) else None
+    if not isinstance(item, dict):
+        ctx.bad(f"Nucleus export row {n}: field 'item' is missing or not an object")
+        return None
+    ref = item.get("reference_id") or item.get("ref_id")
+    if not isinstance(ref, str) or not ref:
+        ctx.bad(f"Nucleus export row {n}: item has no 'reference_id'")
+        return None
+    url = next((item[k] for k in URL_KEYS if isinstance(item.get(k), str) and item[k]), None)
+    if url is None:
+        ctx.bad(f"item '{ref}': no image URL (none of {', '.join(URL_KEYS)})")
+        return None
+    if not url.startswith(("http://", "https://")):
+        ctx.bad(f"item '{ref}': image URL {url.split('?')[0]} is not http(s); tlsync downloads Nucleus images over HTTP")
+        return None
+    boxes = [_box(ann, ref, ctx) for ann in row.get("box") or ()]
+    polygons = row.get("polygon") or []
+    if polygons_as_boxes:
+        boxes += [_polygon_box(ann, ref, ctx) for ann in polygons]
+    elif polygons:
+        ctx.count_not_used("polygon", len(polygons))
+    for kind in UNUSED_KINDS:
+        if row.get(kind):
+            ctx.count_not_used(kind, len(row[kind]))
+    if row.get("segmentation") is not None:
+        ctx.count_not_used("segmentation")
+    metadata = item.get("metadata")
+    image = ImageRef(url, cache_key=f"nucleus:{ref}:{url.split('?', 1)[0]}")
+    return Item(ref, image, [b for b in boxes if b is not None],
+                metadata=metadata if isinstance(metadata, dict) else {})
+
+
+class NucleusSource(Source):
+    name = "nucleus"
+    description = "Scale Nucleus slices or datasets over the REST API (key: NUCLEUS_API_KEY)."
+    concurrency = 16
+    options = [
+        click.Option(["--slice", "slice_id"], help="Nucleus slice id (slc_...) to pull."),
+        click.Option(["--dataset-id"], help="Nucleus dataset id (ds_...) to pull whole, instead of a slice."),
+        click.Option(["--polygons-as-boxes"], is_flag=True, help="Use each polygon's bounding box as a box."),
+        click.Option(["--page-size"], type=click.IntRange(1, 10_000), default=1000, show_default=True,
+                     help="Export rows per API request (lower it if Nucleus times out)."),
+    ]
+
+    def __init__(self, http: HttpClient | None = None):
+        self._http = http or HttpClient(pool_size=POOL_SIZE)
+
+    def items(self, ctx: PullContext, slice_id: str | None = None, dataset_id: str | None = None,
+              polygons_as_boxes: bool = False, page_size: int = 1000) -> Iterator[Item]:
+        if bool(slice_id) == bool(dataset_id):
+            raise TlsyncError("nucleus: give exactly one of --slice slc_... or --dataset-id ds_...")
+        kind, object_id = ("slice", slice_id) if slice_id else ("dataset", dataset_id)
+        api = _api(self.http)
+        info = api.info(kind, object_id)
+        where = f" of dataset {info['dataset_id']}" if kind == "slice" and info.get("dataset_id") else ""
+        ctx.note(f"Nucleus {kind} '{info.get('name', object_id)}' ({object_id}){where}")
+        for n, row in enumerate(api.export_rows(kind, object_id, page_size), 1):
+            item = row_to_item(row, n, ctx, polygons_as_boxes)
+            if item is not None:
+                yield item
+
+
+def box_prediction(item_id: str, box: Box) -> dict[str, Any]:
+    """A predicted box in the ``uploadPredictions`` format (the official BoxPrediction payload)."""
+    if box.confidence is None or not 0.0 <= box.confidence <= 1.0:
+        raise TlsyncError(f"item '{item_id}': box '{box.label}' needs a confidence between 0 and 1 "
+                          f"(got {box.confidence!r})")
+    return {
+        "type": "box", "label": box.label, "reference_id": item_id, "confidence": box.confidence,
+        "geometry": {"x": box.x, "y": box.y, "width": box.width, "height": box.height},
+        "metadata": box.metadata,
+    }
+
+
+def model_metadata(run: dict[str, Any]) -> dict[str, Any]:
+    """The run's name, categories and config, made JSON-safe (paths and such as strings)."""
+    return json.loads(json.dumps({"tlsync_run": run.get("name"), "categories": run.get("categories"),
+                                  "config": run.get("config")}, default=str))
+
+
+class NucleusTarget(Target):
+    name = "nucleus"
+    description = "Upload a run's box predictions to a Nucleus dataset as a model (key: NUCLEUS_API_KEY)."
+    options = [
+        click.Option(["--dataset-id"], required=True, help="Nucleus dataset id (ds_...) the items belong to."),
+        click.Option(["--model-name"], required=True, help="Name of the Nucleus model the predictions belong to."),
+        click.Option(["--model-ref"], help="The model's reference_id in Nucleus (default: the model name)."),
+        click.Option(["--slice", "slice_id"], help="Only push predictions for items in this slice."),
+        click.Option(["--update"], is_flag=True, help="Replace this model's earlier predictions on the same items."),
+        click.Option(["--upload-batch"], type=click.IntRange(1, MAX_PREDICTIONS_PER_REQUEST),
+                     default=MAX_PREDICTIONS_PER_REQUEST, show_default=True, help="Boxes per upload request."),
+    ]
+
+    def __init__(self, http: HttpClient | None = None):
+        self.http = http or HttpClient()
+
+    def item_filter(self, slice_id: str | None = None, **_: Any) -> Callable[[Item], bool] | None:
+        """With ``--slice``: only the slice's items are predicted (reference ids paged from Nucleus)."""
+        if not slice_id:
+            return None
+        api = _api(self.http)
+        api.info("slice", slice_id)
+        wanted = {(r.get("item") or {}).get("reference_id") or (r.get("item") or {}).get("ref_id")
+                  for r in api.export_rows("slice", slice_id, 10_000) if isinstance(r, dict)}
+        return lambda item: item.id in wanted
+
+    def push(self, predictions: Iterator[Item], run: dict[str, Any], dataset_id: str = "", model_name: str = "",
+             model_ref: str | None = None, update: bool = False, upload_batch: int = MAX_PREDICTIONS_PER_REQUEST,
+             **_: Any) -> dict[str, Any]:
+        api = _api(self.http)
+        api.info("dataset", dataset_id)  # a wrong id fails here, before a model is created
+        model_id = api.create_model(model_name, model_ref or model_name, model_metadata(run))
+        summary = {"model_id": model_id, "items": 0, "boxes": 0, "requests": 0,
+                   "predictions_processed": 0, "predictions_ignored": 0}
+        batch: list[dict[str, Any]] = []
+
+        def flush() -> None:
+            processed, ignored = api.upload_predictions(dataset_id, model_id, batch, update)
+            summary["predictions_processed"] += processed
+            summary["predictions_ignored"] += ignored
+            summary["requests"] += 1
+            batch.clear()
+
+        for item in predictions:
+            summary["items"] += 1
+            for box in item.annotations:
+                batch.append(box_prediction(item.id, box))
+                summary["boxes"] += 1
+                if len(batch) >= upload_batch:
+                    flush()
+        if batch:
+            flush()
+        return summary
+
+
+@hookimpl
+def tlsync_register_sources(register: Callable[[Source], None]) -> None:
+    register(NucleusSource())
+
+
+@hookimpl
+def tlsync_register_targets(register: Callable[[Target], None]) -> None:
+    register(NucleusTarget())

@@ -1,0 +1,246 @@
+"""A fake Scale Nucleus API on a loopback server: enough of it for tlsync's pull and push.
+
+It speaks the routes the official ``scale-nucleus`` client uses (HTTP Basic auth with the
+key as user name, ``slice/{id}/info``, paged ``exportForTrainingPage``, the unpaged
+``exportForTraining``, ``models/add``, ``uploadPredictions``) and serves the images it
+generates itself, under signed-looking URLs whose query string changes on every export,
+as real ones do. Items are kept as small records and rows are built on request, so a
+100,000-item slice costs the server little memory.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import itertools
+import threading
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from .server import Faults, LoopbackServer, Request, Response
+
+API = "/v1/nucleus"
+LABELS = ("horse", "person", "dog")
+
+
+@dataclass(slots=True)
+class FakeItem:
+    """One dataset item; ``row`` extras (other annotation types, URL keys) override the defaults."""
+
+    ref_id: str
+    boxes: list[tuple[str, float, float, float, float]]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FakeDataset:
+    name: str
+    items: dict[str, FakeItem] = field(default_factory=dict)
+
+
+@dataclass
+class FakeSlice:
+    name: str
+    dataset_id: str
+    ref_ids: list[str] = field(default_factory=list)
+
+
+@lru_cache(maxsize=4096)
+def image_bytes(ref_id: str, size: tuple[int, int] = (64, 48)) -> bytes:
+    """The PNG the server serves for ``ref_id``: deterministic, distinct per item."""
+    from PIL import Image, ImageDraw
+
+    seed = hashlib.sha256(ref_id.encode()).digest()
+    image = Image.new("RGB", size, tuple(seed[:3]))
+    w, h = size
+    ImageDraw.Draw(image).rectangle((w // 8, h // 8, w // 2, h // 2), fill=tuple(seed[3:6]))
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return out.getvalue()
+
+
+class FakeNucleus:
+    """Run with ``with FakeNucleus(api_key=...) as nucleus:``; point ``NUCLEUS_ENDPOINT`` at ``nucleus.endpoint``."""
+
+    def __init__(self, api_key: str = "test_nucleus_key_0123456789", latency: float = 0.0,
+                 faults: Faults | None = None, image_size: tuple[int, int] = (64, 48), paging: bool = True,
+                 max_page_size: int = 10_000):
+        self.api_key = api_key
+        self.image_size = image_size
+        self.max_page_size = max_page_size
+        self.datasets: dict[str, FakeDataset] = {}
+        self.slices: dict[str, FakeSlice] = {}
+        self.models: dict[str, dict[str, Any]] = {}
+        self.uploads: list[dict[str, Any]] = []  # uploadPredictions bodies, in arrival order
+        self.server = LoopbackServer(latency=latency, faults=faults)
+        self._exports = itertools.count(1)
+        self._lock = threading.Lock()
+        self._add_routes(paging)
+
+    def __enter__(self) -> FakeNucleus:
+        self.server.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.__exit__(*exc)
+
+    @property
+    def endpoint(self) -> str:
+        return self.server.url + API
+
+    # -- content ------------------------------------------------------------------------
+
+    def add_dataset(self, dataset_id: str, name: str = "") -> FakeDataset:
+        return self.datasets.setdefault(dataset_id, FakeDataset(name or dataset_id))
+
+    def add_slice(self, slice_id: str, dataset_id: str, ref_ids: list[str] | None = None, name: str = "") -> FakeSlice:
+        ref_ids = list(self.datasets[dataset_id].items) if ref_ids is None else ref_ids
+        self.slices[slice_id] = FakeSlice(name or slice_id, dataset_id, list(ref_ids))
+        return self.slices[slice_id]
+
+    def add_items(self, dataset_id: str, n: int, prefix: str = "img", slice_id: str | None = None) -> list[str]:
+        """Add ``n`` generated items (two boxes each) to a dataset, and to a slice if given."""
+        dataset = self.add_dataset(dataset_id)
+        start = len(dataset.items)
+        w, h = self.image_size
+        ref_ids = []
+        for i in range(start, start + n):
+            ref = f"{prefix}_{i:06d}"
+            boxes = [(LABELS[i % len(LABELS)], 1.0, 2.0, w / 2, h / 2), (LABELS[(i + 1) % len(LABELS)], w / 4, h / 4, w / 3, h / 3)]
+            dataset.items[ref] = FakeItem(ref, boxes)
+            ref_ids.append(ref)
+        if slice_id:
+            self.slices[slice_id].ref_ids.extend(ref_ids)
+        return ref_ids
+
+    def add_item(self, dataset_id: str, item: FakeItem, slice_id: str | None = None) -> None:
+        self.add_dataset(dataset_id).items[item.ref_id] = item
+        if slice_id:
+            self.slices[slice_id].ref_ids.append(item.ref_id)
+
+    def image_sha256(self, ref_id: str) -> str:
+        return hashlib.sha256(image_bytes(ref_id, self.image_size)).hexdigest()
+
+    def image_requests(self) -> list[str]:
+        """Reference ids of every image request so far, answered or not."""
+        return [r.path.rsplit("/", 1)[-1].removesuffix(".png") for r in self.server.requests("GET", "/images/")]
+
+    # -- rows ---------------------------------------------------------------------------
+
+    def row(self, dataset_id: str, item: FakeItem, export: int) -> dict[str, Any]:
+        """The export row of one item, as ``exportForTraining(Page)`` returns it."""
+        url = f"{self.server.url}/images/{dataset_id}/{item.ref_id}.png?X-Amz-Expires=3600&X-Amz-Signature=s{export:08x}"
+        row: dict[str, Any] = {
+            "item": {"reference_id": item.ref_id, "processed_url": url, "metadata": {"source": "fake"}},
+            "box": [
+                {"label": label, "type": "box", "geometry": {"x": x, "y": y, "width": w, "height": h},
+                 "annotation_id": f"ann_{item.ref_id}_{n}", "metadata": {}}
+                for n, (label, x, y, w, h) in enumerate(item.boxes)
+            ],
+            "polygon": [], "line": [], "keypoints": [], "cuboid": [], "category": [], "multicategory": [],
+            "segmentation": None,
+        }
+        row.update(item.extra)
+        return row
+
+    def _rows(self, kind: str, object_id: str) -> tuple[str, list[str]] | None:
+        if kind == "slice":
+            slc = self.slices.get(object_id)
+            return (slc.dataset_id, slc.ref_ids) if slc else None
+        dataset = self.datasets.get(object_id)
+        return (object_id, list(dataset.items)) if dataset else None
+
+    # -- routes -------------------------------------------------------------------------
+
+    def _authorized(self, request: Request) -> bool:
+        expected = "Basic " + base64.b64encode(f"{self.api_key}:".encode()).decode()
+        return request.headers.get("Authorization") == expected
+
+    def _add_routes(self, paging: bool) -> None:
+        route = self.server.route
+
+        def api(method: str, pattern: str):
+            def wrap(handler):
+                def guarded(request: Request) -> Response:
+                    if not self._authorized(request):
+                        return Response.json({"error": "Invalid API key"}, 401)
+                    return handler(request)
+                return route(method, API + pattern)(guarded)
+            return wrap
+
+        @api("GET", "/slice/{object_id}/info")
+        def slice_info(request: Request) -> Response:
+            slc = self.slices.get(request.params["object_id"])
+            if slc is None:
+                return Response.json({"error": "Slice not found"}, 404)
+            return Response.json({"slice_id": request.params["object_id"], "name": slc.name,
+                                  "dataset_id": slc.dataset_id, "length": len(slc.ref_ids)})
+
+        @api("GET", "/dataset/{object_id}/info")
+        def dataset_info(request: Request) -> Response:
+            dataset = self.datasets.get(request.params["object_id"])
+            if dataset is None:
+                return Response.json({"error": "Dataset not found"}, 404)
+            return Response.json({"dataset_id": request.params["object_id"], "name": dataset.name,
+                                  "length": len(dataset.items)})
+
+        def export_page(kind: str):
+            def handler(request: Request) -> Response:
+                found = self._rows(kind, request.params["object_id"])
+                if found is None:
+                    return Response.json({"error": f"{kind} not found"}, 404)
+                dataset_id, ref_ids = found
+                body = request.json() or {}
+                offset = int(body.get("pageToken") or 0)
+                size = min(int(body.get("pageSize") or self.max_page_size), self.max_page_size)
+                export = next(self._exports)
+                items = self.datasets[dataset_id].items
+                data = [self.row(dataset_id, items[ref], export) for ref in ref_ids[offset:offset + size]]
+                token = str(offset + size) if offset + size < len(ref_ids) else None
+                return Response.json({"data": data, "nextPageToken": token})
+            return handler
+
+        def export_all(kind: str):
+            def handler(request: Request) -> Response:
+                found = self._rows(kind, request.params["object_id"])
+                if found is None:
+                    return Response.json({"error": f"{kind} not found"}, 404)
+                dataset_id, ref_ids = found
+                export = next(self._exports)
+                items = self.datasets[dataset_id].items
+                return Response.json({"exportedRows": [self.row(dataset_id, items[ref], export) for ref in ref_ids]})
+            return handler
+
+        for kind in ("slice", "dataset"):
+            if paging:
+                api("POST", f"/{kind}/{{object_id}}/exportForTrainingPage")(export_page(kind))
+            api("GET", f"/{kind}/{{object_id}}/exportForTraining")(export_all(kind))
+
+        @api("POST", "/models/add")
+        def add_model(request: Request) -> Response:
+            body = request.json()
+            with self._lock:
+                model_id = f"prj_{len(self.models) + 1:06d}"
+                self.models[model_id] = body
+            return Response.json({"model_id": model_id})
+
+        @api("POST", "/dataset/{dataset_id}/model/{model_id}/uploadPredictions")
+        def upload_predictions(request: Request) -> Response:
+            dataset = self.datasets.get(request.params["dataset_id"])
+            if dataset is None or request.params["model_id"] not in self.models:
+                return Response.json({"error": "dataset or model not found"}, 404)
+            body = request.json()
+            with self._lock:
+                self.uploads.append(body)
+            known = sum(1 for a in body["annotations"] if a.get("reference_id") in dataset.items)
+            return Response.json({"predictions_processed": known,
+                                  "predictions_ignored": len(body["annotations"]) - known})
+
+        @route("GET", "/images/{dataset_id}/{file}")
+        def image(request: Request) -> Response:
+            ref = request.params["file"].removesuffix(".png")
+            if ref not in self.datasets.get(request.params["dataset_id"], FakeDataset("")).items:
+                return Response(404, b"no such image")
+            return Response(200, image_bytes(ref, self.image_size), {"Content-Type": "image/png"})
