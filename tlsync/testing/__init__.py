@@ -36,10 +36,12 @@ from ..pull import PullResult, pull
 from ..secrets import redact, remember
 from ..sources import PullContext, Source
 from ..store import DatasetVersion, Store, image_info
+from .server import Faults, LoggedRequest, LoopbackServer, Request, Response
 
 __all__ = [
     "OVERHANG_TOLERANCE", "ContractError", "SourceCheck", "check_source", "check_plugin",
     "resolve_options", "isolated_plugins", "run_cli", "write_image",
+    "LoopbackServer", "Faults", "Request", "Response", "LoggedRequest",
 ]
 
 # How far (in pixels) a yielded box may overhang its image before the kit calls it a bug.
@@ -272,6 +274,7 @@ def check_plugin(plugin: Any, name: str | None = None) -> dict[str, Source]:
     """
     name = name or getattr(plugin, "__name__", type(plugin).__name__)
     with isolated_plugins(**{name: plugin}):
+        name = plugins.pm.get_name(plugin)  # its entry-point name when it is also installed
         registered = plugins.get_sources()
         if name in plugins.broken:
             raise ContractError(f"plugin '{name}' is broken: {plugins.broken[name]}")
