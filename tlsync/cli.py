@@ -101,10 +101,14 @@ class PluginOptionsCommand(click.Command):
 
             chosen = getattr(plugins, f"get_{self.kind}")(name)
             ctx.meta[f"tlsync.{self.kind}"] = chosen
-            self.params = [p for p in self.params if not getattr(p, "_from_plugin", False)]
-            for opt in chosen.options:
-                opt._from_plugin = True  # type: ignore[attr-defined]
-                self.params.append(opt)
+            # The plugin's options join only this parse (which also renders --help): the
+            # command object is shared, and must not keep options from an earlier call.
+            own = self.params
+            self.params = [*own, *chosen.options]
+            try:
+                return super().parse_args(ctx, args)
+            finally:
+                self.params = own
         return super().parse_args(ctx, args)
 
 

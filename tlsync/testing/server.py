@@ -107,18 +107,28 @@ class LoopbackServer:
 
     def __init__(self, latency: float = 0.0, faults: Faults | None = None, max_connections: int = 128,
                  idle_timeout: float = 10.0):
-        self.latency = latency
-        self.faults = faults
+        self.latency = latency  # may be changed while running, as may ``faults``
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
         self.log: list[LoggedRequest] = []
         self.errors: list[str] = []  # tracebacks of handlers that raised (answered 500)
         self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
         self._lock = threading.Lock()
-        self._rng = random.Random(faults.seed if faults else 0)
-        self._streak: dict[tuple[str, str], int] = {}
+        self.faults = faults
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
+
+    @property
+    def faults(self) -> Faults | None:
+        return self._faults
+
+    @faults.setter
+    def faults(self, faults: Faults | None) -> None:
+        """Setting a fault plan restarts its seeded sequence."""
+        with self._lock:
+            self._faults = faults
+            self._rng = random.Random(faults.seed if faults else 0)
+            self._streak: dict[tuple[str, str], int] = {}
 
     # -- routes -------------------------------------------------------------------------
 
@@ -173,8 +183,8 @@ class LoopbackServer:
     # -- serving (called from handler threads) ------------------------------------------
 
     def _pick_fault(self, method: str, path: str) -> str | None:
-        faults = self.faults
         with self._lock:
+            faults = self._faults
             key = (method, path)
             if (faults and faults.rate > 0 and re.search(faults.paths, path)
                     and self._rng.random() < faults.rate and self._streak.get(key, 0) < faults.max_in_a_row):
