@@ -1,0 +1,291 @@
+"""The ``roboflow`` source: Roboflow exports from a folder, a downloaded zip, or the API.
+
+Local exports (COCO JSON, YOLO, Pascal VOC) are auto-detected; the API flow mirrors the
+official client: ask for a version's export, poll while Roboflow prepares it, download
+the zip, unpack it safely into the store's cache and read it like a local export.
+
+Roboflow renames images ``<stem>_<ext>.rf.<hash>.<ext>`` and gives augmented copies of
+one photo the same part before ``.rf.``; that part becomes ``metadata["group"]`` so the
+core's split assignment never puts copies of one photo on both sides of train/val.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import zipfile
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import click
+from filelock import FileLock, Timeout
+
+from tlsync.archives import clean_leftovers, default_max_total, extract_zip, parse_size
+from tlsync.console import progress
+from tlsync.errors import SourceError
+from tlsync.format import Item
+from tlsync.hookspecs import hookimpl
+from tlsync.http import HttpClient, HttpError
+from tlsync.manifest import atomic_write_text
+from tlsync.secrets import get_secret
+from tlsync.sources import PullContext, Source
+
+from .coco import find_annotations, read_coco
+from .voc import SPLIT_FOLDERS, looks_like_voc, read_voc
+from .yolo import find_data_yaml, read_yolo
+
+DEFAULT_API_URL = "https://api.roboflow.com"
+FORMATS = ("coco", "yolo", "yolov5", "yolov8", "yolov11", "voc")
+# The API's identifiers where they differ from the names users type (as in the official client).
+API_FORMAT_IDS = {"yolov5": "yolov5pytorch", "yolo": "yolov8"}
+COCO_JSON = "_annotations.coco.json"
+SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+LOCK_TIMEOUT = 3600
+
+
+def photo_metadata(item_id: str) -> dict[str, str]:
+    """``{"group", "original_stem"}`` from a Roboflow file name; just the stem for other names.
+
+    ``IMG_0001 2_jpg.rf.a64c.jpg`` -> group ``IMG_0001 2_jpg``, original stem ``IMG_0001 2``.
+    """
+    path = PurePosixPath(item_id)
+    prefix, sep, _ = path.name.partition(".rf.")
+    if not sep:
+        return {"original_stem": path.stem}
+    stem, _, ext = prefix.rpartition("_")
+    original = stem if stem and ext.isalnum() and len(ext) <= 5 else prefix
+    return {"group": str(path.parent / prefix) if path.parent.name else prefix, "original_stem": original}
+
+
+def detect_format(root: Path) -> str | None:
+    if find_data_yaml(root):
+        return "yolo"
+    if coco_folders(root):
+        return "coco"
+    if looks_like_voc(root):
+        return "voc"
+    return None
+
+
+def coco_folders(root: Path) -> list[tuple[str | None, Path]]:
+    """``(split, folder)`` of each COCO JSON: Roboflow's split folders, else ``root`` itself."""
+    splits = [(split, root / name) for name, split in SPLIT_FOLDERS.items() if (root / name / COCO_JSON).is_file()]
+    if splits:
+        return splits
+    return [(None, root)] if (root / COCO_JSON).is_file() or len(list(root.glob("*.json"))) == 1 else []
+
+
+def read_roboflow_coco(ctx: PullContext, root: Path) -> Iterator[Item]:
+    """Every split's COCO JSON through the shared reader, minus Roboflow's super-category."""
+    folders = coco_folders(root)
+    if not folders:
+        raise SourceError(f"{root}: no {COCO_JSON} here or in train/, valid/, test/")
+    categories: list[str] = []
+    for split, folder in folders:
+        annotations = folder / COCO_JSON if (folder / COCO_JSON).is_file() else find_annotations(folder)
+        yield from read_coco(ctx, annotations, folder, split, drop_supercategory=True)
+        categories += [c for c in ctx.categories or [] if c not in categories]
+    ctx.set_categories(categories)  # each split's read_coco replaced the list; keep the union
+
+
+READERS = {"coco": read_roboflow_coco, "yolo": read_yolo, "voc": read_voc}
+
+
+def export_root(path: Path, fmt: str | None) -> tuple[Path, str]:
+    """The folder holding the export and its format, looking inside a lone wrapper folder."""
+    root = path
+    for _ in range(3):
+        found = fmt or detect_format(root)
+        if found:
+            return root, "yolo" if found.startswith("yolo") else found
+        subdirs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "__MACOSX"))]
+        if len(subdirs) != 1:
+            break
+        root = subdirs[0]
+    raise SourceError(f"{path}: not a recognisable export (no data.yaml, {COCO_JSON} or VOC .xml files); "
+                      f"use --format coco|yolo|voc")
+
+
+class RoboflowSource(Source):
+    name = "roboflow"
+    description = "Roboflow exports (COCO JSON, YOLO, Pascal VOC): a folder, its .zip, or the versioned-export API."
+    options = [
+        click.Option(["--path"], type=click.Path(path_type=Path), help="Export folder or .zip as downloaded."),
+        click.Option(["--format"], type=click.Choice(FORMATS),
+                     help="Export format (auto-detected for --path; default coco for the API)."),
+        click.Option(["--workspace"], help="API: Roboflow workspace slug (key from ROBOFLOW_API_KEY)."),
+        click.Option(["--project"], help="API: project slug."),
+        click.Option(["--version"], type=click.IntRange(1), help="API: dataset version number."),
+        click.Option(["--refresh"], is_flag=True, help="Download (or unpack) the export again even if cached."),
+        click.Option(["--export-timeout"], type=click.FloatRange(0), default=900.0, show_default=True,
+                     help="API: seconds to wait for Roboflow to prepare the export."),
+        click.Option(["--max-extract-size"],
+                     help="Refuse zips that unpack to more than this (default 20GB or $TLSYNC_MAX_EXTRACT_SIZE)."),
+    ]
+    poll_interval: float = 1.0
+
+    def __init__(self, http: HttpClient | None = None):
+        self._http = http
+
+    def items(self, ctx: PullContext, path: Path | None = None, format: str | None = None,
+              workspace: str | None = None, project: str | None = None, version: int | None = None,
+              refresh: bool = False, export_timeout: float = 900.0, max_extract_size: str | None = None,
+              **_: Any) -> Iterator[Item]:
+        limit = parse_size(max_extract_size, "--max-extract-size") if max_extract_size else default_max_total()
+        api = (workspace, project, version)
+        if path is not None and any(v is not None for v in api):
+            raise SourceError("roboflow: give --path, or --workspace/--project/--version, not both")
+        if path is not None:
+            folder = self.local_export(ctx, path.expanduser(), refresh, limit)
+        elif all(v is not None for v in api):
+            format = format or "coco"
+            folder = self.api_export(ctx, workspace, project, version, format, refresh, export_timeout, limit)
+        else:
+            raise SourceError("roboflow: give --path EXPORT (folder or .zip), or --workspace W --project P --version N")
+        root, fmt = export_root(folder, format)
+        for item in READERS[fmt](ctx, root):
+            item.metadata.update(photo_metadata(item.id))
+            yield item
+
+    # -- local exports ----------------------------------------------------------------------
+
+    def local_export(self, ctx: PullContext, path: Path, refresh: bool, limit: int) -> Path:
+        """A folder as is; a zip unpacked (once per zip file version) into the cache."""
+        if path.is_dir():
+            return path
+        if not path.exists():
+            raise SourceError(f"{path}: no such file or folder")
+        if path.suffix.lower() != ".zip" and not zipfile.is_zipfile(path):
+            raise SourceError(f"{path}: not a folder or a .zip export")
+        resolved = path.resolve()
+        st = resolved.stat()
+        slot = ctx.cache_dir("zips", hashlib.sha256(str(resolved).encode()).hexdigest()[:20])
+        stamp = f"{resolved}\n{st.st_size}\n{st.st_mtime_ns}\n"
+        export = slot / "export"
+        with _locked(slot):
+            if not refresh and export.is_dir() and _read(slot / "stamp") == stamp:
+                return export
+            clean_leftovers(export)
+            with progress(f"unpack {path.name}", unit="bytes") as update:
+                extract_zip(path, export, max_total=limit, replace=True,
+                            progress=lambda done, total: update(done, total=total))
+            atomic_write_text(slot / "stamp", stamp)
+        ctx.note(f"unpacked {path.name} into {export}")
+        return export
+
+    # -- the versioned-export API ------------------------------------------------------------
+
+    def api_export(self, ctx: PullContext, workspace: str, project: str, version: int, fmt: str,
+                   refresh: bool, timeout: float, limit: int) -> Path:
+        """The unpacked export of one version and format, downloaded unless already cached."""
+        for flag, value in (("--workspace", workspace), ("--project", project)):
+            if not SLUG.match(value):
+                raise SourceError(f"roboflow: {flag} {value!r} is not a Roboflow slug (letters, digits, '-', '_', '.')")
+        fmt_id = API_FORMAT_IDS.get(fmt, fmt)
+        ref = f"{workspace}/{project}/{version} ({fmt_id})"
+        slot = ctx.cache_dir("api", workspace, project, str(version), fmt_id)
+        export = slot / "export"
+        with _locked(slot):
+            if export.is_dir() and not refresh:
+                ctx.note(f"Roboflow export {ref}: using the copy downloaded earlier (--refresh to download again)")
+                return export
+            key = get_secret("ROBOFLOW_API_KEY")
+            base = os.environ.get("ROBOFLOW_API_URL", DEFAULT_API_URL).rstrip("/")
+            link = self.export_link(f"{base}/{workspace}/{project}/{version}/{fmt_id}", key, ref, timeout)
+            part = slot / "download.zip.part"
+            clean_leftovers(export)
+            try:
+                self.download(link, part, ref)
+                with progress(f"unpack {ref}", unit="bytes") as update:
+                    extract_zip(part, export, max_total=limit, replace=True,
+                                progress=lambda done, total: update(done, total=total))
+            finally:
+                part.unlink(missing_ok=True)
+        ctx.note(f"downloaded Roboflow export {ref}")
+        return export
+
+    def export_link(self, url: str, key: str, ref: str, timeout: float) -> str:
+        """Ask for the export and poll while Roboflow prepares it (HTTP 202); its zip's URL."""
+        waited = 0.0
+        with progress(f"Roboflow export {ref}", total=100, unit="%") as update:
+            while True:
+                response = self.http.request("GET", url, what=f"Roboflow export {ref}",
+                                             params={"api_key": key, "nocache": "true"})
+                if response.status_code not in (200, 202):
+                    raise _api_error(response.status_code, ref)
+                body = _json_object(response)
+                if response.status_code == 200:
+                    link = (body.get("export") or {}).get("link") if isinstance(body.get("export"), dict) else None
+                    if not isinstance(link, str) or not link.startswith(("http://", "https://")):
+                        raise SourceError(f"Roboflow export {ref}: the API said ready (HTTP 200) but gave no export.link")
+                    update(100)
+                    return link
+                fraction = body.get("progress")
+                if isinstance(fraction, (int, float)):
+                    update(max(0.0, min(1.0, float(fraction))) * 100)
+                if waited >= timeout:
+                    raise SourceError(f"Roboflow export {ref}: still being prepared after {waited:g}s; "
+                                      f"try again later or raise --export-timeout")
+                self.http.sleep(self.poll_interval)
+                waited += self.poll_interval
+
+    def download(self, link: str, part: Path, ref: str) -> None:
+        """Stream the export zip to ``part``; the core client retries and checks the length."""
+        with progress(f"download {ref}", unit="bytes") as update, open(part, "wb") as out:
+            try:
+                self.http.download(link, out, what=f"Roboflow export {ref}",
+                                   progress=lambda done, total: update(done, total=total))
+            except HttpError as e:  # signed links carry credentials in their query string
+                raise HttpError(str(e).replace(link, _without_query(link)), e.status) from None
+
+
+def _api_error(status: int, ref: str) -> SourceError:
+    if status in (401, 403):
+        return SourceError(f"Roboflow refused the API key for {ref} (HTTP {status}): check ROBOFLOW_API_KEY "
+                           f"and that the key belongs to this workspace")
+    if status == 404:
+        return SourceError(f"Roboflow has no {ref} (HTTP 404): check --workspace, --project, --version and --format")
+    return SourceError(f"Roboflow export {ref}: the API returned HTTP {status}")
+
+
+def _json_object(response: Any) -> dict[str, Any]:
+    """The body as a JSON object, or ``{}`` (a 202 without progress is still a 202)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _without_query(url: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError:
+        return None
+
+
+@contextmanager
+def _locked(slot: Path) -> Iterator[None]:
+    """Hold a cache slot's lock, so that two pulls of one export download and unpack it once."""
+    lock = FileLock(str(slot / ".lock"))
+    try:
+        lock.acquire(timeout=LOCK_TIMEOUT)
+    except Timeout:
+        raise SourceError(f"{slot}: another pull has held this export's lock for an hour") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@hookimpl
+def tlsync_register_sources(register):
+    register(RoboflowSource())

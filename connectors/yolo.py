@@ -1,0 +1,223 @@
+"""YOLO exports (v5, v8, v11): ``data.yaml`` plus ``{split}/images`` and ``{split}/labels``.
+
+Rows are ``class cx cy w h`` normalised to 0..1, so each image's real size (read from its
+header, with EXIF orientation applied, exactly as the store will measure it) is needed to
+turn them into the common format's pixel boxes. A missing or empty label file is a true
+negative, not an error.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+from tlsync.errors import InvalidItem, SourceError, TlsyncError
+from tlsync.format import SPLITS, Box, ImageRef, Item
+from tlsync.sources import PullContext
+from tlsync.store import image_info
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
+# Where exports put a split when data.yaml does not say (Roboflow writes no ``test:`` key).
+CONVENTIONAL_FOLDERS = {"train": ("train",), "val": ("valid", "val"), "test": ("test",)}
+POLYGON_ROWS = "polygon rows (their bounding boxes are used)"
+
+
+def find_data_yaml(root: Path) -> Path | None:
+    """``data.yaml`` in ``root``, else the only ``*.yaml`` there that has ``names``."""
+    if (root / "data.yaml").is_file():
+        return root / "data.yaml"
+    candidates = [p for p in sorted(root.glob("*.y*ml")) if p.suffix in (".yaml", ".yml")]
+    found = [p for p in candidates if "names" in _safe_load(p)]
+    return found[0] if len(found) == 1 else None
+
+
+def _safe_load(path: Path) -> dict[str, Any]:
+    """The yaml as a mapping, or ``{}`` for anything unreadable (only used for detection)."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def load_config(path: Path) -> dict[str, Any]:
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise SourceError(f"{path}: cannot read ({e.strerror or e})") from None
+    except (UnicodeDecodeError, yaml.YAMLError) as e:
+        raise SourceError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(config, dict):
+        raise SourceError(f"{path}: expected a mapping with 'names' and 'train'/'val' folders")
+    return config
+
+
+def class_names(path: Path, config: dict[str, Any]) -> dict[int, str]:
+    """``{index: name}`` from ``names`` given as a list or as an index->name map."""
+    names = config.get("names")
+    if isinstance(names, list):
+        pairs = list(enumerate(names))
+    elif isinstance(names, dict):
+        try:
+            pairs = sorted((int(k), v) for k, v in names.items())
+        except (TypeError, ValueError):
+            raise SourceError(f"{path}: 'names' map keys must be class indices (0, 1, ...)") from None
+    else:
+        raise SourceError(f"{path}: missing 'names' (a list of class names, or an index -> name map)")
+    result: dict[int, str] = {}
+    for index, name in pairs:
+        if index < 0 or not isinstance(name, (str, int)) or not str(name).strip():
+            raise SourceError(f"{path}: names[{index}] must be a non-empty class name (got {name!r})")
+        if str(name) in result.values():
+            raise SourceError(f"{path}: class name '{name}' appears twice in 'names'")
+        result[index] = str(name)
+    nc = config.get("nc")
+    if nc is not None and nc != len(result):
+        raise SourceError(f"{path}: nc is {nc!r} but 'names' lists {len(result)} classes")
+    return result
+
+
+def split_folders(path: Path, config: dict[str, Any]) -> list[tuple[str, Path]]:
+    """``(split, images folder)`` for each split the yaml names or the export holds.
+
+    Relative paths resolve against ``path:`` (if given) or the yaml's folder. Roboflow
+    writes ``../train/images``, meant for a checkout one level up; like the official
+    client, a path that does not exist is retried without its leading ``../``.
+    """
+    here = path.parent
+    base = here
+    if isinstance(config.get("path"), str) and (here / config["path"]).is_dir():
+        base = here / config["path"]
+    found: list[tuple[str, Path]] = []
+    for split in SPLITS:
+        value = config.get(split)
+        if value is None:
+            found += [(split, f) for f in _conventional(here, split)[:1]]
+            continue
+        for entry in value if isinstance(value, list) else [value]:
+            folder = _resolve(base, here, str(entry)) or next(iter(_conventional(here, split)), None)
+            if folder is None:
+                raise SourceError(f"{path}: '{split}: {entry}' is not a folder (looked under {base})")
+            if folder.is_file():
+                raise SourceError(f"{path}: '{split}: {entry}' is an image-list file; give the images folder instead")
+            found.append((split, folder))
+    seen: dict[Path, str] = {}
+    for split, folder in found:
+        key = folder.resolve()
+        if key in seen:
+            raise SourceError(f"{path}: '{seen[key]}' and '{split}' both point at {folder}; an image can be in one split")
+        seen[key] = split
+    if not found:
+        raise SourceError(f"{path}: names no 'train'/'val'/'test' folders and none of train/, valid/, test/ exist")
+    return found
+
+
+def _resolve(base: Path, here: Path, entry: str) -> Path | None:
+    candidate = Path(entry).expanduser()
+    tries = [candidate] if candidate.is_absolute() else [base / candidate]
+    parts = list(Path(entry).parts)
+    while parts and parts[0] in ("..", "."):
+        parts.pop(0)
+    if parts and not candidate.is_absolute():
+        tries.append(here.joinpath(*parts))
+    return next((p for p in tries if p.exists()), None)
+
+
+def _conventional(here: Path, split: str) -> list[Path]:
+    return [here / name / "images" for name in CONVENTIONAL_FOLDERS[split] if (here / name / "images").is_dir()]
+
+
+def label_path(image: Path) -> Path:
+    """Ultralytics' rule: the last ``images`` folder in the path becomes ``labels``, suffix ``.txt``."""
+    parts = list(image.parts)
+    for i in range(len(parts) - 2, -1, -1):
+        if parts[i] == "images":
+            parts[i] = "labels"
+            break
+    return Path(*parts).with_suffix(".txt")
+
+
+def read_yolo(ctx: PullContext, root: Path) -> Iterator[Item]:
+    """Yield every image of every split named by the export's data.yaml, with its boxes."""
+    path = find_data_yaml(root)
+    if path is None:
+        raise SourceError(f"{root}: no data.yaml (a YOLO export has one beside its train/ and valid/ folders)")
+    config = load_config(path)
+    names = class_names(path, config)
+    ctx.set_categories(list(names.values()))
+    for split, folder in split_folders(path, config):
+        yield from read_split(ctx, folder, split, names)
+
+
+def read_split(ctx: PullContext, images: Path, split: str | None, names: dict[int, str]) -> Iterator[Item]:
+    """One item per image under ``images`` (id: its path relative to that folder)."""
+    for image in sorted(p for p in images.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()):
+        try:
+            width, height, _ = image_info(image)
+        except TlsyncError as e:
+            ctx.bad(f"{image}: {e}")
+            continue
+        boxes = read_labels(ctx, label_path(image), width, height, names)
+        yield Item(image.relative_to(images).as_posix(), ImageRef(str(image.absolute())), boxes, split)
+
+
+def read_labels(ctx: PullContext, path: Path, width: int, height: int, names: dict[int, str]) -> list[Box]:
+    """The boxes of one label file, in pixels; bad rows go through ``ctx.bad`` and are dropped."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError) as e:
+        ctx.bad(f"{path}: cannot read label file ({getattr(e, 'strerror', None) or e})")
+        return []
+    boxes = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            box = _row_box(ctx, f"{path}: line {n}", line.split(), width, height, names)
+            if box is not None:
+                boxes.append(box)
+    return boxes
+
+
+def _row_box(ctx: PullContext, where: str, tokens: list[str], width: int, height: int,
+             names: dict[int, str]) -> Box | None:
+    try:
+        values = [float(t) for t in tokens]
+    except ValueError:
+        bad = next(t for t in tokens if not _is_float(t))
+        ctx.bad(f"{where}: {bad!r} is not a number")
+        return None
+    if not values[0].is_integer() or int(values[0]) not in names:
+        ctx.bad(f"{where}: class index {tokens[0]} is not in data.yaml names (0..{max(names, default=-1)})")
+        return None
+    coords = values[1:]
+    if len(coords) < 4 or (len(coords) > 4 and len(coords) % 2):
+        ctx.bad(f"{where}: expected 'class cx cy w h' or 'class x1 y1 x2 y2 x3 y3 ...' (got {len(values)} numbers)")
+        return None
+    outside = next((t for t, v in zip(tokens[1:], coords) if not (math.isfinite(v) and 0.0 <= v <= 1.0)), None)
+    if outside is not None:
+        ctx.bad(f"{where}: coordinate {outside} is outside 0..1 (YOLO rows are normalised to the image size)")
+        return None
+    if len(coords) == 4:
+        cx, cy, w, h = coords
+        x0, y0, x1, y1 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
+    else:
+        ctx.count_not_used(POLYGON_ROWS)
+        xs, ys = coords[0::2], coords[1::2]
+        x0, y0, x1, y1 = min(xs), min(ys), max(xs), max(ys)
+    try:
+        return Box(names[int(values[0])], x0 * width, y0 * height, (x1 - x0) * width, (y1 - y0) * height)
+    except InvalidItem as e:
+        ctx.bad(f"{where}: {e}")
+        return None
+
+
+def _is_float(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
