@@ -49,7 +49,8 @@ __all__ = [
 # a source that mixes up coordinate conventions (corners for sizes, percent for pixels).
 OVERHANG_TOLERANCE = 1.0
 
-_SECRET_LOOKING = re.compile(r"key|token|secret|password|passwd", re.IGNORECASE)
+# Option names that hold credentials (api_key, auth_token, password...), not ones like image_key.
+_SECRET_LOOKING = re.compile(r"(^|_)(api_?key|access_?key|secret(_?key)?|token|password|passwd)$|^key$", re.IGNORECASE)
 _SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 _counter = itertools.count(1)
 

@@ -1,0 +1,102 @@
+"""The Label Studio API: project export and /data/ images with the token, and only there."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import responses
+from responses import matchers
+
+import tlsync_labelstudio
+from tlsync.errors import TlsyncError
+from tlsync.testing import Faults, LoopbackServer, Response, check_source, write_image
+
+URL = "https://ls.example.com"
+KEY = "ls-token-0123456789abcdef"
+
+
+def png(tmp_path: Path, seed: int) -> bytes:
+    return write_image(tmp_path / f"{seed}.png", 200, 100, seed=seed).read_bytes()
+
+
+def tasks(server_image: str) -> list[dict]:
+    def annotated(label: str) -> list[dict]:
+        return [{"id": 1, "was_cancelled": False, "updated_at": "2024-05-01T00:00:00Z", "result": [{
+            "id": "r1", "type": "rectanglelabels", "original_width": 200, "original_height": 100,
+            "value": {"x": 25, "y": 10, "width": 50, "height": 80, "rotation": 0, "rectanglelabels": [label]}}]}]
+
+    return [
+        {"id": 1, "data": {"image": server_image}, "annotations": annotated("cell")},
+        {"id": 2, "data": {"image": "https://cdn.example.org/b.png"}, "annotations": annotated("debris")},
+    ]
+
+
+@pytest.fixture
+def server_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LABEL_STUDIO_URL", URL)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", KEY)
+
+
+@responses.activate
+def test_project_export_and_server_images_get_the_token_other_hosts_never_do(tmp_path, tlsync_store, server_env):
+    token = matchers.header_matcher({"Authorization": f"Token {KEY}"})
+    responses.get(f"{URL}/api/projects/7/export", json=tasks("/data/upload/7/a.png"),
+                  match=[matchers.query_param_matcher({"exportType": "JSON"}), token])
+    responses.get(f"{URL}/data/upload/7/a.png", body=png(tmp_path, 1), content_type="image/png", match=[token])
+    responses.get("https://cdn.example.org/b.png", body=png(tmp_path, 2), content_type="image/png")
+
+    checked = check_source(tlsync_labelstudio.LabelStudioSource(), store=tlsync_store, project=7)
+
+    items = checked.by_id()
+    (cell,) = items["1"].annotations
+    assert (cell.label, cell.x, cell.y, cell.width, cell.height) == ("cell", 50, 10, 100, 80)
+    assert items["1"].image.uri == f"{URL}/data/upload/7/a.png"
+    cdn = [call.request for call in responses.calls if call.request.url.startswith("https://cdn.example.org/")]
+    assert cdn and all("Authorization" not in request.headers for request in cdn)
+    assert checked.dataset.info["source"]["params"] == {"project": 7, "url": URL, "image_key": "image",
+                                                        "use_predictions": False}
+    assert "Label Studio project 7: 2 tasks" in checked.result.notes
+
+
+@responses.activate
+@pytest.mark.parametrize("status, message", [
+    (401, "Label Studio refused the API key in LABEL_STUDIO_API_KEY (HTTP 401) for project 7"),
+    (404, "Label Studio project 7 not found at https://ls.example.com"),
+])
+def test_refused_or_missing_project_is_one_clear_line_without_the_key(tlsync_store, server_env, status, message):
+    responses.get(f"{URL}/api/projects/7/export", status=status, json={"detail": f"bad token {KEY}"})
+    with pytest.raises(TlsyncError) as failed:
+        check_source(tlsync_labelstudio.LabelStudioSource(), store=tlsync_store, project=7)
+    assert message in str(failed.value) and KEY not in str(failed.value)
+
+
+def test_missing_key_or_server_says_which_variable_to_set(tlsync_store, monkeypatch):
+    source = tlsync_labelstudio.LabelStudioSource()
+    monkeypatch.delenv("LABEL_STUDIO_URL", raising=False)
+    with pytest.raises(TlsyncError, match="--project needs the Label Studio server: pass --url or set LABEL_STUDIO_URL"):
+        check_source(source, store=tlsync_store, project=7)
+    monkeypatch.delenv("LABEL_STUDIO_API_KEY", raising=False)
+    with pytest.raises(TlsyncError, match="LABEL_STUDIO_API_KEY is not set"):
+        check_source(source, store=tlsync_store, project=7, url=URL)
+
+
+def test_over_real_http_a_rate_limited_export_is_retried_and_images_carry_the_token(
+        tmp_path, tlsync_store, monkeypatch):
+    server = LoopbackServer(faults=Faults(rate=1.0, kinds=("429",), max_in_a_row=1, paths="/export$"))
+    image = png(tmp_path, 3)
+
+    @server.route("GET", "/api/projects/{project}/export")
+    def export(request):
+        return Response.json(tasks(f"/data/upload/{request.params['project']}/a.png")[:1])
+
+    @server.route("GET", "/data/upload/{project}/{name}")
+    def upload(request):
+        return Response(200, image, {"Content-Type": "image/png"})
+
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", KEY)
+    with server:
+        checked = check_source(tlsync_labelstudio.LabelStudioSource(), store=tlsync_store, project=9, url=server.url)
+    assert [item.id for item in checked.items] == ["1"]
+    assert [r.status for r in server.requests("GET", "/api/projects/9/export")] == [429, 200, 429, 200]
+    assert all(r.headers.get("Authorization") == f"Token {KEY}" for r in server.log)

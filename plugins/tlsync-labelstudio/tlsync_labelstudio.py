@@ -1,0 +1,249 @@
+"""A tlsync source for Label Studio: a JSON export file, or a project exported over the API.
+
+    tlsync pull --source labelstudio --path export.json --images ./media --dataset cells
+    LABEL_STUDIO_URL=https://ls.example.com LABEL_STUDIO_API_KEY=... \\
+        tlsync pull --source labelstudio --project 7 --dataset cells
+
+Label Studio stores a rectangle as percentages of the image it was drawn on
+(``original_width`` x ``original_height``), with its top-left corner at ``x, y``; tlsync
+wants pixels, so every box is scaled here. Each task may hold several annotations: skipped
+ones (``was_cancelled``) are ignored and the most recently updated of the rest wins.
+Model predictions are only used when asked, for tasks nobody annotated.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO, Iterator
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import click
+
+from tlsync.errors import SourceError
+from tlsync.format import Box, ImageRef, Item
+from tlsync.hookspecs import hookimpl
+from tlsync.http import HttpError
+from tlsync.secrets import get_secret
+from tlsync.sources import PullContext, Source
+
+__version__ = "0.1.0"
+
+API_KEY = "LABEL_STUDIO_API_KEY"
+URL = "LABEL_STUDIO_URL"
+_EARLIEST = datetime.min.replace(tzinfo=timezone.utc)
+
+
+class LabelStudioSource(Source):
+    name = "labelstudio"
+    description = "Label Studio: a JSON export file, or a project over the API (rectangle labels)."
+    options = [
+        click.Option(["--path"], type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     help="A JSON export file (Export > JSON)."),
+        click.Option(["--project"], type=click.IntRange(min=1),
+                     help=f"Project id to export over the API (with --url and ${API_KEY})."),
+        click.Option(["--url"], envvar=URL, help=f"Label Studio server URL (default: ${URL})."),
+        click.Option(["--images"], type=click.Path(exists=True, file_okay=False, path_type=Path),
+                     help="Local media folder for /data/... images (default: download them from --url)."),
+        click.Option(["--image-key"], default="image", show_default=True, help="Task data field holding the image."),
+        click.Option(["--use-predictions"], is_flag=True,
+                     help="For tasks with no annotation, use their latest model prediction."),
+    ]
+    concurrency = 8
+
+    # The server whose /data/ images get the API key, set by items() for fetch() of the same
+    # pull: fetch() only sees an item, and the key must never be stored in the item itself.
+    _server: str | None = None
+
+    def items(self, ctx: PullContext, path: Path | None = None, project: int | None = None, url: str | None = None,
+              images: Path | None = None, image_key: str = "image", use_predictions: bool = False,
+              **_: Any) -> Iterator[Item]:
+        if (path is None) == (project is None):
+            raise SourceError("labelstudio: give --path EXPORT.json or --project ID (one of them)")
+        self._server = url.rstrip("/") if url else None
+        if project is not None:
+            where, path = f"Label Studio project {project}", self._export(ctx, project)
+        else:
+            where = str(path)
+        tasks = _load(path, where)
+        ctx.note(f"{where}: {len(tasks)} tasks")
+        folders = (images, path.parent if project is None else None)
+        for index, task in enumerate(tasks):
+            item = self._item(ctx, where, index, task, folders, image_key, use_predictions)
+            if item is not None:
+                yield item
+
+    def fetch(self, item: Item, out: BinaryIO) -> None:
+        """Images under the server's /data/ need the API key; any other URL must never see it."""
+        if self._server and item.image.uri.startswith(self._server + "/data/"):
+            self.http.download(item.image.uri, out, what=f"task {item.id}", headers=_auth())
+        else:
+            super().fetch(item, out)
+
+    def _export(self, ctx: PullContext, project: int) -> Path:
+        """Download the project's JSON export into the source's cache (whole, or not at all)."""
+        if not self._server:
+            raise SourceError(f"--project needs the Label Studio server: pass --url or set {URL}")
+        url = f"{self._server}/api/projects/{project}/export?exportType=JSON"
+        folder = ctx.cache_dir(f"project-{project}")
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".export-", suffix=".json")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                self.http.download(url, out, what=f"Label Studio project {project} export", headers=_auth())
+            os.replace(tmp, folder / "export.json")
+        except HttpError as e:
+            if e.status in (401, 403):
+                raise SourceError(f"Label Studio refused the API key in {API_KEY} (HTTP {e.status}) "
+                                  f"for project {project} at {self._server}") from None
+            if e.status == 404:
+                raise SourceError(f"Label Studio project {project} not found at {self._server}") from None
+            raise
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        return folder / "export.json"
+
+    def _item(self, ctx: PullContext, where: str, index: int, task: Any, folders: tuple[Path | None, Path | None],
+              image_key: str, use_predictions: bool) -> Item | None:
+        task_id = task.get("id") if isinstance(task, dict) else None
+        label = f"{where}: task {task_id if task_id is not None else f'#{index}'}"
+        if not isinstance(task_id, (int, str)) or isinstance(task_id, bool) or task_id == "":
+            ctx.bad(f"{label}: field 'id' is missing (is this Label Studio's JSON export?)")
+            return None
+        data = task.get("data")
+        image = data.get(image_key) if isinstance(data, dict) else None
+        if not isinstance(image, str) or not image:
+            ctx.bad(f"{label}: data.{image_key} is missing (name the image field with --image-key)")
+            return None
+        chosen, origin = _latest(task.get("annotations"), skip_cancelled=True), "annotation"
+        if chosen is None and use_predictions:
+            chosen, origin = _latest(task.get("predictions"), skip_cancelled=False), "prediction"
+        if chosen is None:
+            ctx.skip("tasks without a usable annotation (unlabelled or skipped)")
+            return None
+        uri = self._image_uri(ctx, label, image, *folders)
+        if uri is None:
+            return None
+        boxes = _boxes(ctx, f"{label}: {origin} {chosen.get('id')}", chosen.get("result"))
+        if boxes is None:
+            return None
+        return Item(str(task_id), ImageRef(uri), boxes, metadata={"task": task_id, origin: chosen.get("id")})
+
+    def _image_uri(self, ctx: PullContext, label: str, image: str, images: Path | None,
+                   export_dir: Path | None) -> str | None:
+        """Where an image's bytes are.
+
+        URLs stay as they are; Label Studio's own ``/data/...`` paths map into ``--images``
+        (its media folder, or the local-storage root for ``/data/local-files/?d=``) or else
+        onto the server; any other path is relative to ``--images`` or the export file.
+        """
+        parts = urlsplit(image)
+        base = images or export_dir
+        if parts.scheme in ("http", "https"):
+            return image
+        if parts.scheme:
+            ctx.bad(f"{label}: image {image!r}: {parts.scheme}:// cloud storage is not supported; "
+                    f"sync it to a local folder and pass --images")
+            return None
+        if image.startswith("/data/"):
+            if images is None and self._server:
+                return self._server + image
+            if images is None:
+                ctx.bad(f"{label}: image {image} is on the Label Studio server: pass --images or --url")
+                return None
+            base = images
+            if image.startswith("/data/local-files/"):
+                image = parse_qs(parts.query).get("d", [""])[0]
+            else:
+                image = unquote(parts.path[len("/data/"):])
+        relative_path = PurePosixPath(image)
+        if base is None or relative_path.is_absolute() or ".." in relative_path.parts or not relative_path.parts:
+            ctx.bad(f"{label}: image {image!r} must be a path inside --images")
+            return None
+        return str(base.joinpath(*relative_path.parts))
+
+
+def _auth() -> dict[str, str]:
+    return {"Authorization": f"Token {get_secret(API_KEY)}"}
+
+
+def _load(path: Path, where: str) -> list[Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            tasks = json.load(f)
+    except json.JSONDecodeError as e:
+        raise SourceError(f"{where}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SourceError(f"{where}: cannot read it ({e})") from None
+    if not isinstance(tasks, list):
+        raise SourceError(f"{where}: expected a list of tasks (Label Studio's JSON export), got {type(tasks).__name__}")
+    return tasks
+
+
+def _latest(entries: Any, skip_cancelled: bool) -> dict[str, Any] | None:
+    """The most recently updated annotation (or prediction), skipped ones left out."""
+    usable = [e for e in entries or () if isinstance(e, dict) and not (skip_cancelled and e.get("was_cancelled"))]
+    return max(usable, key=lambda e: (_when(e.get("updated_at") or e.get("created_at")), _number_or_zero(e.get("id"))),
+               default=None)
+
+
+def _when(text: Any) -> datetime:
+    try:
+        moment = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except ValueError:
+        return _EARLIEST
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _number_or_zero(value: Any) -> float:
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
+
+
+def _boxes(ctx: PullContext, label: str, results: Any) -> list[Box] | None:
+    """``rectanglelabels`` results in pixels; other result types are counted as not used."""
+    if not isinstance(results, list):
+        ctx.bad(f"{label}: field 'result' must be a list")
+        return None
+    boxes: list[Box] = []
+    for result in results:
+        kind = result.get("type") if isinstance(result, dict) else None
+        if kind != "rectanglelabels":
+            ctx.count_not_used(f"{kind or 'untyped'} results")
+            continue
+        where = f"{label}: result {result.get('id')}"
+        value = result.get("value") if isinstance(result.get("value"), dict) else {}
+        size = [result.get("original_width"), result.get("original_height")]
+        geometry = [value.get(k) for k in ("x", "y", "width", "height")]
+        if not all(_is_number(v) and v > 0 for v in size):
+            ctx.bad(f"{where}: original_width/original_height missing, so its percentages cannot become pixels")
+            continue
+        if not all(_is_number(v) for v in geometry):
+            ctx.bad(f"{where}: value x, y, width and height must be numbers")
+            continue
+        names = value.get("rectanglelabels")
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) and n.strip() for n in names):
+            ctx.bad(f"{where}: value.rectanglelabels must list at least one label")
+            continue
+        if value.get("rotation"):
+            ctx.count_not_used("rotated rectangles")
+            continue
+        x, y, w, h = geometry
+        if w <= 0 or h <= 0:
+            ctx.bad(f"{where} '{names[0]}' has no area (width {w:g}%, height {h:g}%)")
+            continue
+        sx, sy = size[0] / 100, size[1] / 100
+        box_id = str(result["id"]) if result.get("id") is not None else None
+        boxes += [Box(name, x * sx, y * sy, w * sx, h * sy, id=box_id) for name in names]
+    return boxes
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@hookimpl
+def tlsync_register_sources(register: Any) -> None:
+    register(LabelStudioSource())
