@@ -44,6 +44,7 @@ API_FORMAT_IDS = {"yolov5": "yolov5pytorch", "yolo": "yolov8"}
 COCO_JSON = "_annotations.coco.json"
 SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 LOCK_TIMEOUT = 3600
+EXPORT_TIMEOUT = 900.0
 
 
 def photo_metadata(item_id: str) -> dict[str, str]:
@@ -61,13 +62,8 @@ def photo_metadata(item_id: str) -> dict[str, str]:
 
 
 def detect_format(root: Path) -> str | None:
-    if find_data_yaml(root):
-        return "yolo"
-    if coco_folders(root):
-        return "coco"
-    if looks_like_voc(root):
-        return "voc"
-    return None
+    """``yolo``, ``coco`` or ``voc`` for an export folder, or None when it is none of them."""
+    return next((fmt for fmt, present in FOUND.items() if present(root)), None)
 
 
 def coco_folders(root: Path) -> list[tuple[str | None, Path]]:
@@ -92,21 +88,29 @@ def read_roboflow_coco(ctx: PullContext, root: Path) -> Iterator[Item]:
 
 
 READERS = {"coco": read_roboflow_coco, "yolo": read_yolo, "voc": read_voc}
+# Checked in this order: a YOLO export's data.yaml is unambiguous; VOC is the loosest test.
+FOUND = {"yolo": find_data_yaml, "coco": coco_folders, "voc": looks_like_voc}
+MARKERS = {"yolo": "data.yaml", "coco": COCO_JSON, "voc": "VOC .xml files"}
 
 
 def export_root(path: Path, fmt: str | None) -> tuple[Path, str]:
-    """The folder holding the export and its format, looking inside a lone wrapper folder."""
+    """The folder holding the export and its reader's name, looking inside lone wrapper folders.
+
+    Zips often wrap the export in one folder (and macOS adds ``__MACOSX``).
+    """
+    reader = "yolo" if fmt and fmt.startswith("yolo") else fmt
     root = path
     for _ in range(3):
-        found = fmt or detect_format(root)
+        found = detect_format(root) if reader is None else (reader if FOUND[reader](root) else None)
         if found:
-            return root, "yolo" if found.startswith("yolo") else found
+            return root, found
         subdirs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "__MACOSX"))]
         if len(subdirs) != 1:
             break
         root = subdirs[0]
-    raise SourceError(f"{path}: not a recognisable export (no data.yaml, {COCO_JSON} or VOC .xml files); "
-                      f"use --format coco|yolo|voc")
+    if reader:
+        raise SourceError(f"{path}: no {reader} export here (no {MARKERS[reader]} found)")
+    raise SourceError(f"{path}: not a recognisable export (no {', '.join(MARKERS.values())}); use --format coco|yolo|voc")
 
 
 class RoboflowSource(Source):
@@ -120,8 +124,8 @@ class RoboflowSource(Source):
         click.Option(["--project"], help="API: project slug."),
         click.Option(["--version"], type=click.IntRange(1), help="API: dataset version number."),
         click.Option(["--refresh"], is_flag=True, help="Download (or unpack) the export again even if cached."),
-        click.Option(["--export-timeout"], type=click.FloatRange(0), default=900.0, show_default=True,
-                     help="API: seconds to wait for Roboflow to prepare the export."),
+        click.Option(["--export-timeout"], type=click.FloatRange(0),
+                     help=f"API: seconds to wait for Roboflow to prepare the export (default {EXPORT_TIMEOUT:g})."),
         click.Option(["--max-extract-size"],
                      help="Refuse zips that unpack to more than this (default 20GB or $TLSYNC_MAX_EXTRACT_SIZE)."),
     ]
@@ -132,7 +136,7 @@ class RoboflowSource(Source):
 
     def items(self, ctx: PullContext, path: Path | None = None, format: str | None = None,
               workspace: str | None = None, project: str | None = None, version: int | None = None,
-              refresh: bool = False, export_timeout: float = 900.0, max_extract_size: str | None = None,
+              refresh: bool = False, export_timeout: float | None = None, max_extract_size: str | None = None,
               **_: Any) -> Iterator[Item]:
         limit = parse_size(max_extract_size, "--max-extract-size") if max_extract_size else default_max_total()
         api = (workspace, project, version)
@@ -142,7 +146,8 @@ class RoboflowSource(Source):
             folder = self.local_export(ctx, path.expanduser(), refresh, limit)
         elif all(v is not None for v in api):
             format = format or "coco"
-            folder = self.api_export(ctx, workspace, project, version, format, refresh, export_timeout, limit)
+            timeout = EXPORT_TIMEOUT if export_timeout is None else export_timeout
+            folder = self.api_export(ctx, workspace, project, version, format, refresh, timeout, limit)
         else:
             raise SourceError("roboflow: give --path EXPORT (folder or .zip), or --workspace W --project P --version N")
         root, fmt = export_root(folder, format)

@@ -15,6 +15,7 @@ import shutil
 import stat
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
@@ -161,7 +162,7 @@ def _unpack(archive: Path, entries: list[tuple[zipfile.ZipInfo, PurePosixPath]],
                         done += len(chunk)
                         if progress:
                             progress(done, total)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError) as e:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError, ValueError) as e:
         raise UnsafeArchive(f"{archive}: extraction failed, nothing kept ({type(e).__name__}: {e})") from None
 
 
