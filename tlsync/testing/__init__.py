@@ -305,7 +305,8 @@ def isolated_plugins(*objects: Any, **named: Any) -> Iterator[Callable[..., None
 
     plugins.reset()
     try:
-        register(*objects, **named)
+        if objects or named:  # else loading waits for first use, after the test's own set-up
+            register(*objects, **named)
         yield register
     finally:
         plugins.reset()
