@@ -167,3 +167,36 @@ def test_push_uploads_predictions_for_the_slice_items_only(nucleus):
     (model,) = nucleus.models.values()
     assert model["name"] == "horse-frcnn" and model["metadata"]["categories"] == ["horse"]
     assert [a["reference_id"] for a in nucleus.uploads[0]["annotations"]] == ["img_000001", "img_000004"]
+
+
+def test_push_cli_predicts_the_slice_and_uploads_as_a_model(nucleus, run_cli, store, tmp_path):
+    """An untrained tiny detector stands in for a trained one: this checks the plumbing, not accuracy."""
+    import torch
+
+    from tlsync.trainer.checkpoint import save_checkpoint
+    from tlsync.trainer.zoo import build_model
+
+    assert run_cli(*pull_args()).exit_code == 0
+    version = store.open("horses")
+    model_name, size = "fasterrcnn_mobilenet_v3_large_320_fpn", 64
+    config = {"model": model_name, "img_size": size, "dataset": version.ref, "epochs": 1}
+    torch.manual_seed(0)
+    run = tmp_path / "runs" / "horses-1"
+    save_checkpoint(run / "weights" / "best.pt", build_model(model_name, len(version.categories), "none", size),
+                    version.categories, config)
+    nucleus.add_slice("slc_val", "ds_1", ["img_000002", "img_000005", "img_000011"])
+
+    result = run_cli("push", "--target", "nucleus", "--run", run, "--dataset-id", "ds_1", "--model-name",
+                     "horse-frcnn", "--slice", "slc_val", "--conf", "0", "--device", "cpu")
+
+    assert result.exit_code == 0, result.stderr
+    summary = dict(line.split(": ", 1) for line in result.stdout.splitlines())
+    (model_id, model), = nucleus.models.items()
+    uploaded = [a for body in nucleus.uploads for a in body["annotations"]]
+    assert summary["model_id"] == model_id and summary["items"] == "3"
+    assert int(summary["boxes"]) == len(uploaded) == int(summary["predictions_processed"])
+    assert {a["reference_id"] for a in uploaded} <= {"img_000002", "img_000005", "img_000011"}
+    assert all(0 <= a["confidence"] <= 1 and a["label"] in version.categories for a in uploaded)
+    assert model["metadata"]["tlsync_run"] == "horses-1"
+    assert model["metadata"]["categories"] == version.categories
+    assert model["metadata"]["config"]["dataset"] == "horses@1"

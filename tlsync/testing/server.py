@@ -162,8 +162,9 @@ class LoopbackServer:
         httpd, self._httpd = self._httpd, None
         if httpd is None:
             return
+        httpd.close_connections()  # frees handler slots, so an accept waiting for one can return
         httpd.shutdown()
-        httpd.close_connections()
+        httpd.close_connections()  # and any connection accepted meanwhile
         httpd.server_close()
         if self._thread:
             self._thread.join(timeout=10)
