@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any, Iterator
 
+import click
 import pytest
 
 from tlsync import plugins
@@ -21,7 +23,7 @@ from tlsync.hookspecs import hookimpl
 from tlsync.models import ModelSpec, get_models
 from tlsync.sources import Source
 from tlsync.targets import Target
-from tlsync.testing import isolated_plugins, write_image
+from tlsync.testing import ContractError, check_source, isolated_plugins, write_image
 
 _unique = itertools.count()
 
@@ -226,3 +228,70 @@ def test_model_and_target_hooks_register_and_their_failures_are_listed(fresh_plu
     assert "extras (?): tlsync_register_models, tlsync_register_targets" in listed
     assert "bad_models (?): BROKEN: tlsync_register_models raised TlsyncError: plugin 'bad_models' registered " \
            "'not a spec', which is not a tlsync.models.ModelSpec" in listed
+
+
+# -- the contract kit (tlsync.testing) catches what the core lets through ------------------------
+
+
+class KitSource(Source):
+    """A source whose items and declarations each test bends in one way."""
+
+    name = "kit"
+    description = "contract-kit test source"
+    options = [click.Option(["--image"], required=True)]
+
+    def __init__(self, boxes: Any = (("cat", 1, 1, 5, 5),), declare: Any = None, ids: Any = None,
+                 metadata: Any = None):
+        self.boxes, self.declare, self.ids, self.metadata = boxes, declare, ids, metadata or {}
+
+    def items(self, ctx: Any, image: str, **_: Any) -> Iterator[Item]:
+        if self.declare is not None:
+            ctx.set_categories(self.declare)
+        ids = self.ids() if callable(self.ids) else ["a", "b"]
+        for item_id in ids:
+            yield Item(item_id, ImageRef(image), [Box(*b) for b in self.boxes], metadata=self.metadata)
+
+
+def shuffled_ids() -> Any:
+    order = itertools.cycle([["a", "b"], ["b", "a"]])
+    return lambda: next(order)
+
+
+@pytest.mark.parametrize("source, message", [
+    (KitSource(boxes=[("cat", 10, 10, 60, 40)]),  # corners read as sizes: overhangs, the core would clip it
+     "source 'kit': item 'a': box 0 'cat' at (10,10,60,40) overhangs its 64x48 image by 6 px"),
+    (KitSource(declare=["dog"]), "item 'a': label 'cat' is not among the categories it declared"),
+    (KitSource(ids=shuffled_ids()), "a second pull gave different data: position 0 held item 'a', then 'b'"),
+    (KitSource(metadata={"url": "https://x.example/a.png?token=s3cr3t-value"}), "items.jsonl contains a secret"),
+])
+def test_check_source_fails_a_source_that_breaks_the_contract(image, source, message):
+    with pytest.raises(ContractError, match=re.escape(message)):
+        check_source(source, image=image)
+
+
+class Declared(KitSource):
+    def __init__(self, options: list, secret_options: tuple = ()):
+        super().__init__()
+        self.options, self.secret_options = options, secret_options  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("source, message", [
+    (Declared([click.Option(["--image"]), click.Option(["--api-key"])]),
+     "option 'api_key' looks like a secret; list it in secret_options"),
+    (Declared([click.Option(["--image"])], secret_options=("token",)), "secret_options names 'token'"),
+    (Declared([click.Option(["--image"]), click.Option(["--dataset"])]), "option --dataset clashes with `tlsync pull`'s own"),
+])
+def test_check_source_fails_declarations_the_cli_cannot_use_safely(image, source, message):
+    with pytest.raises(ContractError, match=re.escape(message)):
+        check_source(source, image=image)
+
+
+def test_check_source_passes_options_as_the_cli_would_and_returns_what_it_pulled(image, monkeypatch, store):
+    with pytest.raises(TypeError, match="source 'kit' has no option 'imag'; its options: image"):
+        check_source(KitSource(), imag=image)
+    with pytest.raises(click.MissingParameter, match="image"):
+        check_source(KitSource())
+    checked = check_source(KitSource(), store=store, image=image)
+    assert [item.id for item in checked.items] == ["a", "b"] and checked.result.boxes == 2
+    assert checked.dataset.info["source"]["params"] == {"image": image}
+    assert store.open(checked.dataset.ref).ref == checked.dataset.ref  # in the store the test gave

@@ -1,7 +1,7 @@
 """The plugin API. These docstrings are the reference; docs/plugins.md quotes them.
 
 A plugin is a module (or object) with functions of these names decorated with
-``@tlsync.hookimpl``, installed under the ``tlsync`` entry-point group.
+``@tlsync.hookspecs.hookimpl``, installed under the ``tlsync`` entry-point group.
 """
 
 from pluggy import HookimplMarker, HookspecMarker
@@ -25,7 +25,7 @@ def tlsync_register_models(register):
     """Register detector architectures that ``tlsync train --model NAME`` can build.
 
     Call ``register(spec)`` with a ``tlsync.models.ModelSpec``: a name, a description
-    and a ``build(num_classes, weights, **kwargs)`` callable returning a torchvision-style
+    and a ``build(num_classes, weights, img_size)`` callable returning a torchvision-style
     detection model (images + targets in, a loss dict out in training mode; a list of
     ``{"boxes", "labels", "scores"}`` out in eval mode). Import torch inside ``build``,
     not at module level, so that ``tlsync --help`` stays fast.
