@@ -46,6 +46,14 @@ def predict_items(model: torch.nn.Module, items: Iterable[Item], image_path: Cal
     and put back in its previous mode afterwards, so the training loop can call this
     between epochs.
     """
+    for item, _picture, boxes in _predict(model, items, image_path, categories, device, batch_size, conf):
+        yield Item(item.id, item.image, boxes, item.split, dict(item.metadata))
+
+
+def _predict(model: torch.nn.Module, items: Iterable[Item], image_path: Callable[[Item], Path],
+             categories: list[str], device: str | torch.device, batch_size: int,
+             conf: float) -> Iterator[tuple[Item, Any, list[Box]]]:
+    """``(item, decoded picture, boxes)``: the picture too, so ``predict_run`` draws without decoding twice."""
     from torchvision.transforms.functional import to_tensor
 
     device = torch.device(device)
@@ -59,8 +67,7 @@ def predict_items(model: torch.nn.Module, items: Iterable[Item], image_path: Cal
             with torch.inference_mode():
                 outputs = model(tensors)
             for item, picture, output in zip(batch, pictures, outputs):
-                boxes = _boxes(output, categories, conf, *picture.size)
-                yield Item(item.id, item.image, boxes, item.split, dict(item.metadata))
+                yield item, picture, _boxes(output, categories, conf, *picture.size)
     finally:
         model.train(was_training)
 
@@ -128,14 +135,14 @@ def predict_run(run: str | Path, sources: list[str], out: Path, conf: float, dev
 
     out.mkdir(parents=True, exist_ok=True)
     images, predictions, names = [], [], set()
-    for n, item in enumerate(predict_items(model, items, lambda i: Path(i.image.uri), categories, device, conf=conf), 1):
+    for n, (item, picture, boxes) in enumerate(_predict(model, items, lambda i: Path(i.image.uri), categories,
+                                                         device, batch_size=4, conf=conf), 1):
         drawn = out / _unique_name(Path(item.id), names)
-        picture = load_image(Path(item.id))
-        draw_boxes(picture, item.annotations, categories)
-        save_atomic(drawn, lambda tmp, p=picture, fmt=("PNG" if drawn.suffix == ".png" else "JPEG"): p.save(tmp, format=fmt))
+        draw_boxes(picture, boxes, categories)
+        save_atomic(drawn, lambda tmp: picture.save(tmp, format="PNG" if drawn.suffix == ".png" else "JPEG"))
         images.append({"id": n, "file_name": item.id, "drawn": drawn.name, "width": item.image.width,
                        "height": item.image.height})
-        predictions.append(item)
+        predictions.append(Item(item.id, item.image, boxes))
         if progress:
             progress(n, total=len(items))
     image_ids = {item.id: i for i, item in enumerate(predictions, 1)}
