@@ -26,7 +26,7 @@ from .nucleus_api import MAX_PREDICTIONS_PER_REQUEST, NucleusAPI
 
 URL_KEYS = ("processed_url", "image_url", "original_image_url")
 UNUSED_KINDS = ("line", "keypoints", "cuboid", "category", "multicategory")
-POOL_SIZE = 64  # >= any sensible --concurrency, so every fetch thread keeps its connection
+POOL_SIZE = 256  # --concurrency's maximum: every fetch thread keeps its keep-alive connection
 
 
 def _api(http: HttpClient) -> NucleusAPI:

@@ -10,6 +10,7 @@ messages a user can act on ("invalid Nucleus API key", "slice slc_... not found"
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator
 
 from tlsync.errors import SourceError
@@ -59,7 +60,20 @@ class NucleusAPI:
         return answer
 
     def export_rows(self, kind: str, object_id: str, page_size: int) -> Iterator[dict[str, Any]]:
-        """Every export row (item + annotations) of a slice or dataset, one page in memory at a time.
+        """Every export row (item + annotations) of a slice or dataset, streamed page by page.
+
+        The next page is requested while this one's rows are being used, so image downloads
+        do not stall on page requests; at most two pages are in memory.
+        """
+        pages = self._pages(kind, object_id, page_size)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="nucleus-pages") as pool:
+            upcoming = pool.submit(next, pages, None)
+            while (page := upcoming.result()) is not None:
+                upcoming = pool.submit(next, pages, None)
+                yield from page
+
+    def _pages(self, kind: str, object_id: str, page_size: int) -> Iterator[list[Any]]:
+        """The export's pages, following ``nextPageToken``.
 
         Falls back to the unpaged ``exportForTraining`` only when the paged route does not
         exist (404/405 on the first page), since the unpaged one times out on big slices.
@@ -72,12 +86,12 @@ class NucleusAPI:
                 page = self.call("POST", route, {"pageToken": token, "pageSize": page_size})
             except HttpError as e:
                 if first and e.status in (404, 405):
-                    yield from self._export_unpaged(kind, object_id)
+                    yield self._export_unpaged(kind, object_id)
                     return
                 raise
             first = False
             rows, token = self._page(page, route)
-            yield from rows
+            yield rows
             if not token:
                 return
 

@@ -84,6 +84,12 @@ def test_pages_are_followed_until_there_is_no_next_token(mock, source, store):
     assert ctx.notes == ["Nucleus slice 'horses val' (slc_1) of dataset ds_1"]
 
 
+@pytest.mark.parametrize("options", [{"slice_id": None}, {"dataset_id": "ds_1"}])
+def test_exactly_one_of_slice_and_dataset_is_required(source, store, options):
+    with pytest.raises(TlsyncError, match=r"give exactly one of --slice slc_\.\.\. or --dataset-id ds_\.\.\."):
+        collect(source, store, **options)
+
+
 def test_ref_id_is_read_like_reference_id(mock, source, store):
     mock.post(PAGE, json={"data": [row("a"), row("b", id_key="ref_id")], "nextPageToken": None})
     items, _ = collect(source, store)
