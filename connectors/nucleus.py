@@ -100,6 +100,8 @@ def row_to_item(row: Any, n: int, ctx: PullContext, polygons_as_boxes: bool = Fa
 
 
 class NucleusSource(Source):
+    """One instance serves every pull; the key is read per pull, so a changed key takes effect."""
+
     name = "nucleus"
     description = "Scale Nucleus slices or datasets over the REST API (key: NUCLEUS_API_KEY)."
     concurrency = 16
@@ -148,6 +150,8 @@ def model_metadata(run: dict[str, Any]) -> dict[str, Any]:
 
 
 class NucleusTarget(Target):
+    """Creates one Nucleus model per push and uploads its boxes in batches of at most 5000."""
+
     name = "nucleus"
     description = "Upload a run's box predictions to a Nucleus dataset as a model (key: NUCLEUS_API_KEY)."
     options = [
