@@ -65,10 +65,12 @@ def load_state_file(path: Path, what: str) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise TlsyncError(f"{path}: refused to load {what}: it needs unsafe unpickling ({first})") from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise TlsyncError(f"{path}: cannot read {what}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        reason = next((line for line in lines if "GLOBAL" in line), lines[0] if lines else type(e).__name__)
+        raise TlsyncError(f"{path}: refused to load {what}: it needs unsafe unpickling ({reason})") from None
+    except Exception as e:  # torch raises KeyError, RuntimeError, EOFError... for damaged files
+        raise TlsyncError(f"{path}: cannot read {what}: not a complete torch file "
+                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
 
 
 def missing_file_error(what: str, url: str, path: Path) -> TlsyncError:
