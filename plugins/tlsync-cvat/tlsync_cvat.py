@@ -23,7 +23,6 @@ from tlsync.format import Box, ImageRef, Item
 from tlsync.hookspecs import hookimpl
 from tlsync.sources import PullContext, Source
 
-__version__ = "0.1.0"
 
 # CVAT's free-text "subset" -> tlsync split; anything else ("default") gets a hashed split.
 SUBSETS = {"train": "train", "training": "train", "validation": "val", "val": "val", "valid": "val",

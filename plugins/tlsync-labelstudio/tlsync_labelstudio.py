@@ -31,7 +31,6 @@ from tlsync.http import HttpError
 from tlsync.secrets import get_secret
 from tlsync.sources import PullContext, Source
 
-__version__ = "0.1.0"
 
 API_KEY = "LABEL_STUDIO_API_KEY"
 URL = "LABEL_STUDIO_URL"
