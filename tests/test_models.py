@@ -101,6 +101,9 @@ def test_weights_where_lists_files_in_torch_home_and_sees_them_arrive(tmp_path: 
     (cache / "fasterrcnn_resnet50_fpn_coco-258fb6c6.pth").write_bytes(b"")
     assert "--weights coco: present" in run_cli("weights", "where", "fasterrcnn_resnet50_fpn").stdout
 
+    listed = run_cli("weights", "list").stdout
+    assert all(name in listed for name in [*TORCHVISION, LITE0]) and "[coco present, imagenet missing]" in listed
+
     unknown = run_cli("weights", "where", "yolo")
     assert unknown.exit_code == 1 and "unknown model 'yolo'" in unknown.stderr and SMALL in unknown.stderr
 
@@ -188,17 +191,21 @@ def test_run_dir_resolves_to_best_then_last(tmp_path: Path) -> None:
     assert resolve_checkpoint(tmp_path / "run") == weights / "best.pt"
 
 
-def test_model_trained_from_coco_reloads_identically_without_the_coco_file(tmp_path: Path) -> None:
-    enum = torchvision.models.get_model_weights(SMALL).DEFAULT
-    cached = put_in_hub_cache(enum.url, torchvision.models.get_model_builder(SMALL)(
-        weights=None, weights_backbone=None).state_dict())
-    model = build_model(SMALL, 2, "coco", img_size=96).eval()
-    save_checkpoint(tmp_path / "run" / "weights" / "last.pt", model, ["cat", "dog"], {"model": SMALL, "img_size": 96})
+@pytest.mark.parametrize("name,start", [(SMALL, "coco"), ("ssdlite320_mobilenet_v3_large", "imagenet")])
+def test_pretrained_model_reloads_identically_without_the_pretrained_file(name: str, start: str,
+                                                                          tmp_path: Path) -> None:
+    """The architecture a pretrained start implies (frozen batch norm, SSDLite's full tail) survives."""
+    from tlsync.trainer.weights import _fresh_state_dict, torchvision_weights
+
+    enum = torchvision_weights(name, start)["weights" if start == "coco" else "weights_backbone"]
+    cached = put_in_hub_cache(enum.url, _fresh_state_dict(enum))
+    model = build_model(name, 2, start, img_size=96).eval()
+    save_checkpoint(tmp_path / "run" / "weights" / "last.pt", model, ["cat", "dog"], {"model": name, "img_size": 96})
     cached.unlink()  # the machine that predicts need not have the pretrained file
 
     loaded, categories, config = load_model(tmp_path / "run")
-    assert categories == ["cat", "dog"] and config["model"] == SMALL and not loaded.training
-    assert [type(m) for m in loaded.modules()] == [type(m) for m in model.modules()]  # e.g. frozen batch norm
+    assert categories == ["cat", "dog"] and config["model"] == name and not loaded.training
+    assert [type(m) for m in loaded.modules()] == [type(m) for m in model.modules()]
     images = [torch.rand(3, 96, 80)]
     with torch.no_grad():
         expected, got = model(images), loaded(images)

@@ -127,7 +127,7 @@ def transfer_weights(model: nn.Module, checkpoint: dict[str, Any] | str | os.Pat
     Shared classes keep their head rows exactly, new classes keep the model's fresh
     initialisation, dropped classes are removed. Every other tensor must fit as is (build
     ``model`` with ``rebuild_model(checkpoint, len(new_categories))``). Returns
-    ``{"kept": [...], "new": [...], "dropped": [...]}`` for ``format_mapping``.
+    ``{"kept": [...], "new": [...], "dropped": [...]}`` for the user.
     """
     if not isinstance(checkpoint, dict):
         checkpoint = load_checkpoint(resolve_checkpoint(checkpoint))
@@ -145,8 +145,8 @@ def transfer_weights(model: nn.Module, checkpoint: dict[str, Any] | str | os.Pat
     old_state, merged = checkpoint["model"], {}
     for key, current in bare.state_dict().items():
         if key not in old_state:
-            raise TlsyncError(f"checkpoint has no '{key}': it was trained with another architecture than "
-                              f"'{getattr(bare, 'tlsync_build', {}).get('model', type(bare).__name__)}'")
+            raise TlsyncError(f"checkpoint has no '{key}': the model was built with another architecture "
+                              "(build it with rebuild_model(checkpoint, num_classes), which keeps e.g. frozen batch norm)")
         layout = layers.get(key.rpartition(".")[0])
         merged[key] = _remap_rows(old_state[key], current, rows, layout) if layout else old_state[key]
     unexpected = set(old_state) - set(merged)
@@ -171,10 +171,3 @@ def _remap_rows(old: torch.Tensor, fresh: torch.Tensor, rows: list[int | None],
         if i is not None:
             new[:, j] = old_view[:, i]
     return new.reshape(fresh.shape)
-
-
-def format_mapping(mapping: dict[str, list[str]]) -> str:
-    """One line for the user, e.g. ``classes: kept 3 (a, b, c), new 1 (d), dropped 0``."""
-    parts = [f"{what} {len(names)}" + (f" ({', '.join(names)})" if names else "")
-             for what, names in mapping.items()]
-    return "classes: " + ", ".join(parts)

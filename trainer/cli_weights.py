@@ -28,3 +28,14 @@ def where(model: str) -> None:
     for f in files:
         status = "present" if f.present else "MISSING"
         click.echo(f"{model} --weights {f.what}: {status}\n  file: {f.path}\n  from: {f.url}")
+
+
+@weights.command(name="list")
+def list_models() -> None:
+    """List the detectors `tlsync train --model` accepts and which pretrained starts this machine has."""
+    from tlsync.models import get_models
+
+    for name, spec in sorted(get_models().items()):
+        files = spec.where() if spec.where else []
+        starts = ", ".join(f"{f.what} {'present' if f.present else 'missing'}" for f in files) or "scratch only"
+        click.echo(f"{name}: {spec.description} [{starts}]")

