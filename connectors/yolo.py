@@ -83,9 +83,10 @@ def class_names(path: Path, config: dict[str, Any]) -> dict[int, str]:
 def split_folders(path: Path, config: dict[str, Any]) -> list[tuple[str, Path]]:
     """``(split, images folder)`` for each split the yaml names or the export holds.
 
-    Relative paths resolve against ``path:`` (if given) or the yaml's folder. Roboflow
-    writes ``../train/images``, meant for a checkout one level up; like the official
-    client, a path that does not exist is retried without its leading ``../``.
+    Roboflow writes ``../train/images``, meant for a checkout one level up; like the
+    official client, tlsync reads that as ``train/images`` beside the yaml. Other relative
+    paths resolve against ``path:`` (if given) or the yaml's folder; a split whose folder
+    is missing (the yaml moved) falls back to the export's own ``train/``, ``valid/``...
     """
     here = path.parent
     base = here
@@ -116,13 +117,14 @@ def split_folders(path: Path, config: dict[str, Any]) -> list[tuple[str, Path]]:
 
 
 def _resolve(base: Path, here: Path, entry: str) -> Path | None:
+    """The folder ``entry`` names; inside the export first, so ``../train`` never picks a sibling."""
     candidate = Path(entry).expanduser()
-    tries = [candidate] if candidate.is_absolute() else [base / candidate]
-    parts = list(Path(entry).parts)
+    if candidate.is_absolute():
+        return candidate if candidate.exists() else None
+    parts = list(candidate.parts)
     while parts and parts[0] in ("..", "."):
         parts.pop(0)
-    if parts and not candidate.is_absolute():
-        tries.append(here.joinpath(*parts))
+    tries = ([here.joinpath(*parts)] if parts else []) + [base / candidate]
     return next((p for p in tries if p.exists()), None)
 
 
