@@ -30,7 +30,7 @@ from torch import nn
 from torchvision.models import WeightsEnum
 
 from tlsync.errors import TlsyncError
-from tlsync.models import WEIGHTS, WeightsFile
+from tlsync.models import WeightsFile
 
 _state = threading.local()
 _patch_lock = threading.RLock()
@@ -120,9 +120,7 @@ def hub_weights() -> Iterator[None]:
 
 
 def torchvision_weights(builder_name: str, weights: str) -> dict[str, WeightsEnum | None]:
-    """The ``weights=``/``weights_backbone=`` arguments for a torchvision builder."""
-    if weights not in WEIGHTS:
-        raise TlsyncError(f"--weights must be one of {', '.join(WEIGHTS)} or a run/checkpoint path (got {weights!r})")
+    """The ``weights=``/``weights_backbone=`` arguments for a torchvision builder (``none``: neither)."""
     if weights == "coco":
         return {"weights": torchvision.models.get_model_weights(builder_name).DEFAULT, "weights_backbone": None}
     if weights == "imagenet":
