@@ -7,11 +7,11 @@ a super-category on top.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Iterator
 
 import click
+import orjson
 
 from tlsync.errors import InvalidItem, SourceError
 from tlsync.format import SPLITS, Box, ImageRef, Item
@@ -32,12 +32,11 @@ def find_annotations(folder: Path) -> Path:
 
 def load_json(path: Path) -> dict[str, Any]:
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        data = orjson.loads(path.read_bytes())
     except FileNotFoundError:
         raise SourceError(f"{path}: file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SourceError(f"{path}: not valid JSON ({getattr(e, 'msg', e)})") from None
+    except orjson.JSONDecodeError as e:
+        raise SourceError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(data, dict):
         raise SourceError(f"{path}: expected a JSON object with 'images', 'annotations' and 'categories'")
     for key in ("images", "annotations", "categories"):
@@ -82,8 +81,9 @@ def read_coco(ctx: PullContext, annotations: Path, images: Path, split: str | No
     boxes: dict[Any, list[Box]] = {}
     seen_ann: set[Any] = set()
     image_ids = {img.get("id") for img in data["images"] if isinstance(img, dict)}
+    file = str(annotations)  # formatted once: 'where' is built for every annotation
     for i, ann in enumerate(data["annotations"]):
-        where = f"{annotations}: annotation {ann.get('id', f'#{i}') if isinstance(ann, dict) else f'#{i}'}"
+        where = f"{file}: annotation {ann.get('id', f'#{i}') if isinstance(ann, dict) else f'#{i}'}"
         box = _box(ctx, ann, where, categories, image_ids, seen_ann)
         if box is not None:
             boxes.setdefault(ann["image_id"], []).append(box)

@@ -18,6 +18,8 @@ SPLITS = ("train", "val", "test")
 
 
 def _number(value: Any, where: str, name: str) -> float:
+    if type(value) is int:  # the common case first: this runs for every coordinate pulled
+        return float(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidItem(f"{where}: field '{name}' must be a number (got {value!r})")
     if not math.isfinite(value):

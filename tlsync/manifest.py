@@ -46,7 +46,7 @@ class ManifestWriter:
 
     def __init__(self, folder: Path):
         self.folder = folder
-        self._file = open(folder / ITEMS, "wb")
+        self._file = open(folder / ITEMS, "wb", buffering=1 << 20)
         self._hash = hashlib.sha256()
         self.items = 0
         self.boxes = 0
@@ -71,9 +71,15 @@ class ManifestWriter:
             self.labels_seen.add(box.label)
 
     def close(self) -> None:
-        self._file.flush()
-        os.fsync(self._file.fileno())
         self._file.close()
+
+    def sync(self) -> None:
+        """Make the items durable before the version is published (skipped when unchanged)."""
+        fd = os.open(self.folder / ITEMS, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def content_hash(self, categories: list[str]) -> str:
         h = self._hash.copy()

@@ -8,6 +8,7 @@ that becomes ``name@N+1`` only when it differs from ``name@N``.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -46,44 +47,56 @@ class PullResult:
 
 
 def _cache_key(item: Item) -> str:
+    """Where the fetch cache looks an image up: the source's key, the URL, or path+size+mtime.
+
+    ``os.path.abspath`` rather than ``Path.resolve``: this runs for every item of every
+    re-pull, and resolving symlinks costs a stat per path component.
+    """
     if item.image.cache_key:
         return item.image.cache_key
     path = local_path(item.image.uri)
     if path is None:
         return item.image.uri
+    where = os.path.abspath(path)
     try:
-        st = path.stat()
+        st = os.stat(where)
     except OSError:
-        return f"file:{path.resolve()}"  # fetch will report the missing file
-    return f"file:{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+        return f"file:{where}"  # fetch will report the missing file
+    return f"file:{where}:{st.st_size}:{st.st_mtime_ns}"
 
 
 class _Fetcher:
-    """Puts one item's image into the store; runs in worker threads."""
+    """Puts items' images into the store: cache hits at once, misses on worker threads."""
 
     def __init__(self, store: Store, source: Source):
         self.store, self.source = store, source
         self.fetched = self.cached = 0
 
-    def __call__(self, item: Item) -> Item | TlsyncError:
+    def from_cache(self, item: Item) -> Item | None:
+        """The item with its cached image filled in, or None when it must be fetched.
+
+        Runs on the calling thread: a warm re-pull is all cache hits, and handing each
+        one to a worker thread would cost more than the lookup itself.
+        """
+        hit = self.store.cache_get(_cache_key(item))
+        if not hit:
+            return None
+        self.cached += 1
+        _fill(item, *hit)
+        return item
+
+    def fetch(self, item: Item) -> Item | TlsyncError:
+        """Fetch one image into the store (on a worker thread)."""
         try:
-            key = _cache_key(item)
-            hit = self.store.cache_get(key)
-            if hit:
-                self.cached += 1
-                path, sha256, width, height = hit
-            else:
-                try:
-                    path, sha256, width, height = self.store.add_image(lambda out: self._fetch(item, out))
-                except TlsyncError as e:
-                    msg = str(e)
-                    if not msg.startswith("item "):
-                        msg = f"item '{item.id}': image {item.image.uri}: {msg}"
-                    raise TlsyncError(msg) from None
-                self.fetched += 1
-                self.store.cache_put(key, path, sha256, width, height)
-            item.image.path, item.image.sha256 = path, sha256
-            item.image.width, item.image.height = width, height
+            try:
+                path, sha256, width, height = self.store.add_image(lambda out: self._fetch(item, out))
+            except TlsyncError as e:
+                msg = str(e)
+                if not msg.startswith("item "):
+                    msg = f"item '{item.id}': image {item.image.uri}: {msg}"
+                raise TlsyncError(msg) from None
+            self.store.cache_put(_cache_key(item), path, sha256, width, height)
+            _fill(item, path, sha256, width, height)
             return item
         except TlsyncError as e:
             return e  # handed back to the main thread, which applies --on-error
@@ -98,21 +111,40 @@ class _Fetcher:
             raise PluginError(f"item '{item.id}': {plugins.describe_source(self.source.name)} "
                               f"fetch raised {type(e).__name__}: {e}") from e
 
+    def in_order(self, items: Iterable[Item], workers: int) -> Iterator[Item | TlsyncError]:
+        """Every item with its image in the store, in input order, misses fetched in parallel.
 
-def _in_order(fn: Callable[[Item], Any], items: Iterable[Item], workers: int) -> Iterator[Any]:
-    """``map(fn, items)`` on a thread pool, in input order, with a bounded window."""
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tlsync-fetch") as pool:
-        window: deque[Future] = deque()
-        try:
-            for item in items:
-                window.append(pool.submit(fn, item))
-                if len(window) >= workers * 4:
-                    yield window.popleft().result()
-            while window:
-                yield window.popleft().result()
-        finally:
-            for fut in window:
-                fut.cancel()
+        A bounded window of pending fetches keeps memory flat however long the source is.
+        """
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tlsync-fetch") as pool:
+            window: deque[Future | Item] = deque()
+
+            def head_ready() -> bool:
+                return bool(window) and (not isinstance(window[0], Future) or window[0].done())
+
+            def pop() -> Item | TlsyncError:
+                head = window.popleft()
+                if not isinstance(head, Future):
+                    return head
+                result = head.result()
+                self.fetched += not isinstance(result, TlsyncError)
+                return result
+
+            try:
+                for item in items:
+                    window.append(self.from_cache(item) or pool.submit(self.fetch, item))
+                    while len(window) >= workers * 4 or head_ready():
+                        yield pop()
+                while window:
+                    yield pop()
+            finally:
+                for pending in window:
+                    if isinstance(pending, Future):
+                        pending.cancel()
+
+
+def _fill(item: Item, path: str, sha256: str, width: int, height: int) -> None:
+    item.image.path, item.image.sha256, item.image.width, item.image.height = path, sha256, width, height
 
 
 def _check_boxes(item: Item, ctx: PullContext) -> None:
@@ -157,7 +189,7 @@ def pull(
         writer = ManifestWriter(staging)
         try:
             items = _unique(_from_source(source, ctx, options), seen, ctx)
-            for result in _in_order(fetcher, items, concurrency or source.concurrency):
+            for result in fetcher.in_order(items, concurrency or source.concurrency):
                 if isinstance(result, TlsyncError):
                     ctx.bad(str(result))
                     continue
@@ -183,6 +215,7 @@ def pull(
         if versions and store.open(f"{name}@{versions[-1]}").content_hash == content_hash:
             return PullResult(version=versions[-1], unchanged=True, seconds=time.perf_counter() - started, **result_kwargs)
         new_version = (versions[-1] + 1) if versions else 1
+        writer.sync()
         atomic_write_json(staging / INFO, {
             "name": name,
             "version": new_version,
