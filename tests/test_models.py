@@ -182,6 +182,15 @@ def test_files_that_are_not_tlsync_checkpoints_get_one_line_errors(tmp_path: Pat
         resolve_checkpoint(tmp_path / "empty-run")
 
 
+def test_state_that_would_need_unpickling_is_refused_when_saving_not_after_training(tmp_path: Path) -> None:
+    import numpy as np
+
+    model = build_model(SMALL, 1, "none", img_size=64)
+    with pytest.raises(TlsyncError, match=r"checkpoint.rng\[1\] is a numpy.ndarray"):
+        save_checkpoint(tmp_path / "last.pt", model, ["a"], {"model": SMALL}, rng=("MT19937", np.zeros(3)))
+    assert not list(tmp_path.iterdir())
+
+
 def test_run_dir_resolves_to_best_then_last(tmp_path: Path) -> None:
     weights = tmp_path / "run" / "weights"
     weights.mkdir(parents=True)

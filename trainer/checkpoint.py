@@ -45,6 +45,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, categories: list[
         "model": config.get("model"), "weights": "none", "img_size": config.get("img_size", 640)}
     payload = {"tlsync_checkpoint": FORMAT, "model": bare.state_dict(), "categories": list(categories),
                "config": dict(config), "build": dict(build), **state}
+    _check_plain(payload, "checkpoint")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -57,6 +58,23 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, categories: list[
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+PLAIN = (str, int, float, bool, type(None), torch.Tensor)
+
+
+def _check_plain(value: Any, where: str) -> None:
+    """Fail at save time, not at load time hours later, on what ``weights_only`` cannot read."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_plain(key, f"{where} key {key!r}")
+            _check_plain(item, f"{where}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_plain(item, f"{where}[{i}]")
+    elif not isinstance(value, PLAIN):
+        raise TlsyncError(f"{where} is a {type(value).__module__}.{type(value).__name__}; checkpoints hold only "
+                          "tensors, numbers, strings, lists and dicts (so that they load with weights_only=True)")
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
