@@ -190,6 +190,9 @@ def test_state_that_would_need_unpickling_is_refused_when_saving_not_after_train
         save_checkpoint(tmp_path / "last.pt", model, ["a"], {"model": SMALL}, rng=("MT19937", np.zeros(3)))
     assert not list(tmp_path.iterdir())
 
+    save_checkpoint(tmp_path / "last.pt", model, ["a"], {"model": SMALL, "torch": torch.__version__})
+    assert load_checkpoint(tmp_path / "last.pt")["config"]["torch"] == str(torch.__version__)
+
 
 def test_run_dir_resolves_to_best_then_last(tmp_path: Path) -> None:
     weights = tmp_path / "run" / "weights"

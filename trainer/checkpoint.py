@@ -43,9 +43,9 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, categories: list[
     bare = unwrap(model)
     build = getattr(bare, "tlsync_build", None) or {
         "model": config.get("model"), "weights": "none", "img_size": config.get("img_size", 640)}
-    payload = {"tlsync_checkpoint": FORMAT, "model": bare.state_dict(), "categories": list(categories),
-               "config": dict(config), "build": dict(build), **state}
-    _check_plain(payload, "checkpoint")
+    payload = _plain({"tlsync_checkpoint": FORMAT, "categories": list(categories), "config": dict(config),
+                      "build": dict(build), **state}, "checkpoint")
+    payload["model"] = bare.state_dict()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -60,21 +60,24 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, categories: list[
     return path
 
 
-PLAIN = (str, int, float, bool, type(None), torch.Tensor)
+def _plain(value: Any, where: str) -> Any:
+    """``value`` as the built-in types ``weights_only`` loading accepts, or an error at save time.
 
-
-def _check_plain(value: Any, where: str) -> None:
-    """Fail at save time, not at load time hours later, on what ``weights_only`` cannot read."""
+    Failing here beats failing at load time after hours of training; subclasses of str,
+    int and float (``torch.__version__`` is one) become the plain type.
+    """
     if isinstance(value, dict):
-        for key, item in value.items():
-            _check_plain(key, f"{where} key {key!r}")
-            _check_plain(item, f"{where}.{key}")
-    elif isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            _check_plain(item, f"{where}[{i}]")
-    elif not isinstance(value, PLAIN):
-        raise TlsyncError(f"{where} is a {type(value).__module__}.{type(value).__name__}; checkpoints hold only "
-                          "tensors, numbers, strings, lists and dicts (so that they load with weights_only=True)")
+        return {_plain(k, f"{where} key {k!r}"): _plain(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        items = [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if isinstance(value, tuple) else items
+    if value is None or type(value) in (str, int, float, bool) or isinstance(value, torch.Tensor):
+        return value
+    for base in (bool, str, int, float):
+        if isinstance(value, base):
+            return base(value)
+    raise TlsyncError(f"{where} is a {type(value).__module__}.{type(value).__name__}; checkpoints hold only "
+                      "tensors, numbers, strings, lists and dicts (so that they load with weights_only=True)")
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
