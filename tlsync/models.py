@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
-from .errors import PluginError, TlsyncError
+from .errors import TlsyncError
 
 WEIGHTS = ("coco", "imagenet", "none")
 
@@ -63,8 +63,4 @@ def get_model(name: str) -> ModelSpec:
     """The model called ``name``, or an error listing the ones there are."""
     from . import plugins
 
-    models = get_models()
-    if name in models:
-        return models[name]
-    hint = next((f" (plugin '{p}' is broken: {err})" for p, err in plugins.broken.items() if name in p), "")
-    raise PluginError(f"unknown model '{name}'{hint}; available: {', '.join(sorted(models)) or 'none'}")
+    return plugins.lookup("model", get_models(), name)

@@ -183,12 +183,16 @@ def describe_source(source_name: str) -> str:
     return f"source '{source_name}' (plugin '{info.name}'{version})"
 
 
-def get_source(name: str) -> Any:
-    sources = get_sources()
-    if name in sources:
-        return sources[name]
+def lookup(kind: str, registered: dict[str, Any], name: str) -> Any:
+    """One registered object by name, or an error listing the others (and a broken suspect)."""
+    if name in registered:
+        return registered[name]
     hint = next((f" (plugin '{p}' is broken: {err})" for p, err in broken.items() if name in p), "")
-    raise PluginError(f"unknown source '{name}'{hint}; available: {', '.join(sorted(sources)) or 'none'}")
+    raise PluginError(f"unknown {kind} '{name}'{hint}; available: {', '.join(sorted(registered)) or 'none'}")
+
+
+def get_source(name: str) -> Any:
+    return lookup("source", get_sources(), name)
 
 
 def get_targets() -> dict[str, Any]:
@@ -199,8 +203,4 @@ def get_targets() -> dict[str, Any]:
 
 
 def get_target(name: str) -> Any:
-    targets = get_targets()
-    if name in targets:
-        return targets[name]
-    hint = next((f" (plugin '{p}' is broken: {err})" for p, err in broken.items() if name in p), "")
-    raise PluginError(f"unknown target '{name}'{hint}; available: {', '.join(sorted(targets)) or 'none'}")
+    return lookup("target", get_targets(), name)
