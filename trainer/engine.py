@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -47,7 +47,10 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: 
                     scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
                     amp_dtype: torch.dtype | None = None, clip_norm: float = 10.0,
                     progress: Callable[..., None] | None = None) -> EpochResult:
-    """Train over ``loader`` once; raise ``NonFiniteLoss`` (before stepping) if the loss blows up."""
+    """Train over ``loader`` once; raise ``NonFiniteLoss`` (before stepping) if the loss blows up.
+
+    ``progress(images_done, losses_text)`` is called after every step.
+    """
     started, totals, images, failures = time.perf_counter(), {}, 0, []
     for step, (batch, targets, failed) in enumerate(loader):
         failures += failed
@@ -73,7 +76,7 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: 
         for k, v in values.items():
             totals[k] = totals.get(k, 0.0) + v * len(batch)
         if progress:
-            progress(images, losses=" ".join(f"{short(k)} {totals[k] / images:.3f}" for k in totals))
+            progress(images, " ".join(f"{short(k)} {totals[k] / images:.3f}" for k in totals))
     return EpochResult({k: v / max(images, 1) for k, v in totals.items()}, images, time.perf_counter() - started,
                        optimizer.param_groups[0]["lr"], failures)
 
@@ -111,49 +114,3 @@ def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_s
         return final_factor + (1 - final_factor) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-# -- freezing ---------------------------------------------------------------------------------
-
-def backbone_of(model: nn.Module) -> nn.Module:
-    """The pretrained feature extractor: ``backbone.body`` for FPN models, else ``backbone``.
-
-    The FPN and heads are what a new dataset needs to learn (and are freshly initialised
-    under ``--weights imagenet``), so they always train.
-    """
-    backbone = getattr(model, "backbone", None)
-    if backbone is None:
-        raise TlsyncError(f"--freeze backbone: model {type(model).__name__} has no 'backbone' attribute")
-    return getattr(backbone, "body", backbone)
-
-
-class Freezer:
-    """Freezes and unfreezes the backbone, restoring exactly the parameters that trained before.
-
-    torchvision already freezes the first layers of pretrained backbones; those stay frozen.
-    Frozen modules are also kept in eval mode, so their BatchNorm statistics do not drift.
-    """
-
-    def __init__(self, model: nn.Module):
-        self.module = backbone_of(model)
-        self.trainable = [p for p in self.module.parameters() if p.requires_grad]
-        self.frozen = False
-
-    def set(self, frozen: bool) -> None:
-        for p in self.trainable:
-            p.requires_grad_(not frozen)
-        self.frozen = frozen
-
-    def train_mode(self, model: nn.Module) -> None:
-        model.train()
-        if self.frozen:
-            self.module.eval()
-
-
-def describe_lr(optimizer: torch.optim.Optimizer) -> float:
-    return float(optimizer.param_groups[0]["lr"])
-
-
-def state_dicts(**objects: Any) -> dict[str, Any]:
-    """``state_dict()`` of each object, for a checkpoint."""
-    return {name: obj.state_dict() for name, obj in objects.items()}

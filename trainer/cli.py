@@ -1,0 +1,86 @@
+"""``tlsync train``.
+
+Loaded lazily by ``tlsync.cli`` (they import torch). The option defaults are read from
+``TrainConfig`` so the help text, the library and ``config.json`` never disagree.
+Results (the run directory, the report) go to stdout; progress and the per-epoch lines
+go to stderr.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+from tlsync.errors import TlsyncError
+
+from .train import TrainConfig
+
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+# Options that may accompany --resume: where and how fast it runs, not what it computes.
+RESUME_OPTIONS = ("resume", "device", "workers")
+
+
+def option(*decls: str, **kwargs: Any) -> Any:
+    """A click option whose default (when not given) is the ``TrainConfig`` field of the same name."""
+    name = decls[-1].lstrip("-").replace("-", "_") if not decls[-1].isidentifier() else decls[-1]
+    if name in DEFAULTS and "default" not in kwargs and not kwargs.get("is_flag"):
+        kwargs["default"] = DEFAULTS[name]
+        kwargs.setdefault("show_default", DEFAULTS[name] is not None)
+    return click.option(*decls, **kwargs)
+
+
+@click.command()
+@option("--dataset", help="Dataset to train on: NAME (latest version) or NAME@N.")
+@option("--model", help="Detector (see `tlsync weights list`); default fasterrcnn_mobilenet_v3_large_fpn, "
+                        "or the checkpoint's model with --weights PATH.")
+@option("--weights", help="Start from: coco, imagenet (backbone only), none (scratch), "
+                          "or a run directory / checkpoint file to continue from.")
+@option("--epochs", type=click.IntRange(1))
+@option("--batch-size", type=click.IntRange(1))
+@option("--img-size", type=click.IntRange(32), help="Longest image side fed to the model.")
+@option("--optimizer", type=click.Choice(["sgd", "adamw"]))
+@option("--lr", type=click.FloatRange(0, min_open=True),
+        help="Peak learning rate; default 0.02 (SGD) or 1e-4 (AdamW) times batch size / 16.")
+@option("--momentum", type=click.FloatRange(0, 1))
+@option("--weight-decay", type=click.FloatRange(0))
+@option("--warmup-epochs", type=click.FloatRange(0), help="Linear warm-up length (capped at 1000 iterations).")
+@option("--clip-norm", type=click.FloatRange(0, min_open=True), help="Gradient norm clip.")
+@option("--rois-per-image", type=click.IntRange(1),
+        help="Proposals sampled per image for Faster R-CNN's box head (torchvision's default is 512).")
+@option("--freeze", type=click.Choice(["backbone"]), help="Train only the detection heads (RPN, box heads), for the whole run.")
+@option("--freeze-epochs", type=click.IntRange(0), help="Freeze the backbone for the first N epochs, then train all.")
+@option("--patience", type=click.IntRange(0), help="Stop after N epochs without a better val mAP50-95 (0: never).")
+@option("--workers", type=click.IntRange(0), help="Data-loading processes; default min(4, CPUs - 1).")
+@option("--device", help="auto, cpu, cuda or cuda:N.")
+@option("--seed", type=int)
+@option("--time-limit", type=click.FloatRange(0, min_open=True),
+        help="Seconds; stop after the epoch that passes it.")
+@option("--name", help="Run folder name; default <dataset>-N (the first free N).")
+@option("--project", help="Folder that holds the runs.")
+@option("--exist-ok", is_flag=True, help="Allow writing into an existing --name folder.")
+@option("--resume", type=click.Path(path_type=Path), default=None,
+        help="Continue an interrupted run from its last finished epoch (with --device/--workers only).")
+@click.pass_context
+def train(ctx: click.Context, resume: Path | None, **options: Any) -> None:
+    """Fine-tune a detector on a dataset, or resume an interrupted run."""
+    from . import train as training
+
+    if resume is not None:
+        given = [f"--{name.replace('_', '-')}" for name in options
+                 if name not in RESUME_OPTIONS and ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE]
+        if given:
+            raise TlsyncError(f"--resume continues a run with its own settings; drop {', '.join(given)} "
+                              f"(only --device and --workers may change)")
+        workers = options["workers"] if ctx.get_parameter_source("workers") == ParameterSource.COMMANDLINE else None
+        device = options["device"] if ctx.get_parameter_source("device") == ParameterSource.COMMANDLINE else None
+        run = training.resume(resume, device=device, workers=workers)
+    else:
+        if not options["dataset"]:
+            raise TlsyncError("give --dataset NAME (or --resume RUN)")
+        run = training.train(TrainConfig(**options))
+    click.echo(f"run: {run}")
+    click.echo(f"report: {run / 'report.html'}")

@@ -1,0 +1,118 @@
+"""Run directories: where a training run keeps its config, metrics, weights and report.
+
+Layout of ``<project>/<name>/`` (``project`` defaults to ``runs`` in the current folder)::
+
+    config.json        every setting, the dataset name@version and content hash, versions
+    metrics.csv        one row per finished epoch (epoch, seconds, lr, losses, val metrics)
+    weights/last.pt    the latest finished epoch (what --resume continues from)
+    weights/best.pt    the epoch with the best val mAP50-95
+    eval/              COCO ground truth and predictions of best.pt on val, metrics.json
+    report.html        plots of the above
+
+A run directory is never overwritten unless asked (``--exist-ok``): unnamed runs are
+numbered ``<dataset>-1``, ``<dataset>-2``... and a named run that exists is refused.
+Every file is written to a temp name and renamed, so a killed run leaves whole files.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+from tlsync.errors import TlsyncError
+from tlsync.manifest import atomic_write_json, atomic_write_text
+
+CONFIG = "config.json"
+METRICS = "metrics.csv"
+
+
+def create_run_dir(project: Path, name: str | None, dataset: str, exist_ok: bool = False) -> Path:
+    """Make and return a new run directory; ``mkdir`` claims the name, so concurrent runs never share one."""
+    project.mkdir(parents=True, exist_ok=True)
+    if name:
+        if "/" in name or name in (".", ".."):
+            raise TlsyncError(f"--name {name!r}: give a plain folder name (use --project for the parent folder)")
+        run = project / name
+        try:
+            run.mkdir(exist_ok=exist_ok)
+        except FileExistsError:
+            raise TlsyncError(f"run directory {run} already exists; choose another --name or pass --exist-ok "
+                              f"to write into it") from None
+        return run
+    n = 1
+    while True:
+        run = project / f"{dataset}-{n}"
+        try:
+            run.mkdir()
+            return run
+        except FileExistsError:
+            n += 1
+
+
+def environment() -> dict[str, str]:
+    """Versions that decide whether a run can be reproduced."""
+    import torch
+    import torchvision
+
+    from tlsync import __version__
+
+    return {"tlsync": __version__, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+def write_config(run: Path, config: dict[str, Any]) -> None:
+    atomic_write_json(run / CONFIG, config)
+
+
+def read_config(run: Path) -> dict[str, Any]:
+    path = run / CONFIG
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TlsyncError(f"{run} is not a tlsync run directory (no {CONFIG})") from None
+    except json.JSONDecodeError as e:
+        raise TlsyncError(f"{path}: not valid JSON ({e.msg})") from None
+
+
+class MetricsLog:
+    """``metrics.csv``, rewritten whole (temp file + rename) for each new row.
+
+    Rewriting a file of a few hundred rows costs nothing and means a crash can never leave
+    a half-written line. Columns are fixed by the first row written.
+    """
+
+    def __init__(self, run: Path):
+        self.path = run / METRICS
+
+    def rows(self) -> list[dict[str, str]]:
+        if not self.path.exists():
+            return []
+        with open(self.path, newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+
+    def append(self, row: dict[str, Any]) -> None:
+        rows = self.rows()
+        columns = list(rows[0]) if rows else list(row)
+        self._write(columns, [*rows, {k: _cell(row.get(k, "")) for k in columns}])
+
+    def truncate(self, last_epoch: int) -> None:
+        """Drop rows after ``last_epoch`` (written by an epoch whose checkpoint was lost in a crash)."""
+        rows = self.rows()
+        kept = [r for r in rows if int(r["epoch"]) <= last_epoch]
+        if len(kept) != len(rows):
+            self._write(list(rows[0]), kept)
+
+    def _write(self, columns: list[str], rows: list[dict[str, Any]]) -> None:
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(self.path, out.getvalue())
+
+
+def _cell(value: Any) -> Any:
+    return f"{value:.6g}" if isinstance(value, float) else value
