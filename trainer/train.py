@@ -5,7 +5,7 @@ new run and ``resume`` continues one from its last finished epoch; both hand ove
 ``_fit``, the epoch loop. Anything that writes files checks ``runtime.is_main`` so that a
 multi-process (DistributedDataParallel) run writes once, from rank 0; ``runtime`` also lets
 such a run swap in a distributed sampler and wrap the model, while checkpoints always hold
-the unwrapped model.
+the unwrapped model (``distributed.py`` holds that runtime).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 import torch
@@ -41,6 +41,7 @@ DEFAULT_MODEL = "fasterrcnn_mobilenet_v3_large_fpn"
 BASE_BATCH = 16  # the batch size the base learning rates below were tuned for (torchvision's references)
 BASE_LR = {"sgd": 0.02, "adamw": 1e-4}
 VAL_METRICS = ("map50_95", "map50", "precision", "recall", "f1")
+T = TypeVar("T")
 
 
 @dataclass
@@ -49,19 +50,21 @@ class TrainConfig:
 
     The defaults suit small datasets fine-tuned from pretrained weights: SGD with momentum
     0.9 and weight decay 1e-4 (torchvision's detection recipe, which transfers well), the
-    learning rate scaled linearly with the batch size from 0.02 at 16 images, a warm-up
-    over the first epoch (fresh heads produce large gradients that would wreck pretrained
-    features) and a cosine decay to 1% for a stable end. Gradients are clipped at norm 10.
+    learning rate scaled linearly with the global batch size (``batch_size`` per process
+    times the number of processes) from 0.02 at 16 images (the linear scaling rule of Goyal
+    et al., which torchvision's references follow), a warm-up over the first epoch (fresh
+    heads produce large gradients that would wreck pretrained features) and a cosine decay
+    to 1% for a stable end. Gradients are clipped at norm 10.
     """
 
     dataset: str
     model: str | None = None  # default: DEFAULT_MODEL, or the checkpoint's model with --weights PATH
     weights: str = "coco"  # coco | imagenet | none | a run directory or checkpoint file
     epochs: int = 20
-    batch_size: int = 4
+    batch_size: int = 4  # per process: a run on N GPUs takes N x batch_size images per step
     img_size: int = 640  # longest image side fed to the model
     optimizer: str = "sgd"  # sgd | adamw (AdamW suits transformer-like backbones and very small batches)
-    lr: float | None = None  # default: BASE_LR[optimizer] * batch_size / 16
+    lr: float | None = None  # default: BASE_LR[optimizer] * global batch / 16
     momentum: float = 0.9
     weight_decay: float = 1e-4
     warmup_epochs: float = 1.0  # capped at 1000 iterations
@@ -75,28 +78,59 @@ class TrainConfig:
     patience: int = 10  # stop after this many epochs without a better val mAP50-95 (0: never)
     workers: int | None = None  # data-loading processes; default min(4, CPUs - 1)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    devices: int = 1  # worker processes on this machine (one per GPU); torchrun sets its own
+    sync_bn: bool = False  # batch-norm statistics over the global batch (CUDA, several processes)
+    compile: bool = False  # torch.compile the model (speeds up models it can capture; costs start-up time)
     seed: int = 0
     time_limit: float | None = None  # seconds; stop after the epoch that passes it (quickstart)
     name: str | None = None  # run folder name; default <dataset>-N
     project: str = "runs"
     exist_ok: bool = False
 
-    def resolved_lr(self) -> float:
+    def resolved_lr(self, world_size: int = 1) -> float:
+        """``--lr``, else the base rate scaled to the global batch of ``world_size`` processes."""
         if self.lr is not None:
             return self.lr
         if self.optimizer not in BASE_LR:
             raise TlsyncError(f"unknown optimizer '{self.optimizer}' (use {' or '.join(BASE_LR)})")
-        return BASE_LR[self.optimizer] * self.batch_size / BASE_BATCH
+        return BASE_LR[self.optimizer] * self.batch_size * world_size / BASE_BATCH
 
 
 @dataclass
 class Runtime:
-    """How this process takes part: a single process by default, one rank of many under DDP."""
+    """How this process takes part: a single process here, one rank of many under DDP.
+
+    The methods are the points where a multi-process run differs; ``distributed.
+    DistributedRuntime`` overrides them. Anything that writes files checks ``is_main``.
+    """
 
     device: torch.device
     is_main: bool = True
-    wrap: Callable[[nn.Module], nn.Module] = lambda model: model
-    sampler: Callable[[Dataset], Sampler] | None = None  # e.g. a DistributedSampler factory
+    world_size: int = 1
+
+    def wrap(self, model: nn.Module, cfg: TrainConfig) -> nn.Module:
+        """The module the training steps call (``--compile`` compiles it); checkpoints keep ``model``."""
+        return torch.compile(model) if cfg.compile else model
+
+    def sampler(self, dataset: Dataset, cfg: TrainConfig) -> Sampler[int] | None:
+        """This process's training order; ``None``: the loader's own seeded shuffle."""
+        return None
+
+    def open_dataset(self, store: Store, ref: str) -> DatasetVersion:
+        return store.open(ref)
+
+    def from_main(self, fn: Callable[[], T]) -> T:
+        """``fn()`` computed once (by rank 0) and shared, so every process takes the same decision."""
+        return fn()
+
+    def average(self, values: dict[str, float]) -> dict[str, float]:
+        """Per-process training losses averaged over the processes, for the log."""
+        return values
+
+    def evaluate(self, model: nn.Module, version: DatasetVersion, split: str, categories: list[str],
+                 device: torch.device, out_dir: Path | None, conf: float | None = None,
+                 batch_size: int = 4) -> dict[str, Any]:
+        return evaluate_split(model, version, split, categories, device, out_dir, conf, batch_size=batch_size)
 
 
 @dataclass
@@ -175,26 +209,33 @@ def describe_mapping(mapping: dict[str, Any]) -> list[str]:
 
 def train(cfg: TrainConfig, store: Store | None = None, runtime: Runtime | None = None) -> Path:
     """Start a new run; returns its directory."""
-    version = (store or Store()).open(cfg.dataset)
-    train_items, val_items = check_data(version)
     runtime = runtime or Runtime(resolve_device(cfg.device))
+    version = runtime.open_dataset(store or Store(), cfg.dataset)
+    train_items, val_items = check_data(version)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     model, model_name, weights_source = initial_model(cfg, version.categories)
-    run = Path(cfg.project) / (cfg.name or "")
     config = {
         **dataclasses.asdict(cfg), "dataset": version.ref, "content_hash": version.content_hash,
         "model": model_name, "weights_source": weights_source, "categories": version.categories,
-        "lr": cfg.resolved_lr(), "workers": default_workers() if cfg.workers is None else cfg.workers,
+        "lr": cfg.resolved_lr(runtime.world_size), "world_size": runtime.world_size,
+        "global_batch": cfg.batch_size * runtime.world_size,
+        "workers": default_workers() if cfg.workers is None else cfg.workers,
         "device": str(runtime.device), "versions": runs.environment(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    if runtime.is_main:
+
+    def start_run() -> Path:
         run = runs.create_run_dir(Path(cfg.project), cfg.name, version.name, cfg.exist_ok)
         runs.write_config(run, config)
+        on = f"{runtime.world_size} processes, global batch {config['global_batch']}" if runtime.world_size > 1 \
+            else f"device {runtime.device}"
         info(f"run {run}: {model_name} from {weights_source} weights on {version.ref} "
-             f"({len(train_items)} train / {len(val_items)} val images), device {runtime.device}")
+             f"({len(train_items)} train / {len(val_items)} val images), {on}")
+        return run
+
+    run = runtime.from_main(start_run)
     return _fit(run, config, version, model, runtime, RunState(), None)
 
 
@@ -210,7 +251,10 @@ def resume(run: Path, store: Store | None = None, device: str | None = None, wor
         config["workers"] = workers
     runtime = runtime or Runtime(resolve_device(device or config["device"]))
     config["device"] = str(runtime.device)
-    version = (store or Store()).open(config["dataset"])
+    if config.get("world_size", 1) != runtime.world_size:
+        raise TlsyncError(f"{run} was trained by {config.get('world_size', 1)} process(es) and this job has "
+                          f"{runtime.world_size}; resume it with as many (the global batch and data shards depend on it)")
+    version = runtime.open_dataset(store or Store(), config["dataset"])
     if version.content_hash != config["content_hash"]:
         raise TlsyncError(f"dataset {version.ref} changed since {run} started (content hash differs); "
                           f"start a new run with --weights {run} instead")
@@ -230,18 +274,19 @@ def resume(run: Path, store: Store | None = None, device: str | None = None, wor
 def _fit(run: Path, config: dict[str, Any], version: DatasetVersion, model: nn.Module, runtime: Runtime,
          state: RunState, checkpoint: dict[str, Any] | None) -> Path:
     """The epoch loop: train, evaluate on val, log, checkpoint, stop early or at the limit."""
-    cfg = TrainConfig(**{f.name: config[f.name] for f in dataclasses.fields(TrainConfig)})
+    cfg = TrainConfig(**{f.name: config[f.name] for f in dataclasses.fields(TrainConfig) if f.name in config})
     device, categories = runtime.device, config["categories"]
     items = list(version.items("train"))
     has_val = any(True for _ in version.items("val"))
     dataset = DetectionDataset(items, [version.image_path(i) for i in items], categories,
                                train_transforms(cfg.img_size), cfg.img_size)
-    loader = make_loader(dataset, cfg.batch_size, config["workers"], cfg.seed,
-                         sampler=runtime.sampler(dataset) if runtime.sampler else None,
-                         pin_memory=device.type == "cuda")
+    gpu = device.type == "cuda"
+    loader = make_loader(dataset, cfg.batch_size, config["workers"], cfg.seed, sampler=runtime.sampler(dataset, cfg),
+                         pin_memory=gpu, persistent_workers=gpu)
+    torch.backends.cudnn.benchmark = gpu  # picks the fastest conv kernels per input shape (shapes repeat)
     set_rois_per_image(model, cfg.rois_per_image)
     model.to(device)
-    net = runtime.wrap(model)
+    net = runtime.wrap(model, cfg)
     optimizer = build_optimizer(model, cfg.optimizer, config["lr"], cfg.momentum, cfg.weight_decay)
     steps = len(loader)
     scheduler = build_scheduler(optimizer, steps * cfg.epochs, min(1000, max(1, round(cfg.warmup_epochs * steps))))
@@ -262,10 +307,11 @@ def _fit(run: Path, config: dict[str, Any], version: DatasetVersion, model: nn.M
         model.train()
         start_epoch(loader, epoch, cfg.seed)
         label = f"epoch {epoch + 1}/{cfg.epochs}"
-        with progress(label, total=len(dataset), unit="img") as update:
+        with progress(label, total=len(loader.batch_sampler.sampler) * runtime.world_size, unit="img") as update:
             try:
                 result = train_one_epoch(net, optimizer, loader, device, scheduler, scaler, amp_dtype, cfg.clip_norm,
-                                         lambda n, losses: update(n, description=f"{label} {losses}"))
+                                         lambda n, losses: update(n * runtime.world_size,
+                                                                  description=f"{label} {losses}"))
             except NonFiniteLoss as e:
                 kept = (f"{weights / 'last.pt'} keeps epoch {state.epoch}, the last good one" if state.epoch
                         else "no epoch had finished, so no checkpoint was written")
@@ -275,7 +321,8 @@ def _fit(run: Path, config: dict[str, Any], version: DatasetVersion, model: nn.M
             first = result.failures[0]
             info(f"warning: skipped {len(result.failures)} image(s) that failed to decode "
                  f"(first: item '{first.item_id}': {first.reason})")
-        val = evaluate_split(model.eval(), version, "val", categories, device, None) if has_val else {}
+        result.losses = runtime.average(result.losses)
+        val = runtime.evaluate(model.eval(), version, "val", categories, device, None) if has_val else {}
         state.epoch, state.elapsed = epoch + 1, state.elapsed + time.perf_counter() - started
         improved = not has_val or val["map50_95"] > state.best
         if improved:
@@ -285,6 +332,7 @@ def _fit(run: Path, config: dict[str, Any], version: DatasetVersion, model: nn.M
                            f"(best {state.best:.3f} at epoch {state.best_epoch})")
         elif cfg.time_limit and state.elapsed >= cfg.time_limit and state.epoch < cfg.epochs:
             stop_reason = f"time limit of {cfg.time_limit:g}s reached after epoch {state.epoch}"
+        stop_reason = runtime.from_main(lambda: stop_reason)  # rank 0's clock decides for every rank
         if runtime.is_main:
             seconds = time.perf_counter() - started
             metrics_log.append({"epoch": state.epoch, "seconds": seconds, "lr": result.lr,
@@ -317,14 +365,18 @@ def summary_line(label: str, losses: dict[str, float], val: dict[str, Any], seco
 
 def save_state(weights: Path, model: nn.Module, config: dict[str, Any], optimizer: torch.optim.Optimizer,
                scheduler: Any, scaler: torch.amp.GradScaler, state: RunState, best: bool, stopped: bool) -> None:
-    """``last.pt`` with everything ``resume`` needs; ``best.pt`` as well when this epoch is the best."""
+    """``best.pt`` when this epoch is the best, then ``last.pt`` with everything ``resume`` needs.
+
+    ``last.pt`` is written last because it marks the epoch as done: killed in between, the
+    run resumes from the previous epoch and simply redoes this one.
+    """
+    if best:
+        save_checkpoint(weights / "best.pt", model, config["categories"], config, epoch=state.epoch,
+                        best=state.best, elapsed=state.elapsed)
     extra = dict(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
                  epoch=state.epoch, best=state.best, best_epoch=state.best_epoch, elapsed=state.elapsed,
                  rng=rng_state(), stopped=stopped)
     save_checkpoint(weights / "last.pt", model, config["categories"], config, **extra)
-    if best:
-        save_checkpoint(weights / "best.pt", model, config["categories"], config, epoch=state.epoch,
-                        best=state.best, elapsed=state.elapsed)
 
 
 def finish(run: Path, config: dict[str, Any], version: DatasetVersion, model: nn.Module, device: torch.device,

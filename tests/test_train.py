@@ -1,0 +1,212 @@
+"""``tlsync train``: it really learns, resumes exactly, remaps classes, fails clearly, keeps its files.
+
+The model is EfficientNet-Lite0 from its ImageNet weights (shipped in a pip package, so no
+download): it learns the synthetic shapes in a few dozen steps, which keeps these tests to
+tiny images and a handful of epochs on a CPU.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import torch
+
+from tlsync.connectors.synthetic import SyntheticSource
+from tlsync.pull import pull
+from tlsync.sources import PullContext
+from tlsync.trainer.checkpoint import load_checkpoint, load_model
+
+MODEL = ("--model", "fasterrcnn_efficientnet_lite0_fpn", "--weights", "imagenet")
+SMALL = ("--img-size", "64", "--batch-size", "2", "--workers", "0", "--device", "cpu")
+REPORT_PNGS = {"training.png", "pr_curve.png", "per_class_ap.png", "confusion_matrix.png", "val_images.png"}
+
+
+@pytest.fixture(autouse=True)
+def in_tmp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs land in ./runs, so every test works in its own folder."""
+    monkeypatch.chdir(tmp_path)
+
+
+class Shapes(SyntheticSource):
+    """The synthetic shapes, optionally with classes renamed or boxes removed."""
+
+    name = "shapes"
+
+    def __init__(self, rename: dict[str, str] | None = None, boxes: bool = True):
+        self.rename, self.boxes = rename or {}, boxes
+
+    def items(self, ctx: PullContext, **options: Any) -> Iterator:
+        for item in super().items(ctx, **options):
+            for box in item.annotations:
+                box.label = self.rename.get(box.label, box.label)
+            if not self.boxes:
+                item.annotations = []
+            yield item
+        ctx.set_categories([self.rename.get(c, c) for c in ctx.categories])
+
+
+def shapes(store, name: str, items: int, size: int = 64, ratios=(1.0, 0.0, 0.0), **kwargs: Any):
+    pull(store, Shapes(**kwargs), {"items": items, "size": size, "seed": 0}, name, split_ratios=ratios)
+    return store.open(name)
+
+
+def train(run_cli, *args: Any):
+    result = run_cli("train", *args)
+    assert result.exit_code == 0, result.stderr
+    return result, Path(re.search(r"^run: (.+)$", result.stdout, re.M).group(1))
+
+
+def test_a_small_model_learns_eight_images(store, run_cli) -> None:
+    from tlsync.trainer.evaluate import evaluate_split
+
+    version = shapes(store, "eight", 8, size=128)
+    # 10 epochs of 2 steps: 20 SGD steps in all (mAP50 is ~0.6 after 12 steps, ~0.9 after 24).
+    _, run = train(run_cli, "--dataset", "eight", *MODEL, "--img-size", "128", "--batch-size", "4",
+                   "--epochs", "10", "--lr", "0.02", "--workers", "0", "--device", "cpu")
+    model, categories, _ = load_model(run)
+    metrics = evaluate_split(model, version, "train", categories, "cpu", None)
+    assert metrics["map50"] >= 0.5, metrics
+
+
+def test_resume_after_sigkill_matches_an_unbroken_run(store, run_cli, tmp_path: Path) -> None:
+    """3 epochs straight vs. SIGKILL during epoch 2 and --resume: the same final weights.
+
+    On a CPU with fixed seeds and the same thread count every operation is deterministic, so
+    the weights are equal bit for bit: the order of images, the augmentation and the RPN's
+    sampling all come from restored or per-epoch seeded generators.
+    """
+    version = shapes(store, "resume", 8, ratios=(0.5, 0.5, 0.0))
+    assert len(list(version.items("val"))) == 2
+    args = ["--dataset", "resume", *MODEL, *SMALL, "--epochs", "3", "--patience", "0"]
+    _, straight = train(run_cli, *args, "--name", "straight")
+
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # the same arithmetic as in here
+    proc = subprocess.Popen([sys.executable, "-m", "tlsync", "train", *args, "--name", "killed"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    last = tmp_path / "runs" / "killed" / "weights" / "last.pt"
+    try:
+        deadline = time.monotonic() + 240
+        while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)  # epoch 1 just saved: epoch 2 is under way
+    finally:
+        proc.wait()
+    assert last.exists(), proc.stderr.read().decode()
+    assert load_checkpoint(last)["epoch"] == 1
+
+    result, resumed = train(run_cli, "--resume", "runs/killed")
+    assert "resuming runs/killed after epoch 1 of 3" in result.stderr
+    a, b = load_checkpoint(straight / "weights" / "last.pt"), load_checkpoint(resumed / "weights" / "last.pt")
+    assert a["epoch"] == b["epoch"] == 3
+    assert a["model"].keys() == b["model"].keys()
+    assert all(torch.equal(a["model"][key], b["model"][key]) for key in a["model"])
+    rows = list(csv.DictReader(open(resumed / "metrics.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+
+    check_run_dir(resumed, version)
+    result = run_cli("train", "--resume", "runs/killed")
+    assert result.exit_code == 1 and "already finished (3 of 3 epochs)" in result.stderr
+
+
+def check_run_dir(run: Path, version) -> None:
+    """What a finished run leaves: config, metrics, safe-to-load weights, eval files, a report."""
+    config = json.loads((run / "config.json").read_text())
+    assert config["dataset"] == version.ref and config["content_hash"] == version.content_hash
+    assert config["model"] == "fasterrcnn_efficientnet_lite0_fpn" and config["weights"] == "imagenet"
+    assert config["categories"] == version.categories and config["device"] == "cpu"
+    assert {"torch", "torchvision", "tlsync"} <= set(config["versions"])
+    assert config["lr"] == pytest.approx(0.02 * 2 / 16) and config["epochs"] == 3
+    with open(run / "metrics.csv") as f:
+        columns = next(csv.reader(f))
+    assert columns[:4] == ["epoch", "seconds", "lr", "loss"] and "loss_classifier" in columns
+    assert columns[-5:] == ["map50_95", "map50", "precision", "recall", "f1"]
+    for name in ("last.pt", "best.pt"):
+        data = torch.load(run / "weights" / name, weights_only=True)
+        assert data["categories"] == version.categories and data["config"]["model"] == config["model"]
+    for name in ("ground_truth.json", "predictions.json", "metrics.json"):
+        assert (run / "eval" / name).exists()
+    assert set(re.findall(r"<img src='([^']+)'", (run / "report.html").read_text())) == REPORT_PNGS
+    assert all((run / png).exists() for png in REPORT_PNGS)
+
+
+def test_continuing_with_other_classes_keeps_shared_head_rows(store, run_cli) -> None:
+    shapes(store, "v1", 6)
+    _, first = train(run_cli, "--dataset", "v1", *MODEL, *SMALL, "--epochs", "1")
+    shapes(store, "v2", 6, rename={"triangle": "hexagon"})
+    # A learning rate of ~0 isolates the transfer itself from what training then does.
+    result, second = train(run_cli, "--dataset", "v2", "--weights", str(first), *SMALL, "--epochs", "1",
+                           "--lr", "1e-12")
+    assert "kept: circle, square" in result.stderr
+    assert "new: hexagon" in result.stderr and "dropped: triangle" in result.stderr
+
+    old, new = load_checkpoint(first / "weights" / "last.pt"), load_checkpoint(second / "weights" / "last.pt")
+    assert new["categories"] == ["circle", "square", "hexagon"]
+    assert new["config"]["model"] == "fasterrcnn_efficientnet_lite0_fpn"
+    key = "roi_heads.box_predictor.cls_score.weight"  # rows: background, then the classes in order
+    for name in ("circle", "square"):
+        i, j = old["categories"].index(name) + 1, new["categories"].index(name) + 1
+        torch.testing.assert_close(new["model"][key][j], old["model"][key][i])
+    assert not torch.equal(new["model"][key][3], old["model"][key][3])  # hexagon is fresh, not triangle's row
+
+
+def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(store, run_cli, monkeypatch) -> None:
+    """A corrupt batch in epoch 2 (NaN pixels) makes the loss NaN: stop, say so, keep epoch 1."""
+    from tlsync.trainer import data, train as training
+
+    shapes(store, "nan", 4)
+    poisoned = {"on": False}
+    start_epoch, getitem = data.start_epoch, data.DetectionDataset.__getitem__
+
+    def start_epoch_poisoning_from_epoch_2(loader, epoch, seed):
+        poisoned["on"] = epoch >= 1
+        start_epoch(loader, epoch, seed)
+
+    def getitem_poisoned(self, i):
+        image, target = getitem(self, i)
+        return (image * float("nan") if poisoned["on"] else image), target
+
+    monkeypatch.setattr(training, "start_epoch", start_epoch_poisoning_from_epoch_2)
+    monkeypatch.setattr(data.DetectionDataset, "__getitem__", getitem_poisoned)
+    result = run_cli("train", "--dataset", "nan", *MODEL, *SMALL, "--epochs", "3", "--name", "nan")
+    assert result.exit_code == 1
+    assert "Traceback" not in result.stderr
+    message = result.stderr.strip().splitlines()[-1]
+    assert message.startswith("Error: epoch 2/3: the loss became nan at iteration 1")
+    assert "runs/nan/weights/last.pt keeps epoch 1, the last good one" in message
+    kept = load_checkpoint(Path("runs/nan/weights/last.pt"))
+    assert kept["epoch"] == 1 and all(torch.isfinite(t).all() for t in kept["model"].values() if t.is_floating_point())
+
+
+def test_unusable_data_is_refused_before_anything_is_written(store, run_cli) -> None:
+    shapes(store, "nothing-to-train", 6, ratios=(0.0, 1.0, 0.0))
+    result = run_cli("train", "--dataset", "nothing-to-train", *MODEL, *SMALL)
+    assert result.exit_code == 1
+    assert "Error: dataset nothing-to-train@1 has no items in its train split" in result.stderr
+
+    shapes(store, "no-boxes", 6, boxes=False)
+    result = run_cli("train", "--dataset", "no-boxes", *MODEL, *SMALL)
+    assert result.exit_code == 1
+    assert "Error: dataset no-boxes@1 has no boxes in its train split (6 images)" in result.stderr
+    assert not Path("runs").exists()
+
+
+def test_run_directories_are_numbered_and_never_overwritten(store, run_cli) -> None:
+    from tlsync.trainer.runs import create_run_dir
+    from tlsync.errors import TlsyncError
+
+    assert create_run_dir(Path("runs"), None, "chess") == Path("runs/chess-1")
+    assert create_run_dir(Path("runs"), None, "chess") == Path("runs/chess-2")
+    assert create_run_dir(Path("runs"), "mine", "chess") == Path("runs/mine")
+    with pytest.raises(TlsyncError, match="runs/mine already exists; choose another --name or pass --exist-ok"):
+        create_run_dir(Path("runs"), "mine", "chess")
+    assert create_run_dir(Path("runs"), "mine", "chess", exist_ok=True) == Path("runs/mine")
