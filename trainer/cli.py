@@ -9,6 +9,7 @@ go to stderr.
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +41,12 @@ def option(*decls: str, **kwargs: Any) -> Any:
 @option("--weights", help="Start from: coco, imagenet (backbone only), none (scratch), "
                           "or a run directory / checkpoint file to continue from.")
 @option("--epochs", type=click.IntRange(1))
-@option("--batch-size", type=click.IntRange(1))
+@option("--batch-size", type=click.IntRange(1), help="Images per step per process (per GPU).")
 @option("--img-size", type=click.IntRange(32), help="Longest image side fed to the model.")
 @option("--optimizer", type=click.Choice(["sgd", "adamw"]))
 @option("--lr", type=click.FloatRange(0, min_open=True),
-        help="Peak learning rate; default 0.02 (SGD) or 1e-4 (AdamW) times batch size / 16.")
+        help="Peak learning rate; default 0.02 (SGD) or 1e-4 (AdamW) times the global batch size / 16 "
+             "(global batch: --batch-size times the number of processes).")
 @option("--momentum", type=click.FloatRange(0, 1))
 @option("--weight-decay", type=click.FloatRange(0))
 @option("--warmup-epochs", type=click.FloatRange(0), help="Linear warm-up length (capped at 1000 iterations).")
@@ -56,6 +58,11 @@ def option(*decls: str, **kwargs: Any) -> Any:
 @option("--patience", type=click.IntRange(0), help="Stop after N epochs without a better val mAP50-95 (0: never).")
 @option("--workers", type=click.IntRange(0), help="Data-loading processes; default min(4, CPUs - 1).")
 @option("--device", help="auto, cpu, cuda or cuda:N.")
+@option("--devices", type=click.IntRange(1),
+        help="Train with N processes on this machine (DistributedDataParallel), one per GPU; with --device cpu, "
+             "N CPU processes. Under torchrun, torchrun decides.")
+@option("--sync-bn", is_flag=True, help="Synchronise batch-norm statistics across GPUs (SyncBatchNorm; CUDA only).")
+@option("--compile", is_flag=True, help="torch.compile the model (faster steps where it can capture the model).")
 @option("--seed", type=int)
 @option("--time-limit", type=click.FloatRange(0, min_open=True),
         help="Seconds; stop after the epoch that passes it.")
@@ -67,6 +74,7 @@ def option(*decls: str, **kwargs: Any) -> Any:
 @click.pass_context
 def train(ctx: click.Context, resume: Path | None, **options: Any) -> None:
     """Fine-tune a detector on a dataset, or resume an interrupted run."""
+    from . import distributed, runs
     from . import train as training
 
     if resume is not None:
@@ -77,10 +85,14 @@ def train(ctx: click.Context, resume: Path | None, **options: Any) -> None:
                               f"(only --device and --workers may change)")
         workers = options["workers"] if ctx.get_parameter_source("workers") == ParameterSource.COMMANDLINE else None
         device = options["device"] if ctx.get_parameter_source("device") == ParameterSource.COMMANDLINE else None
-        run = training.resume(resume, device=device, workers=workers)
+        config = runs.read_config(resume)  # a distributed run resumes with as many processes as it had
+        run = distributed.run(partial(training.resume, resume, device=device, workers=workers),
+                              config.get("devices", 1), device or config["device"])
     else:
         if not options["dataset"]:
             raise TlsyncError("give --dataset NAME (or --resume RUN)")
-        run = training.train(TrainConfig(**options))
-    click.echo(f"run: {run}")
-    click.echo(f"report: {run / 'report.html'}")
+        cfg = TrainConfig(**options)
+        run = distributed.run(partial(training.train, cfg), cfg.devices, cfg.device)
+    if distributed.is_main():  # under torchrun every rank gets here; one prints
+        click.echo(f"run: {run}")
+        click.echo(f"report: {run / 'report.html'}")

@@ -180,22 +180,32 @@ class SeededRandomSampler(RandomSampler):
 
 
 def make_loader(dataset: DetectionDataset, batch_size: int, workers: int, seed: int, shuffle: bool = True,
-                sampler: Sampler[int] | None = None, pin_memory: bool = False) -> DataLoader:
+                sampler: Sampler[int] | None = None, pin_memory: bool = False,
+                persistent_workers: bool = False) -> DataLoader:
     """A loader of grouped batches; pass ``sampler`` (e.g. a ``DistributedSampler``) to replace the default.
 
-    Worker processes are started afresh each epoch, with seeds taken from the loader's
-    own generator (see ``start_epoch``), so augmentation does not depend on how many
-    epochs ran in this process: a resumed run sees the same images as an unbroken one.
+    By default worker processes are started afresh each epoch, with seeds taken from the
+    loader's own generator (see ``start_epoch``), so augmentation does not depend on how
+    many epochs ran in this process: a resumed run sees the same images as an unbroken one.
+    ``persistent_workers`` (for GPUs, which a worker restart would leave idle at the start
+    of every epoch) keeps them instead: the order of images is still replayed exactly, but
+    their random augmentations continue from the previous epoch rather than being re-seeded.
     """
     if sampler is None:
         sampler = SeededRandomSampler(dataset, seed) if shuffle else SequentialSampler(dataset)
     return DataLoader(
         dataset, batch_sampler=GroupedBatchSampler(sampler, dataset.aspect_groups(), batch_size),
         num_workers=workers, collate_fn=collate, pin_memory=pin_memory, generator=torch.Generator(),
+        persistent_workers=persistent_workers and workers > 0,
     )
 
 
 def start_epoch(loader: DataLoader, epoch: int, seed: int) -> None:
-    """Set this epoch's shuffle order and worker seeds."""
+    """Set this epoch's shuffle order and worker seeds.
+
+    Under ``DistributedSampler`` each rank's workers get seeds of their own (offset by the
+    rank), so two ranks never apply the same random augmentations in lockstep.
+    """
     loader.batch_sampler.set_epoch(epoch)  # type: ignore[union-attr]
-    loader.generator.manual_seed(seed * 100_003 + epoch + 1)  # type: ignore[union-attr]
+    rank = getattr(loader.batch_sampler.sampler, "rank", 0)  # type: ignore[union-attr]
+    loader.generator.manual_seed(seed * 100_003 + epoch + 1 + rank * 7_919)  # type: ignore[union-attr]

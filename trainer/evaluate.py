@@ -30,18 +30,32 @@ def evaluate_split(model: torch.nn.Module, dataset_version: DatasetVersion, spli
     (evaluating an old run on newer data) are scored too, at AP 0, and listed under
     ``unknown_classes``, so the number says honestly how the model does on that data.
     """
-    items = list(dataset_version.items(split))
-    if not items:
-        raise TlsyncError(f"dataset {dataset_version.ref} has no items in split '{split}'")
-    labels = [*dataset_version.categories, *(b.label for item in items for b in item.annotations)]
-    unknown = [name for name in dict.fromkeys(labels) if name not in categories]
-    scored = [*categories, *unknown]
-
+    items = split_items(dataset_version, split)
     predictions: list[Item] = []
     for item in predict_items(model, items, dataset_version.image_path, categories, device, batch_size=batch_size):
         predictions.append(item)
         if progress:
             progress(len(predictions), total=len(items))
+    return score_split(dataset_version, split, items, predictions, categories, out_dir, conf)
+
+
+def split_items(dataset_version: DatasetVersion, split: str) -> list[Item]:
+    items = list(dataset_version.items(split))
+    if not items:
+        raise TlsyncError(f"dataset {dataset_version.ref} has no items in split '{split}'")
+    return items
+
+
+def score_split(dataset_version: DatasetVersion, split: str, items: list[Item], predictions: list[Item],
+                categories: list[str], out_dir: Path | None, conf: float | None = None) -> dict[str, Any]:
+    """The metrics of ``predictions`` (one per item, in order), and the eval files when ``out_dir`` is given.
+
+    Apart from ``evaluate_split`` so that a distributed evaluation, whose ranks each
+    predict a share of the items, scores the gathered predictions exactly the same way.
+    """
+    labels = [*dataset_version.categories, *(b.label for item in items for b in item.annotations)]
+    unknown = [name for name in dict.fromkeys(labels) if name not in categories]
+    scored = [*categories, *unknown]
     metrics = evaluate(items, predictions, scored, conf)
     metrics.update(dataset=dataset_version.ref, content_hash=dataset_version.content_hash, split=split,
                    unknown_classes=unknown)
