@@ -128,7 +128,7 @@ def check_run_dir(run: Path, version) -> None:
     assert config["lr"] == pytest.approx(0.02 * 2 / 16) and config["epochs"] == 3
     with open(run / "metrics.csv") as f:
         columns = next(csv.reader(f))
-    assert columns[:4] == ["epoch", "seconds", "lr", "loss"] and "loss_classifier" in columns
+    assert columns[:5] == ["epoch", "seconds", "train_seconds", "lr", "loss"] and "loss_classifier" in columns
     assert columns[-5:] == ["map50_95", "map50", "precision", "recall", "f1"]
     for name in ("last.pt", "best.pt"):
         data = torch.load(run / "weights" / name, weights_only=True)

@@ -1,4 +1,4 @@
-"""One epoch of training, and the optimiser, schedule and freezing it runs with.
+"""One epoch of training, the optimiser and schedule it runs with, and the random state a resume restores.
 
 ``train_one_epoch`` follows torchvision's detection references (references/detection/
 engine.py): the model returns a loss dict in training mode, the losses are summed, and the
@@ -9,10 +9,12 @@ schedule advances every iteration, so warm-up works even when an epoch is a few 
 from __future__ import annotations
 
 import math
+import random
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -114,3 +116,25 @@ def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_s
         return final_factor + (1 - final_factor) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# -- random state ------------------------------------------------------------------------------
+
+def rng_state() -> dict[str, Any]:
+    """Every random generator's state, as plain data a ``weights_only`` load accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -3,7 +3,8 @@
 Layout of ``<project>/<name>/`` (``project`` defaults to ``runs`` in the current folder)::
 
     config.json        every setting, the dataset name@version and content hash, versions
-    metrics.csv        one row per finished epoch (epoch, seconds, lr, losses, val metrics)
+    metrics.csv        one row per finished epoch: epoch, seconds (the epoch's wall time),
+                       train_seconds (of which training, the rest is val eval), lr, losses, val metrics
     weights/last.pt    the latest finished epoch (what --resume continues from)
     weights/best.pt    the epoch with the best val mAP50-95
     eval/              COCO ground truth and predictions of best.pt on val, metrics.json

@@ -14,7 +14,7 @@ import dataclasses
 import os
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -32,7 +32,8 @@ from tlsync.store import DatasetVersion, Store
 from . import runs
 from .checkpoint import load_checkpoint, rebuild_model, resolve_checkpoint, save_checkpoint, transfer_weights
 from .data import DetectionDataset, make_loader, start_epoch, train_transforms
-from .engine import NonFiniteLoss, amp_settings, build_optimizer, build_scheduler, short, train_one_epoch
+from .engine import (NonFiniteLoss, amp_settings, build_optimizer, build_scheduler, rng_state, set_rng_state,
+                     short, train_one_epoch)
 from .evaluate import evaluate_split
 from .report import write_report
 from .zoo import build_model, freeze
@@ -141,7 +142,6 @@ class RunState:
     best: float = -1.0  # best val mAP50-95 so far
     best_epoch: int = 0
     elapsed: float = 0.0  # wall seconds of training so far
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -335,8 +335,8 @@ def _fit(run: Path, config: dict[str, Any], version: DatasetVersion, model: nn.M
         stop_reason = runtime.from_main(lambda: stop_reason)  # rank 0's clock decides for every rank
         if runtime.is_main:
             seconds = time.perf_counter() - started
-            metrics_log.append({"epoch": state.epoch, "seconds": seconds, "lr": result.lr,
-                                "loss": sum(result.losses.values()), **result.losses,
+            metrics_log.append({"epoch": state.epoch, "seconds": seconds, "train_seconds": result.seconds,
+                                "lr": result.lr, "loss": sum(result.losses.values()), **result.losses,
                                 **{k: val[k] for k in VAL_METRICS if k in val}})
             save_state(weights, model, config, optimizer, scheduler, scaler, state, improved, bool(stop_reason))
             info(summary_line(label, result.losses, val, seconds, improved and has_val))
@@ -391,23 +391,3 @@ def finish(run: Path, config: dict[str, Any], version: DatasetVersion, model: nn
         info(f"best epoch {best['epoch']}: val mAP50-95 {metrics['map50_95']:.3f}, mAP50 {metrics['map50']:.3f}, "
              f"P {metrics['precision']:.3f}, R {metrics['recall']:.3f}, F1 {metrics['f1']:.3f}")
     write_report(run)
-
-
-def rng_state() -> dict[str, Any]:
-    """Every random generator's state, as plain data a ``weights_only`` load accepts."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
