@@ -38,12 +38,12 @@ def in_tmp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 class Shapes(SyntheticSource):
-    """The synthetic shapes, optionally with classes renamed or boxes removed."""
+    """The synthetic shapes, optionally with classes renamed, boxes removed or a class without boxes."""
 
     name = "shapes"
 
-    def __init__(self, rename: dict[str, str] | None = None, boxes: bool = True):
-        self.rename, self.boxes = rename or {}, boxes
+    def __init__(self, rename: dict[str, str] | None = None, boxes: bool = True, extra: str | None = None):
+        self.rename, self.boxes, self.extra = rename or {}, boxes, extra
 
     def items(self, ctx: PullContext, **options: Any) -> Iterator:
         for item in super().items(ctx, **options):
@@ -52,7 +52,7 @@ class Shapes(SyntheticSource):
             if not self.boxes:
                 item.annotations = []
             yield item
-        ctx.set_categories([self.rename.get(c, c) for c in ctx.categories])
+        ctx.set_categories([self.rename.get(c, c) for c in ctx.categories] + ([self.extra] if self.extra else []))
 
 
 def shapes(store, name: str, items: int, size: int = 64, ratios=(1.0, 0.0, 0.0), **kwargs: Any):
@@ -210,3 +210,40 @@ def test_run_directories_are_numbered_and_never_overwritten(store, run_cli) -> N
     with pytest.raises(TlsyncError, match="runs/mine already exists; choose another --name or pass --exist-ok"):
         create_run_dir(Path("runs"), "mine", "chess")
     assert create_run_dir(Path("runs"), "mine", "chess", exist_ok=True) == Path("runs/mine")
+
+
+def test_augmentation_moves_boxes_with_the_pixels(tmp_path: Path) -> None:
+    """Flip, zoom and draft-mode decoding (a 400 px JPEG read at 100 px) keep each box on its object."""
+    from PIL import Image
+
+    from tlsync.format import Box, ImageRef, Item
+    from tlsync.trainer.data import DetectionDataset, train_transforms
+
+    path = tmp_path / "red.jpg"
+    image = Image.new("RGB", (400, 300), (128, 128, 128))
+    image.paste((220, 20, 20), (250, 60, 350, 140))
+    image.save(path, quality=95)
+    item = Item("red", ImageRef(str(path), width=400, height=300), [Box("red", 250, 60, 100, 80)])
+    dataset = DetectionDataset([item], [path], ["red"], train_transforms(100), 100)
+
+    centres = []
+    for seed in range(12):
+        torch.manual_seed(seed)
+        picture, target = dataset[0]
+        assert max(picture.shape[1:]) <= 100 and target["labels"].tolist() == [1]
+        x0, y0, x1, y1 = target["boxes"][0].round().int().tolist()
+        inside = picture[:, y0 + 2:y1 - 2, x0 + 2:x1 - 2].mean(dim=(1, 2))
+        assert inside[0] > inside[1] + 0.3 and inside[0] > inside[2] + 0.3, (seed, inside)
+        centres.append((x0 + x1) / 2 / picture.shape[2])
+    assert min(centres) < 0.4 and max(centres) > 0.6, "flips move the box to the other side"
+
+
+def test_a_broken_image_is_skipped_and_a_class_without_boxes_is_warned_about(store, run_cli) -> None:
+    version = shapes(store, "flawed", 4, extra="star")
+    broken = next(version.items("train"))
+    version.image_path(broken).write_bytes(b"not an image any more")  # e.g. disk damage after the pull
+
+    result = run_cli("train", "--dataset", "flawed", *MODEL, *SMALL, "--epochs", "1")
+    assert result.exit_code == 0, result.stderr
+    assert "warning: 1 class(es) have no training boxes and cannot be learned: star" in result.stderr
+    assert f"warning: skipped 1 image(s) that failed to decode (first: item '{broken.id}'" in result.stderr

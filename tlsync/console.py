@@ -24,8 +24,11 @@ _console = None
 
 
 def info(message: str) -> None:
-    """A status line on stderr (stdout is kept for results people pipe)."""
-    console().print(redact(message), markup=False)
+    """A status line on stderr (stdout is kept for results people pipe).
+
+    Never wrapped: a line in a log or a captured stderr stays one line, whatever the width.
+    """
+    console().print(redact(message), markup=False, soft_wrap=True)
 
 
 @contextmanager
