@@ -247,3 +247,17 @@ def test_a_broken_image_is_skipped_and_a_class_without_boxes_is_warned_about(sto
     assert result.exit_code == 0, result.stderr
     assert "warning: 1 class(es) have no training boxes and cannot be learned: star" in result.stderr
     assert f"warning: skipped 1 image(s) that failed to decode (first: item '{broken.id}'" in result.stderr
+
+
+def test_freeze_backbone_trains_the_heads_only(store, run_cli) -> None:
+    from tlsync.trainer.zoo import build_model
+
+    shapes(store, "frozen", 4)
+    _, run = train(run_cli, "--dataset", "frozen", *MODEL, *SMALL, "--epochs", "1", "--freeze", "backbone")
+    trained = load_checkpoint(run / "weights" / "last.pt")["model"]
+    torch.manual_seed(0)  # the run's seed: the same fresh FPN as the run started with
+    start = build_model("fasterrcnn_efficientnet_lite0_fpn", 3, "imagenet", 64).state_dict()
+    backbone = [k for k in start if k.startswith("backbone.")]
+    assert backbone and all(torch.equal(trained[k], start[k]) for k in backbone)
+    assert not torch.equal(trained["roi_heads.box_predictor.cls_score.weight"],
+                           start["roi_heads.box_predictor.cls_score.weight"])
