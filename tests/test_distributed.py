@@ -131,10 +131,13 @@ def hang_job(*, runtime: Any) -> None:
 
 # -- fixtures ----------------------------------------------------------------------------------
 
-@pytest.fixture(autouse=True)
-def one_thread_per_worker(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Two workers on two cores: more threads each would only fight over them."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+@pytest.fixture(scope="module", autouse=True)
+def one_thread_per_worker() -> Iterator[None]:
+    """Two workers on two cores: with more threads each they fight over the cores (an epoch
+    here takes 40 s instead of 0.5 s). Module-scoped, so it is set before ``finished`` runs."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_NUM_THREADS", "1")
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +150,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def finished(home: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, Any]]]:
     """A finished 2-process, 1-epoch run and what each rank returned."""
-    from tlsync.trainer.distributed import launch
+    from tlsync.trainer.launcher import launch
 
     project = tmp_path_factory.mktemp("runs")
     results = launch(partial(train_job, config(project), str(home)), devices=2, device="cpu")
@@ -183,8 +186,8 @@ def test_two_process_run_writes_one_run_directory_and_both_ranks_end_with_identi
 def test_distributed_eval_equals_single_process_eval_on_the_same_checkpoint(finished, home: Path, tmp_path: Path) -> None:
     from tlsync.store import Store
     from tlsync.trainer.checkpoint import load_model
-    from tlsync.trainer.distributed import launch
     from tlsync.trainer.evaluate import evaluate_split
+    from tlsync.trainer.launcher import launch
 
     checkpoint = finished[0] / "ddp" / "weights" / "best.pt"
     metrics = launch(partial(eval_job, str(checkpoint), str(home), str(tmp_path / "ddp-eval")), devices=2, device="cpu")
@@ -200,12 +203,14 @@ def test_distributed_eval_equals_single_process_eval_on_the_same_checkpoint(fini
 def test_a_rank_that_raises_stops_the_job_naming_it_and_the_run_resumes_on_two_processes(
         home: Path, tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch) -> None:
     from tlsync.trainer.checkpoint import load_checkpoint
-    from tlsync.trainer.distributed import launch
+    from tlsync.trainer.launcher import launch
 
     monkeypatch.setenv("TLSYNC_DIST_TIMEOUT", "600")  # stopping must not wait for the collective timeout
     marker = tmp_path / "crashed-at"
     with pytest.raises(TlsyncError) as failure:
-        launch(partial(train_job, config(tmp_path, epochs=2), str(home), str(marker)), devices=2, device="cpu")
+        # --freeze-epochs: DDP must cope with the backbone frozen in epoch 1 and training in epoch 2
+        launch(partial(train_job, config(tmp_path, epochs=2, freeze_epochs=1), str(home), str(marker)),
+               devices=2, device="cpu")
     stopped_after = time.time() - float(marker.read_text())
     assert str(failure.value).startswith("rank 1 failed: simulated crash in epoch 2")
     assert "the other 1 worker(s) were stopped" in str(failure.value)
@@ -224,7 +229,7 @@ def test_a_rank_that_raises_stops_the_job_naming_it_and_the_run_resumes_on_two_p
 
 def test_a_dataset_that_differs_on_one_rank_is_refused_naming_the_rank_and_both_hashes(home: Path, tmp_path: Path) -> None:
     from tlsync.store import Store
-    from tlsync.trainer.distributed import launch
+    from tlsync.trainer.launcher import launch
 
     other = tmp_path / "other-home"
     pull_tiny(other, shade=40)
@@ -239,7 +244,7 @@ def test_a_dataset_that_differs_on_one_rank_is_refused_naming_the_rank_and_both_
 
 
 def test_a_hung_rank_makes_the_others_give_up_at_the_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tlsync.trainer.distributed import launch
+    from tlsync.trainer.launcher import launch
 
     monkeypatch.setenv("TLSYNC_DIST_TIMEOUT", "3")
     started = time.time()
@@ -263,3 +268,35 @@ def test_python_m_tlsync_train_runs_under_torchrun(home: Path, tmp_path: Path) -
     assert done.stdout.count("run: ") == 1, "only rank 0 prints the result"
     assert [p.name for p in (tmp_path / "runs").iterdir()] == ["torchrun"]
     assert json.loads((tmp_path / "runs" / "torchrun" / "config.json").read_text())["world_size"] == 2
+
+
+def test_the_distributed_sampler_shards_one_seeded_order_into_aspect_grouped_batches() -> None:
+    """Every rank takes as many steps, the ranks' shards cover the data, batches keep one orientation,
+    and the order depends on the seed and the epoch only."""
+    import torch
+
+    from tlsync.trainer.data import GroupedBatchSampler
+    from tlsync.trainer.distributed import DistributedRuntime
+
+    groups = [i % 3 == 0 for i in range(23)]  # 8 portrait, 15 landscape; 23 does not split evenly in 2
+
+    def batches(rank: int, epoch: int, seed: int = 0) -> list[list[int]]:
+        runtime = DistributedRuntime(torch.device("cpu"), is_main=rank == 0, world_size=2, rank=rank)
+        sampler = GroupedBatchSampler(runtime.sampler(list(range(23)), config(Path("."), seed=seed)), groups, 4)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    rank0, rank1 = batches(0, epoch=0), batches(1, epoch=0)
+    assert len(rank0) == len(rank1) == 3
+    taken = [i for b in rank0 + rank1 for i in b]
+    assert set(taken) == set(range(23)) and len(taken) == 24, "disjoint shards, padded by one image to split evenly"
+    for rank in (rank0, rank1):
+        assert all(len({groups[i] for i in b}) == 1 for b in rank[:-1]), "only the leftovers may mix orientations"
+    assert batches(0, epoch=0) == rank0, "same seed and epoch, same batches"
+    assert batches(0, epoch=1) != rank0 and batches(0, epoch=0, seed=1) != rank0
+
+
+def test_sync_bn_on_cpu_is_refused_before_any_worker_starts(run_cli) -> None:
+    result = run_cli("train", "--dataset", "anything", "--devices", "2", "--device", "cpu", "--sync-bn")
+    assert result.exit_code == 1
+    assert "--sync-bn needs CUDA devices" in result.stderr

@@ -74,7 +74,7 @@ def option(*decls: str, **kwargs: Any) -> Any:
 @click.pass_context
 def train(ctx: click.Context, resume: Path | None, **options: Any) -> None:
     """Fine-tune a detector on a dataset, or resume an interrupted run."""
-    from . import distributed, runs
+    from . import distributed, launcher, runs
     from . import train as training
 
     if resume is not None:
@@ -86,13 +86,13 @@ def train(ctx: click.Context, resume: Path | None, **options: Any) -> None:
         workers = options["workers"] if ctx.get_parameter_source("workers") == ParameterSource.COMMANDLINE else None
         device = options["device"] if ctx.get_parameter_source("device") == ParameterSource.COMMANDLINE else None
         config = runs.read_config(resume)  # a distributed run resumes with as many processes as it had
-        run = distributed.run(partial(training.resume, resume, device=device, workers=workers),
-                              config.get("devices", 1), device or config["device"])
+        run = launcher.run(partial(training.resume, resume, device=device, workers=workers),
+                              config.get("devices", 1), device or config["device"], config.get("sync_bn", False))
     else:
         if not options["dataset"]:
             raise TlsyncError("give --dataset NAME (or --resume RUN)")
         cfg = TrainConfig(**options)
-        run = distributed.run(partial(training.train, cfg), cfg.devices, cfg.device)
+        run = launcher.run(partial(training.train, cfg), cfg.devices, cfg.device, cfg.sync_bn)
     if distributed.is_main():  # under torchrun every rank gets here; one prints
         click.echo(f"run: {run}")
         click.echo(f"report: {run / 'report.html'}")

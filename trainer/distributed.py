@@ -1,30 +1,18 @@
-"""Training on several processes with torch.distributed: starting them, the process group,
-and the ``DistributedRuntime`` that the training loop (``train.py``) runs with.
+"""The torch.distributed side of multi-process training: the process group, the
+collectives tlsync uses, and the ``DistributedRuntime`` that the training loop
+(``train.py``) runs with as one rank of a DistributedDataParallel job.
 
-Two ways in, one code path:
-
-* ``torchrun`` (one machine or many) starts every worker itself and tells each its place
-  through the environment (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``,
-  ``MASTER_PORT``); ``launched_by_torchrun`` recognises such a worker.
-* ``tlsync train --devices N`` on one machine: ``launch`` starts N workers with
-  ``torch.multiprocessing`` (spawn) and gives each the same variables, so from there on a
-  worker cannot tell the two apart.
-
-Every worker joins the process group (NCCL on CUDA, gloo on CPU) with a timeout
-(``TLSYNC_DIST_TIMEOUT`` seconds, default 600), so a rank waiting for a peer that died
-gives up instead of hanging; under ``launch`` the parent also watches the workers and
-stops them all as soon as one fails, naming its rank.
+A worker learns its place from torchrun's environment variables (``RANK``,
+``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``), whether torchrun or
+``launcher.launch`` (``tlsync train --devices N``) started it. It joins the process group
+(NCCL on CUDA, gloo on CPU) with a timeout (``TLSYNC_DIST_TIMEOUT`` seconds, default
+600), so a rank waiting for a peer that died gives up instead of hanging.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
-import socket
-import sys
-import time
-import traceback
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Callable, TypeVar
@@ -34,7 +22,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
-from tlsync.console import console, info
+from tlsync.console import info
 from tlsync.errors import TlsyncError
 from tlsync.store import DatasetVersion, Store
 
@@ -49,6 +37,11 @@ TIMEOUT_ENV = "TLSYNC_DIST_TIMEOUT"
 # Longest a rank waits for the others at a collective. Rank 0 alone writes checkpoints and
 # the metrics log between epochs while the others wait, so this must cover that comfortably.
 DEFAULT_TIMEOUT = 600.0
+SYNC_BN_NEEDS_CUDA = "--sync-bn needs CUDA devices (torch's SyncBatchNorm does not run on CPU); drop it"
+
+
+class AllRanksError(TlsyncError):
+    """Raised alike on every rank (a shared decision, not one rank's fault), so reported once, as is."""
 
 
 # -- where this process stands ----------------------------------------------------------------
@@ -223,19 +216,19 @@ class DistributedRuntime(Runtime):
         everyone = all_gather_object(mine)
         for r, (_, _, error) in enumerate(everyone):
             if error is not None:
-                raise TlsyncError(f"rank {r} cannot open dataset {ref}: {error} (every machine needs its own pull "
+                raise AllRanksError(f"rank {r} cannot open dataset {ref}: {error} (every machine needs its own pull "
                                   "of the dataset)")
         main_ref, main_hash, _ = everyone[0]
         for r, (other_ref, other_hash, _) in enumerate(everyone):
             if other_hash != main_hash:
-                raise TlsyncError(f"refusing to train: rank {r} has dataset {other_ref} with content hash {other_hash}, "
+                raise AllRanksError(f"refusing to train: rank {r} has dataset {other_ref} with content hash {other_hash}, "
                                   f"rank 0 has {main_ref} with content hash {main_hash}; pull the same data on every "
                                   "machine (pulls are deterministic, so the same source gives the same hash)")
         assert version is not None
         return version
 
     def from_main(self, fn: Callable[[], T]) -> T:
-        """Rank 0 runs ``fn``; every rank gets its result, or raises its ``TlsyncError``."""
+        """Rank 0 runs ``fn``; every rank gets its result, or raises its ``TlsyncError`` (as ``AllRanksError``)."""
         value, error = None, None
         if self.is_main:
             try:
@@ -244,7 +237,7 @@ class DistributedRuntime(Runtime):
                 error = str(e)
         value, error = broadcast_object((value, error))
         if error is not None:
-            raise TlsyncError(error)
+            raise AllRanksError(error)
         return value
 
     def average(self, values: dict[str, float]) -> dict[str, float]:
@@ -264,7 +257,7 @@ class DistributedRuntime(Runtime):
         digests = all_gather_object(weights_digest(model))
         for r, digest in enumerate(digests):
             if digest != digests[0]:
-                raise TlsyncError(f"rank {r}'s weights differ from rank 0's; evaluating (or saving) now would be "
+                raise AllRanksError(f"rank {r}'s weights differ from rank 0's; evaluating (or saving) now would be "
                                   "wrong. DistributedDataParallel should keep them equal: report this as a bug")
         items = split_items(version, split)
         batches = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
@@ -282,122 +275,9 @@ class DistributedRuntime(Runtime):
 def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
     """``--sync-bn``: batch-norm statistics over the global batch instead of each GPU's slice."""
     if device.type != "cuda":
-        raise TlsyncError("--sync-bn needs CUDA devices (torch's SyncBatchNorm does not run on CPU); drop it")
+        raise TlsyncError(SYNC_BN_NEEDS_CUDA)
     if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         info("note: --sync-bn has nothing to do: this model has no trainable batch norm "
              "(pretrained torchvision backbones use frozen batch norm)")
         return model
     return nn.SyncBatchNorm.convert_sync_batchnorm(model)
-
-
-# -- running a job as one rank, or starting the ranks ----------------------------------------------
-
-Job = Callable[..., T]  # called as job(runtime=...), e.g. functools.partial(train, cfg)
-
-
-def run(job: Job, devices: int, device: str) -> T:
-    """Run ``job`` the way this process was started: as one rank under torchrun, as the parent
-    of ``devices`` local workers, or alone. Returns rank 0's result (this rank's under torchrun)."""
-    if launched_by_torchrun():
-        if devices > 1 and devices != world_size():
-            info(f"note: --devices {devices} ignored: torchrun started {world_size()} workers")
-        try:
-            return run_rank(job, device)
-        except TlsyncError as e:
-            raise TlsyncError(f"rank {rank()}: {e}") from None
-    if devices > 1:
-        return launch(job, devices, device)[0]
-    return job()
-
-
-def run_rank(job: Job, device_name: str) -> T:
-    """Join the process group, run ``job`` as this rank, leave the group."""
-    device = init_process_group(device_name)
-    runtime = DistributedRuntime(device, is_main=is_main(), world_size=world_size(), rank=rank())
-    if not runtime.is_main:
-        console().quiet = True  # rank 0 alone prints status lines and progress
-    result = job(runtime=runtime)
-    cleanup()
-    return result
-
-
-def launch(job: Job, devices: int, device: str) -> list[Any]:
-    """Start ``devices`` workers on this machine and wait for them; their results, by rank.
-
-    The first worker to fail stops the others, and its error (the earliest, when a failure
-    makes the others fail too) is raised here, naming its rank.
-    """
-    import torch.multiprocessing as mp
-    from torch.multiprocessing.spawn import ProcessException
-
-    if resolve_device(device).type == "cuda" and devices > torch.cuda.device_count():
-        raise TlsyncError(f"--devices {devices}: this machine has {torch.cuda.device_count()} GPU(s); "
-                          f"use at most that many (or --device cpu)")
-    reports = mp.get_context("spawn").SimpleQueue()
-    context = mp.start_processes(_spawned_worker, args=(job, devices, _free_port(), device, reports),
-                                 nprocs=devices, join=False, start_method="spawn")
-    received: dict[int, tuple[str, float, Any]] = {}
-    spawn_log = logging.getLogger("torch.multiprocessing.spawn")
-    level = spawn_log.level
-    spawn_log.setLevel(logging.ERROR)  # its "Terminating process" warnings would bury our one-line error
-    try:
-        while not context.join(timeout=0.5):
-            _drain(reports, received)
-    except ProcessException as e:
-        _drain(reports, received)
-        raise TlsyncError(_failure(e, received, devices)) from None
-    except BaseException:  # Ctrl-C in the parent: leave no orphans
-        for process in context.processes:
-            if process.is_alive():
-                process.terminate()
-        raise
-    finally:
-        spawn_log.setLevel(level)
-    _drain(reports, received)
-    return [received[r][2] for r in range(devices)]
-
-
-def _spawned_worker(local_rank: int, job: Job, devices: int, port: int, device: str, reports: Any) -> None:
-    """A worker of ``launch``: torchrun's variables, then the same path as under torchrun."""
-    os.environ.update(RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(devices),
-                      LOCAL_WORLD_SIZE=str(devices), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    try:
-        result = run_rank(job, device)
-    except BaseException as e:  # reported to the parent, which stops the other ranks
-        if os.environ.get("TLSYNC_DEBUG"):
-            traceback.print_exc()
-        reports.put((local_rank, "error", time.time(), _one_line(e)))
-        sys.exit(1)
-    reports.put((local_rank, "ok", time.time(), result))
-
-
-def _one_line(e: BaseException) -> str:
-    if isinstance(e, TlsyncError):
-        return " ".join(str(e).split())
-    if isinstance(e, KeyboardInterrupt):
-        return "interrupted"
-    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    return f"{type(e).__name__}: {first} (run with --debug for the traceback)"
-
-
-def _drain(reports: Any, received: dict[int, tuple[str, float, Any]]) -> None:
-    while not reports.empty():
-        r, status, when, payload = reports.get()
-        received[r] = (status, when, payload)
-
-
-def _failure(e: Any, received: dict[int, tuple[str, float, Any]], devices: int) -> str:
-    errors = sorted((when, r, message) for r, (status, when, message) in received.items() if status == "error")
-    stopped = f"; the other {devices - 1} worker(s) were stopped" if devices > 1 else ""
-    if errors:
-        _, r, message = errors[0]
-        return f"rank {r} failed: {message}{stopped}"
-    how = f"signal {e.signal_name}" if getattr(e, "signal_name", None) else f"exit code {getattr(e, 'exit_code', '?')}"
-    return f"rank {e.error_index} died ({how}) without reporting an error (out of memory?){stopped}"
-
-
-def _free_port() -> int:
-    """A port free right now for rank 0's rendezvous store (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
