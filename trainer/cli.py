@@ -87,7 +87,7 @@ def train(ctx: click.Context, resume: Path | None, **options: Any) -> None:
         device = options["device"] if ctx.get_parameter_source("device") == ParameterSource.COMMANDLINE else None
         config = runs.read_config(resume)  # a distributed run resumes with as many processes as it had
         run = launcher.run(partial(training.resume, resume, device=device, workers=workers),
-                              config.get("devices", 1), device or config["device"], config.get("sync_bn", False))
+                           config.get("devices", 1), device or config["device"], config.get("sync_bn", False))
     else:
         if not options["dataset"]:
             raise TlsyncError("give --dataset NAME (or --resume RUN)")
