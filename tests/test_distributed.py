@@ -183,7 +183,8 @@ def test_two_process_run_writes_one_run_directory_and_both_ranks_end_with_identi
     assert not any(key.startswith("module.") for key in load_checkpoint(run / "weights" / "last.pt")["model"])
 
 
-def test_distributed_eval_equals_single_process_eval_on_the_same_checkpoint(finished, home: Path, tmp_path: Path) -> None:
+def test_distributed_eval_equals_single_process_eval_on_the_same_checkpoint(
+        finished, home: Path, tmp_path: Path) -> None:
     from tlsync.store import Store
     from tlsync.trainer.checkpoint import load_model
     from tlsync.trainer.evaluate import evaluate_split
@@ -227,7 +228,8 @@ def test_a_rank_that_raises_stops_the_job_naming_it_and_the_run_resumes_on_two_p
     assert json.loads((run / "config.json").read_text())["world_size"] == 2
 
 
-def test_a_dataset_that_differs_on_one_rank_is_refused_naming_the_rank_and_both_hashes(home: Path, tmp_path: Path) -> None:
+def test_a_dataset_that_differs_on_one_rank_is_refused_naming_the_rank_and_both_hashes(
+        home: Path, tmp_path: Path) -> None:
     from tlsync.store import Store
     from tlsync.trainer.launcher import launch
 

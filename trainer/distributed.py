@@ -15,6 +15,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import torch
@@ -216,14 +217,14 @@ class DistributedRuntime(Runtime):
         everyone = all_gather_object(mine)
         for r, (_, _, error) in enumerate(everyone):
             if error is not None:
-                raise AllRanksError(f"rank {r} cannot open dataset {ref}: {error} (every machine needs its own pull "
-                                  "of the dataset)")
+                raise AllRanksError(f"rank {r} cannot open dataset {ref}: {error} (every machine needs its own "
+                                    "pull of the dataset)")
         main_ref, main_hash, _ = everyone[0]
         for r, (other_ref, other_hash, _) in enumerate(everyone):
             if other_hash != main_hash:
-                raise AllRanksError(f"refusing to train: rank {r} has dataset {other_ref} with content hash {other_hash}, "
-                                  f"rank 0 has {main_ref} with content hash {main_hash}; pull the same data on every "
-                                  "machine (pulls are deterministic, so the same source gives the same hash)")
+                raise AllRanksError(f"refusing to train: rank {r} has dataset {other_ref} with content hash "
+                                    f"{other_hash}, rank 0 has {main_ref} with content hash {main_hash}; pull the same "
+                                    "data on every machine (pulls are deterministic: the same source, the same hash)")
         assert version is not None
         return version
 
@@ -246,7 +247,8 @@ class DistributedRuntime(Runtime):
         return {k: sum(v[k] for v in everyone) / len(everyone) for k in values} if everyone else values
 
     def evaluate(self, model: nn.Module, version: DatasetVersion, split: str, categories: list[str],
-                 device: torch.device, out_dir: Any, conf: float | None = None, batch_size: int = 4) -> dict[str, Any]:
+                 device: torch.device, out_dir: Path | None, conf: float | None = None,
+                 batch_size: int = 4) -> dict[str, Any]:
         """Every rank predicts a share of the batches, rank 0 scores them all once; all get the metrics.
 
         The batches are cut exactly as a single process cuts them (images of a batch are
@@ -258,7 +260,7 @@ class DistributedRuntime(Runtime):
         for r, digest in enumerate(digests):
             if digest != digests[0]:
                 raise AllRanksError(f"rank {r}'s weights differ from rank 0's; evaluating (or saving) now would be "
-                                  "wrong. DistributedDataParallel should keep them equal: report this as a bug")
+                                    "wrong. DistributedDataParallel should keep them equal: report this as a bug")
         items = split_items(version, split)
         batches = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
         mine = [item for batch in batches[self.rank::self.world_size] for item in batch]
