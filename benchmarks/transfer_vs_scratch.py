@@ -1,6 +1,7 @@
 """The seed experiment: does transfer learning train faster and end more accurate than scratch?
 
     python benchmarks/transfer_vs_scratch.py [--epochs 5] [--more-epochs 3] [--keep DIR]
+    python benchmarks/transfer_vs_scratch.py --table-only DIR     # the table again, from runs kept in DIR
 
 chess-pieces-coco (../shared/datasets, pulled through the roboflow source) at 416 px with
 fasterrcnn_efficientnet_lite0_fpn, whose ImageNet weights ship in a pip package:
@@ -19,10 +20,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import sys
 import tempfile
-import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -63,8 +65,8 @@ def versions(store: Any) -> Any:
     return store.open("chess@1"), store.open("chess@2")
 
 
-def run_and_test(label: str, dataset: str, weights: str, epochs: int, project: Path, test_version: Any) -> dict:
-    """Train one run, then score its best checkpoint on the test split."""
+def run_and_test(label: str, dataset: str, weights: str, epochs: int, project: Path, test_version: Any) -> Path:
+    """Train one run, then score its best checkpoint on the test split into ``run/test/``."""
     from tlsync.trainer.checkpoint import load_model
     from tlsync.trainer.evaluate import evaluate_split
     from tlsync.trainer.train import TrainConfig, train
@@ -72,15 +74,53 @@ def run_and_test(label: str, dataset: str, weights: str, epochs: int, project: P
     print(f"--- ({label}) {dataset} from {weights}, {epochs} epochs", flush=True)
     run = train(TrainConfig(dataset=dataset, model=MODEL, weights=weights, img_size=SIZE, epochs=epochs,
                             device="cpu", patience=0, project=str(project), name=label))
+    model, categories, _ = load_model(run)
+    evaluate_split(model, test_version, "test", categories, "cpu", run / "test")
+    return run
+
+
+def summarise(run: Path) -> dict[str, Any]:
+    """One table row, from the run's files alone: config.json, metrics.csv, test/metrics.json."""
+    config = json.loads((run / "config.json").read_text())
+    test = json.loads((run / "test" / "metrics.json").read_text())
     with open(run / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     clock = [sum(float(r["seconds"]) for r in rows[: i + 1]) for i in range(len(rows))]
     best = max(range(len(rows)), key=lambda i: (float(rows[i]["map50_95"]), -i))
-    model, categories, _ = load_model(run)
-    test = evaluate_split(model, test_version, "test", categories, "cpu", run / "test")
-    return {"label": label, "run": run, "dataset": dataset, "weights": weights, "epochs": epochs,
-            "map50": test["map50"], "map50_95": test["map50_95"], "val_map50_95": float(rows[best]["map50_95"]),
-            "best_epoch": best + 1, "to_best": clock[best], "wall": clock[-1]}
+    start = "run (a)" if config["weights"] not in ("imagenet", "none") else config["weights"]
+    return {"label": run.name, "dataset": config["dataset"], "start": start, "epochs": len(rows),
+            "threads": config.get("versions", {}).get("torch_threads"),
+            "map50": test["map50"], "map50_95": test["map50_95"], "test_images": test["images"],
+            "val_map50_95": float(rows[best]["map50_95"]), "best_epoch": best + 1, "to_best": clock[best],
+            "wall": clock[-1]}
+
+
+def write_table(runs: list[Path]) -> None:
+    a, b, c, d = (summarise(run) for run in runs)
+    # From the first run's start to the last test evaluation: the whole experiment's wall time.
+    first = datetime.fromisoformat(json.loads((runs[0] / "config.json").read_text())["created"])
+    minutes = ((runs[-1] / "test" / "metrics.json").stat().st_mtime - first.timestamp()) / 60
+    rows = "\n".join(
+        f"| ({r['label']}) | {r['dataset']} | {r['start']} | {r['epochs']} | {r['map50']:.3f} | {r['map50_95']:.3f} | "
+        f"{r['val_map50_95']:.3f} (epoch {r['best_epoch']}) | {r['to_best'] / 60:.1f} min | {r['wall'] / 60:.1f} min |"
+        for r in (a, b, c, d))
+    threads = f", {a['threads']} torch thread(s)" if a["threads"] else ""
+    body = f"""
+{MODEL} at {SIZE} px on chess-pieces-coco, batch 4, tlsync's default SGD schedule; {a['epochs']} epochs on
+chess@1 (101 train images), then {c['epochs']} more on chess@2 (202). Test split: {a['test_images']} images, in
+both versions. All four runs with their evaluations: {minutes:.0f} min{threads}.
+
+| run | data | start | epochs | test mAP50 | test mAP50-95 | best val mAP50-95 | wall to best | wall |
+|---|---|---|---|---|---|---|---|---|
+{rows}
+
+Transfer vs scratch on chess@1, same epochs: test mAP50 {a['map50']:.3f} vs {b['map50']:.3f}. With more data,
+continuing (c) vs restarting from ImageNet (d), same epochs: {c['map50']:.3f} vs {d['map50']:.3f} (mAP50-95
+{c['map50_95']:.3f} vs {d['map50_95']:.3f}); (c)'s wall time excludes the {a['wall'] / 60:.1f} min (a) took before it.
+"""
+    print(body)
+    update_section("transfer_vs_scratch", "Transfer learning vs scratch (chess)", body,
+                   f"python benchmarks/transfer_vs_scratch.py --epochs {a['epochs']} --more-epochs {c['epochs']}")
 
 
 def main() -> None:
@@ -88,11 +128,15 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5, help="Epochs of (a) and (b) on chess@1.")
     parser.add_argument("--more-epochs", type=int, default=3, help="Epochs of (c) and (d) on chess@2.")
     parser.add_argument("--keep", type=Path, default=None, help="Keep the runs here (for `tlsync compare`).")
+    parser.add_argument("--table-only", type=Path, default=None, metavar="DIR",
+                        help="Rebuild the table from runs kept earlier with --keep DIR; train nothing.")
     args = parser.parse_args()
+    if args.table_only:
+        write_table([args.table_only / label for label in "abcd"])
+        return
     if not CHESS.exists():
         sys.exit(f"shared dataset not found at {CHESS}")
 
-    started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["TLSYNC_HOME"] = str(Path(tmp) / "home")
         os.environ.setdefault("TLSYNC_LOAD_PLUGINS", "")
@@ -102,32 +146,9 @@ def main() -> None:
         v1, v2 = versions(Store())
         a = run_and_test("a", v1.ref, "imagenet", args.epochs, project, v2)
         b = run_and_test("b", v1.ref, "none", args.epochs, project, v2)
-        c = run_and_test("c", v2.ref, str(a["run"]), args.more_epochs, project, v2)
+        c = run_and_test("c", v2.ref, str(a), args.more_epochs, project, v2)
         d = run_and_test("d", v2.ref, "imagenet", args.more_epochs, project, v2)
-    total = time.perf_counter() - started
-
-    counts = {v.ref: sum(1 for _ in v.items("train")) for v in (v1, v2)}
-    rows = "\n".join(
-        f"| ({r['label']}) | {r['dataset']} ({counts[r['dataset']]} train) | "
-        f"{'run (a)' if r['label'] == 'c' else r['weights']} | {r['epochs']} | {r['map50']:.3f} | {r['map50_95']:.3f} | "
-        f"{r['val_map50_95']:.3f} (epoch {r['best_epoch']}) | {r['to_best']:.0f} s | {r['wall']:.0f} s |"
-        for r in (a, b, c, d))
-    body = f"""
-{MODEL} at {SIZE} px on chess-pieces-coco, batch 4, SGD with tlsync's defaults; {args.epochs} epochs on
-chess@1, then {args.more_epochs} more on chess@2. Test split: {sum(1 for _ in v2.items("test"))} images, the same in
-both versions. Whole script: {total / 60:.1f} min (load average {os.getloadavg()[0]:.1f} at the end).
-
-| run | data | start | epochs | test mAP50 | test mAP50-95 | best val mAP50-95 | wall to best | wall |
-|---|---|---|---|---|---|---|---|---|
-{rows}
-
-Transfer vs scratch on chess@1: mAP50 {a['map50']:.3f} vs {b['map50']:.3f}. With more data, continuing (c) vs
-restarting from ImageNet (d): mAP50 {c['map50']:.3f} vs {d['map50']:.3f}; (c)'s wall time excludes the
-{a['wall']:.0f} s (a) took before it.
-"""
-    print(body)
-    update_section("transfer_vs_scratch", "Transfer learning vs scratch (chess)", body,
-                   f"python benchmarks/transfer_vs_scratch.py --epochs {args.epochs} --more-epochs {args.more_epochs}")
+        write_table([a, b, c, d])
 
 
 if __name__ == "__main__":

@@ -55,14 +55,15 @@ def create_run_dir(project: Path, name: str | None, dataset: str, exist_ok: bool
 
 
 def environment() -> dict[str, str]:
-    """Versions that decide whether a run can be reproduced."""
+    """Versions (and the CPU thread count, which changes float sums) that decide whether a run reproduces."""
     import torch
     import torchvision
 
     from tlsync import __version__
 
     return {"tlsync": __version__, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
-            "python": platform.python_version(), "platform": platform.platform()}
+            "python": platform.python_version(), "platform": platform.platform(),
+            "torch_threads": str(torch.get_num_threads())}
 
 
 def write_config(run: Path, config: dict[str, Any]) -> None:

@@ -203,8 +203,7 @@ def initial_model(cfg: TrainConfig, categories: list[str]) -> tuple[nn.Module, s
 
 def describe_mapping(mapping: dict[str, Any]) -> list[str]:
     """Lines for the class mapping ``transfer_weights`` returned (kept, new and dropped classes)."""
-    return [f"{key}: {', '.join(map(str, value)) if isinstance(value, (list, tuple)) else value}"
-            for key, value in mapping.items()]
+    return [f"{key}: {', '.join(map(str, value)) or 'none'}" for key, value in mapping.items()]
 
 
 def train(cfg: TrainConfig, store: Store | None = None, runtime: Runtime | None = None) -> Path:
@@ -231,7 +230,7 @@ def train(cfg: TrainConfig, store: Store | None = None, runtime: Runtime | None 
         runs.write_config(run, config)
         on = f"{runtime.world_size} processes, global batch {config['global_batch']}" if runtime.world_size > 1 \
             else f"device {runtime.device}"
-        info(f"run {run}: {model_name} from {weights_source} weights on {version.ref} "
+        info(f"run {run}: {model_name}, weights {weights_source}, on {version.ref} "
              f"({len(train_items)} train / {len(val_items)} val images), {on}")
         return run
 
