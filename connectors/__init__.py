@@ -1,0 +1,1 @@
+"""The built-in sources, each a pluggy plugin written exactly like a third-party one."""
