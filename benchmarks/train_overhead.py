@@ -162,7 +162,8 @@ torchvision's is 512). Load average during the rounds: {listed(loads)}.
 |---|---|---|---|
 | bare loop (torchvision tutorial style) | {bare_s:.1f} | {listed(bare)} | 1.00 |
 | `tlsync train`, training part | {train_s:.1f} | {listed(r["train_seconds"] for r in rows)} | {ratio:.2f} |
-| `tlsync train`, whole epoch incl. val eval (41 images) | {epoch_s:.1f} | {listed(r["seconds"] for r in rows)} | {epoch_s / bare_s:.2f} |
+| `tlsync train`, whole epoch incl. val eval (41 images) | {epoch_s:.1f} | {listed(r["seconds"] for r in rows)} \
+| {epoch_s / bare_s:.2f} |
 
 Training overhead target <= 1.10: {"met" if ratio <= 1.10 else "NOT met"} ({ratio:.2f}).
 

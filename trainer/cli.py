@@ -53,7 +53,8 @@ def option(*decls: str, **kwargs: Any) -> Any:
 @option("--clip-norm", type=click.FloatRange(0, min_open=True), help="Gradient norm clip.")
 @option("--rois-per-image", type=click.IntRange(1),
         help="Proposals sampled per image for Faster R-CNN's box head (torchvision's default is 512).")
-@option("--freeze", type=click.Choice(["backbone"]), help="Train only the detection heads (RPN, box heads), for the whole run.")
+@option("--freeze", type=click.Choice(["backbone"]),
+        help="Train only the detection heads (RPN, box heads), for the whole run.")
 @option("--freeze-epochs", type=click.IntRange(0), help="Freeze the backbone for the first N epochs, then train all.")
 @option("--patience", type=click.IntRange(0), help="Stop after N epochs without a better val mAP50-95 (0: never).")
 @option("--workers", type=click.IntRange(0), help="Data-loading processes; default min(4, CPUs - 1).")

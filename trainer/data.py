@@ -92,7 +92,8 @@ class DetectionDataset(Dataset):
         for item, path in zip(items, paths):
             unknown = [b.label for b in item.annotations if b.label not in index]
             if unknown:
-                raise TlsyncError(f"item '{item.id}': label '{unknown[0]}' is not one of the classes {list(categories)}")
+                raise TlsyncError(f"item '{item.id}': label '{unknown[0]}' is not one of the classes "
+                                  f"{list(categories)}")
             boxes = [(b.x, b.y, b.width, b.height) for b in item.annotations]
             labels = [index[b.label] for b in item.annotations]
             self.records.append((item.id, str(path), item.image.width, item.image.height, boxes, labels))

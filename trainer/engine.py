@@ -90,7 +90,8 @@ def short(loss_name: str) -> str:
 
 # -- optimiser and schedule -------------------------------------------------------------------
 
-def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float,
+                    weight_decay: float) -> torch.optim.Optimizer:
     """SGD (the detection default) or AdamW over every parameter that can ever train.
 
     Parameters frozen for the first epochs are included: they have no gradient while

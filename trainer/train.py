@@ -74,7 +74,7 @@ class TrainConfig:
     # torchvision uses 512; Fast R-CNN used 64. 128 keeps every positive of a typical small
     # dataset image and makes a CPU step ~2.4x faster (RoIAlign's backward dominates on CPU).
     rois_per_image: int | None = 128
-    freeze: str | None = None  # "backbone": train the heads only (the whole backbone incl. FPN frozen), for the whole run
+    freeze: str | None = None  # "backbone": train the heads only (backbone and FPN frozen) for the whole run
     freeze_epochs: int = 0  # backbone frozen for the first N epochs, then everything trains
     patience: int = 10  # stop after this many epochs without a better val mAP50-95 (0: never)
     workers: int | None = None  # data-loading processes; default min(4, CPUs - 1)
