@@ -16,7 +16,7 @@ import orjson
 from tlsync.errors import InvalidItem, SourceError
 from tlsync.format import SPLITS, Box, ImageRef, Item
 from tlsync.hookspecs import hookimpl
-from tlsync.sources import PullContext, Source
+from tlsync.sources import PullContext, Source, files_fingerprint
 
 
 def find_annotations(folder: Path) -> Path:
@@ -151,6 +151,14 @@ class CocoSource(Source):
                 raise SourceError("coco: give --path FOLDER, or --annotations FILE [--images DIR]")
             annotations = find_annotations(path)
         yield from read_coco(ctx, annotations, images or annotations.parent, split)
+
+    def fingerprint(self, ctx: PullContext, path: Path | None = None, annotations: Path | None = None,
+                    images: Path | None = None, **_: Any) -> str | None:
+        if annotations is None:
+            if path is None:
+                return None
+            annotations = find_annotations(path)
+        return files_fingerprint(annotations, images or annotations.parent)
 
 
 @hookimpl

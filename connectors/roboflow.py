@@ -31,11 +31,11 @@ from tlsync.hookspecs import hookimpl
 from tlsync.http import HttpClient, HttpError
 from tlsync.manifest import atomic_write_text
 from tlsync.secrets import get_secret
-from tlsync.sources import PullContext, Source
+from tlsync.sources import PullContext, Source, files_fingerprint
 
 from .coco import find_annotations, read_coco
 from .voc import SPLIT_FOLDERS, looks_like_voc, read_voc
-from .yolo import find_data_yaml, read_yolo
+from .yolo import find_data_yaml, read_folders, read_yolo
 
 DEFAULT_API_URL = "https://api.roboflow.com"
 FORMATS = ("coco", "yolo", "yolov5", "yolov8", "yolov11", "voc")
@@ -155,6 +155,26 @@ class RoboflowSource(Source):
             item.metadata.update(photo_metadata(item.id))
             yield item
 
+    def fingerprint(self, ctx: PullContext, path: Path | None = None, format: str | None = None,
+                    workspace: str | None = None, project: str | None = None, version: int | None = None,
+                    refresh: bool = False, **_: Any) -> str | None:
+        """The files a pull would read: a folder's export, a zip itself, or a cached API export.
+
+        A zip's unpacked copy is tlsync's own, so the zip file alone stands for it.
+        """
+        if refresh:
+            return None
+        if path is not None:
+            path = path.expanduser()
+            if not path.is_dir():
+                return files_fingerprint(path)
+            root, fmt = export_root(path, format)
+            return files_fingerprint(*(read_folders(root) if fmt == "yolo" else [root]))
+        if workspace and project and version:
+            export = api_slot(ctx, workspace, project, version, format or "coco")[0] / "export"
+            return files_fingerprint(export) if export.is_dir() else None
+        return None
+
     # -- local exports ----------------------------------------------------------------------
 
     def local_export(self, ctx: PullContext, path: Path, refresh: bool, limit: int) -> Path:
@@ -186,12 +206,8 @@ class RoboflowSource(Source):
     def api_export(self, ctx: PullContext, workspace: str, project: str, version: int, fmt: str,
                    refresh: bool, timeout: float, limit: int) -> Path:
         """The unpacked export of one version and format, downloaded unless already cached."""
-        for flag, value in (("--workspace", workspace), ("--project", project)):
-            if not SLUG.match(value):
-                raise SourceError(f"roboflow: {flag} {value!r} is not a Roboflow slug (letters, digits, '-', '_', '.')")
-        fmt_id = API_FORMAT_IDS.get(fmt, fmt)
+        slot, fmt_id = api_slot(ctx, workspace, project, version, fmt)
         ref = f"{workspace}/{project}/{version} ({fmt_id})"
-        slot = ctx.cache_dir("api", workspace, project, str(version), fmt_id)
         export = slot / "export"
         with _locked(slot):
             if export.is_dir() and not refresh:
@@ -245,6 +261,15 @@ class RoboflowSource(Source):
                                    progress=lambda done, total: update(done, total=total))
             except HttpError as e:  # signed links carry credentials in their query string
                 raise HttpError(str(e).replace(link, _without_query(link)), e.status) from None
+
+
+def api_slot(ctx: PullContext, workspace: str, project: str, version: int, fmt: str) -> tuple[Path, str]:
+    """The cache folder of one API export, and the format's API name; slugs checked first."""
+    for flag, value in (("--workspace", workspace), ("--project", project)):
+        if not SLUG.match(value):
+            raise SourceError(f"roboflow: {flag} {value!r} is not a Roboflow slug (letters, digits, '-', '_', '.')")
+    fmt_id = API_FORMAT_IDS.get(fmt, fmt)
+    return ctx.cache_dir("api", workspace, project, str(version), fmt_id), fmt_id
 
 
 def _api_error(status: int, ref: str) -> SourceError:

@@ -154,6 +154,17 @@ def read_yolo(ctx: PullContext, root: Path) -> Iterator[Item]:
         yield from read_split(ctx, folder, split, names)
 
 
+def read_folders(root: Path) -> list[Path]:
+    """Every folder ``read_yolo`` reads: the export, and split folders the yaml puts elsewhere."""
+    path = find_data_yaml(root)
+    if path is None:
+        return [root]
+    folders = [root]
+    for _, images in split_folders(path, load_config(path)):
+        folders += [f for f in (images, label_path(images / "_.jpg").parent) if f.is_dir()]
+    return folders
+
+
 def read_split(ctx: PullContext, images: Path, split: str | None, names: dict[int, str]) -> Iterator[Item]:
     """One item per image under ``images`` (id: its path relative to that folder)."""
     for image in sorted(p for p in images.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()):

@@ -168,6 +168,20 @@ def test_invalid_items_end_the_pull_with_the_source_and_plugin_named(fresh_plugi
     assert store.versions("d") == []  # nothing half-written
 
 
+@pytest.mark.parametrize("fingerprint, message", [
+    (lambda: {}["missing"], "source 'bad' (plugin 'bad_plugin') fingerprint raised KeyError: 'missing'"),
+    (lambda: 42, "source 'bad' (plugin 'bad_plugin') fingerprint returned int, not a string or None"),
+])
+def test_a_broken_fingerprint_ends_the_pull_with_the_plugin_named(fresh_plugins, run_cli, store, image,
+                                                                  fingerprint, message):
+    source = OneItem("bad", lambda: Item("one", ImageRef(image)))
+    source.fingerprint = lambda ctx, **options: fingerprint()
+    fresh_plugins(source_plugin("bad_plugin", source))
+    result = run_cli("pull", "--source", "bad", "--dataset", "d")
+    assert result.exit_code == 1 and result.stderr.startswith("Error: " + message)
+    assert store.versions("d") == []
+
+
 def test_a_box_outside_its_image_is_skipped_and_counted_under_on_error_skip(fresh_plugins, run_cli, image):
     fresh_plugins(source_plugin("bad_plugin", OneItem("bad", lambda: bad_box_outside(image))))
     result = run_cli("pull", "--source", "bad", "--dataset", "d", "--on-error", "skip")

@@ -76,7 +76,7 @@ def test_export_is_polled_downloaded_and_reused(isolated_home: Path, store, coco
     assert_secret_nowhere(isolated_home, first.stdout, first.stderr, caplog.text)
 
     with responses.RequestsMock() as rsps:  # no responses registered: any request would fail
-        again = run_cli(*ARGS, "--dataset", "chess")
+        again = run_cli(*ARGS, "--dataset", "chess", "--reread")  # read the cached export, not just its stats
         assert again.exit_code == 0, again.stderr
         assert len(rsps.calls) == 0
     assert "using the copy downloaded earlier" in again.stdout and "unchanged, still chess@1" in again.stdout

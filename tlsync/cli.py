@@ -135,9 +135,11 @@ def _peek_option(args: list[str], flag: str) -> str | None:
 @click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
               help="On a bad item or box: stop, or skip it and count it in the summary.")
 @click.option("--concurrency", type=click.IntRange(1, 256), default=None, help="Parallel image fetches.")
+@click.option("--reread", is_flag=True,
+              help="Read the source even if its files are unchanged since the last pull.")
 @click.pass_context
 def pull(ctx: click.Context, source_name: str, dataset: str, split_ratios: str, on_error: str,
-         concurrency: int | None, **source_options: Any) -> None:
+         concurrency: int | None, reread: bool, **source_options: Any) -> None:
     """Pull items and boxes from a source into a local, versioned dataset."""
     from .console import progress
     from .pull import pull as run_pull
@@ -147,15 +149,16 @@ def pull(ctx: click.Context, source_name: str, dataset: str, split_ratios: str, 
     source = ctx.meta["tlsync.source"]
     with progress(f"pull {source_name} -> {dataset}", unit="items") as update:
         result = run_pull(Store(), source, source_options, dataset, on_error, parse_ratios(split_ratios),
-                          concurrency, progress=update)
+                          concurrency, progress=update, reread=reread)
     print_pull_summary(result)
 
 
 def print_pull_summary(result: Any) -> None:
     for note in result.notes:
         click.echo(redact(note))
-    click.echo(f"{result.items} items, {result.boxes} boxes, {len(result.categories)} classes "
-               f"({result.fetched} images fetched, {result.cached} from cache) in {result.seconds:.1f}s")
+    images = "" if result.quick else f" ({result.fetched} images fetched, {result.cached} from cache)"
+    click.echo(f"{result.items} items, {result.boxes} boxes, {len(result.categories)} classes{images} "
+               f"in {result.seconds:.1f}s")
     if result.skipped:
         click.echo(f"skipped {sum(result.skipped.values())}:")
         for reason, n in sorted(result.skipped.items(), key=lambda kv: -kv[1])[:10]:

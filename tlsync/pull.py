@@ -8,6 +8,8 @@ that becomes ``name@N+1`` only when it differs from ``name@N``.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
 from collections import deque
@@ -40,6 +42,7 @@ class PullResult:
     fetched: int = 0
     cached: int = 0
     seconds: float = 0.0
+    quick: bool = False  # unchanged by the source's fingerprint: nothing was read
 
     @property
     def ref(self) -> str:
@@ -175,16 +178,73 @@ def pull(
     split_ratios: tuple[float, float, float] = DEFAULT_RATIOS,
     concurrency: int | None = None,
     progress: Callable[[int], None] | None = None,
+    reread: bool = False,
 ) -> PullResult:
-    """Pull ``source`` into ``dataset``; returns what happened (new version or unchanged)."""
+    """Pull ``source`` into ``dataset``; returns what happened (new version or unchanged).
+
+    ``reread`` reads the source even when its fingerprint says nothing changed.
+    """
     started = time.perf_counter()
     name, version = parse_ref(dataset)
     if version is not None:
         raise TlsyncError(f"--dataset {dataset!r}: give a name; pull picks the next version itself")
     ctx = PullContext(store, source.name, on_error)
+    with store.lock(name):
+        # Taken before reading, so a file edited during this pull makes the record stale.
+        inputs = _inputs_key(source, ctx, options, split_ratios, on_error)
+        if inputs and not reread and (quick := _unchanged_since_last_pull(store, name, inputs)):
+            quick.seconds = time.perf_counter() - started
+            return quick
+        result = _read_and_publish(store, source, ctx, options, name, split_ratios, concurrency, progress)
+        result.seconds = time.perf_counter() - started
+        store.record_pull(name, {
+            "inputs": inputs, "version": result.version, "items": result.items, "boxes": result.boxes,
+            "categories": result.categories, "skipped": result.skipped, "not_used": result.not_used,
+        })
+        return result
+
+
+def _inputs_key(source: Source, ctx: PullContext, options: dict[str, Any],
+                split_ratios: tuple[float, float, float], on_error: str) -> str | None:
+    """One digest of everything a pull's outcome depends on, or None when it cannot be known."""
+    try:
+        fingerprint = source.fingerprint(ctx, **options)
+    except (TlsyncError, OSError):
+        return None  # the full read will report the problem properly
+    except Exception as e:
+        raise PluginError(f"{plugins.describe_source(source.name)} fingerprint raised {type(e).__name__}: {e}") from e
+    if fingerprint is None:
+        return None
+    if not isinstance(fingerprint, str):
+        raise PluginError(f"{plugins.describe_source(source.name)} fingerprint returned "
+                          f"{type(fingerprint).__name__}, not a string or None")
+    everything = {"source": source.name, "params": _redacted(source.recorded_params(options)),
+                  "split_ratios": list(split_ratios), "on_error": on_error, "tlsync": __version__,
+                  "fingerprint": fingerprint}
+    return hashlib.sha256(json.dumps(everything, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _unchanged_since_last_pull(store: Store, name: str, inputs: str) -> PullResult | None:
+    """The last pull's outcome, if it read exactly these inputs into the latest version."""
+    record, versions = store.last_pull(name), store.versions(name)
+    if not record or record.get("inputs") != inputs or not versions or record.get("version") != versions[-1]:
+        return None
+    return PullResult(
+        dataset=name, version=versions[-1], unchanged=True, quick=True,
+        items=record["items"], boxes=record["boxes"], categories=record["categories"],
+        skipped=record["skipped"], not_used=record["not_used"],
+        notes=["the source's files are unchanged since the last pull, so they were not read again "
+               "(--reread to read them anyway)"],
+    )
+
+
+def _read_and_publish(store: Store, source: Source, ctx: PullContext, options: dict[str, Any], name: str,
+                      split_ratios: tuple[float, float, float], concurrency: int | None,
+                      progress: Callable[[int], None] | None) -> PullResult:
+    """Read every item, fetch what the store lacks, and publish ``name@N+1`` if it differs."""
     fetcher = _Fetcher(store, source)
     seen: set[str] = set()
-    with store.lock(name), store.staging(name) as staging:
+    with store.staging(name) as staging:
         store.clean_tmp()
         writer = ManifestWriter(staging)
         try:
@@ -213,7 +273,7 @@ def pull(
             fetched=fetcher.fetched, cached=fetcher.cached,
         )
         if versions and store.open(f"{name}@{versions[-1]}").content_hash == content_hash:
-            return PullResult(version=versions[-1], unchanged=True, seconds=time.perf_counter() - started, **result_kwargs)
+            return PullResult(version=versions[-1], unchanged=True, **result_kwargs)
         new_version = (versions[-1] + 1) if versions else 1
         writer.sync()
         atomic_write_json(staging / INFO, {
@@ -230,7 +290,7 @@ def pull(
             "tlsync_version": __version__,
         })
         store.publish(name, staging, new_version)
-        return PullResult(version=new_version, unchanged=False, seconds=time.perf_counter() - started, **result_kwargs)
+        return PullResult(version=new_version, unchanged=False, **result_kwargs)
 
 
 def _from_source(source: Source, ctx: PullContext, options: dict[str, Any]) -> Iterator[Item]:

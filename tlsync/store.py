@@ -7,6 +7,7 @@ Layout::
       fetch-cache.sqlite         source cache key -> sha256, size (skip refetching)
       datasets/<name>/<N>/       one folder per version: items.jsonl + dataset.json
       datasets/<name>/.lock      held while a pull writes a new version
+      datasets/<name>/last-pull.json  what the last pull read (lets an unchanged re-pull skip it)
       cache/<source>/...         source downloads (e.g. Roboflow zips)
 
 Images are copied, not linked, into the store: a hard link would change under us when
@@ -17,6 +18,7 @@ Content addressing makes the copy cheap across versions and datasets.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -32,8 +34,9 @@ from filelock import FileLock, Timeout
 
 from .errors import TlsyncError
 from .format import Item
-from .manifest import INFO, ITEMS, read_info, read_items
+from .manifest import INFO, ITEMS, atomic_write_json, read_info, read_items
 
+LAST_PULL = "last-pull.json"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -278,6 +281,18 @@ class Store:
                 return [f"{name}@{v}" for v in versions]
             shutil.rmtree(self.datasets_dir / name / str(version))
             return [f"{name}@{version}"]
+
+    def last_pull(self, name: str) -> dict[str, Any] | None:
+        """What ``record_pull`` saved for ``name``, or None (never pulled, or unreadable)."""
+        try:
+            record = json.loads((self.datasets_dir / name / LAST_PULL).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) else None
+
+    def record_pull(self, name: str, record: dict[str, Any]) -> None:
+        """Remember the inputs and outcome of a pull (call under ``lock``)."""
+        atomic_write_json(self.datasets_dir / name / LAST_PULL, record)
 
     def cache_dir(self, *parts: str) -> Path:
         """A folder for a source's downloads (e.g. Roboflow zips), kept between pulls."""

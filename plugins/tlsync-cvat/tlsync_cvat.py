@@ -21,7 +21,7 @@ from defusedxml import DefusedXmlException
 from tlsync.errors import SourceError
 from tlsync.format import Box, ImageRef, Item
 from tlsync.hookspecs import hookimpl
-from tlsync.sources import PullContext, Source
+from tlsync.sources import PullContext, Source, files_fingerprint
 
 
 # CVAT's free-text "subset" -> tlsync split; anything else ("default") gets a hashed split.
@@ -44,8 +44,7 @@ class CvatSource(Source):
 
     def items(self, ctx: PullContext, path: Path, images: Path | None = None, **_: Any) -> Iterator[Item]:
         root = _read(path)
-        if images is None:
-            images = path.parent / "images" if (path.parent / "images").is_dir() else path.parent
+        images = images or _default_images(path)
         labels = list(dict.fromkeys(n.text.strip() for n in root.findall("meta//labels/label/name") if n.text))
         if labels:
             ctx.set_categories(labels)
@@ -53,6 +52,14 @@ class CvatSource(Source):
             item = _item(ctx, path, images, element, set(labels))
             if item is not None:
                 yield item
+
+    def fingerprint(self, ctx: PullContext, path: Path, images: Path | None = None, **_: Any) -> str | None:
+        """The XML and the image folder: unchanged files let a re-pull skip reading them."""
+        return files_fingerprint(path, images or _default_images(path))
+
+
+def _default_images(xml: Path) -> Path:
+    return xml.parent / "images" if (xml.parent / "images").is_dir() else xml.parent
 
 
 def _read(path: Path) -> Any:

@@ -8,6 +8,9 @@ on a second pull, and no secret in anything written. A broken promise raises
 ``ContractError`` (an ``AssertionError``, so pytest shows it as a failed check) whose
 message names the source and the item.
 
+``check_fingerprint`` checks a source's optional ``fingerprint``: an unchanged re-pull
+skips reading, and an edit to the files is noticed.
+
 Friends: ``check_plugin`` (a plugin module registers valid, uniquely named sources),
 ``isolated_plugins`` (plugin-loader state of a test's own), ``run_cli`` (the ``tlsync``
 command in-process), ``write_image`` (tiny test images), and the loopback HTTP server.
@@ -29,7 +32,7 @@ from typing import Any, Callable, Iterator
 
 import click
 
-from .. import plugins
+from .. import plugins, sources
 from ..format import Box, Item
 from ..manifest import INFO, ITEMS
 from ..pull import PullResult, pull
@@ -39,7 +42,7 @@ from ..store import DatasetVersion, Store, image_info
 from .server import Faults, LoggedRequest, LoopbackServer, Request, Response
 
 __all__ = [
-    "OVERHANG_TOLERANCE", "ContractError", "SourceCheck", "check_source", "check_plugin",
+    "OVERHANG_TOLERANCE", "ContractError", "SourceCheck", "check_source", "check_fingerprint", "check_plugin",
     "resolve_options", "isolated_plugins", "run_cli", "write_image",
     "LoopbackServer", "Faults", "Request", "Response", "LoggedRequest",
 ]
@@ -129,6 +132,34 @@ def check_source(source: Source, *, store: Store | None = None, **options: Any) 
     if not second.unchanged:
         raise ContractError(f"{who}: a second pull gave different data: {_difference(first_raw, recorder.raw)}")
     return SourceCheck(version, first, stored)
+
+
+def check_fingerprint(source: Source, change: Callable[[], None], *, store: Store | None = None,
+                      **options: Any) -> None:
+    """Pull, re-pull (which must skip reading), run ``change``, pull (which must read it).
+
+    ``change`` edits the source's files so the data differs (moves a box, adds an image).
+    Real pulls never trust files written in the last ``RACY_SECONDS``; the check lifts that
+    window while it runs, so a test need not sleep.
+    """
+    who = f"source '{getattr(source, 'name', '?')}'"
+    values = resolve_options(source, options)
+    store = store or _temp_store()
+    dataset = f"check-{next(_counter)}"
+    racy, sources.RACY_SECONDS = sources.RACY_SECONDS, 0.0
+    try:
+        pull(store, source, values, dataset)
+        if not pull(store, source, values, dataset).quick:
+            raise ContractError(f"{who}: fingerprint() gave None or a new value for unchanged files, "
+                                f"so every re-pull reads everything again")
+        change()
+        changed = pull(store, source, values, dataset)
+    finally:
+        sources.RACY_SECONDS = racy
+    if changed.quick:
+        raise ContractError(f"{who}: fingerprint() did not change when the files did, so the edit was never pulled")
+    if changed.unchanged:
+        raise ContractError(f"{who}: the data is the same after change(); make it move a box or add an image")
 
 
 def resolve_options(source: Source, given: dict[str, Any]) -> dict[str, Any]:

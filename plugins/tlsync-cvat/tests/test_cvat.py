@@ -9,7 +9,7 @@ import pytest
 import tlsync_cvat
 from tlsync.errors import SourceError
 from tlsync.pull import pull
-from tlsync.testing import check_plugin, check_source, write_image
+from tlsync.testing import check_fingerprint, check_plugin, check_source, write_image
 
 META = """<meta><task><labels>
   <label><name>car</name><type>rectangle</type></label>
@@ -52,6 +52,17 @@ def test_export_keeps_the_contract_and_converts_corners_to_sizes(tmp_path, tlsyn
     assert items["sub/b.png"].annotations == [] and items["c.jpg"].split in ("train", "val", "test")
     assert checked.dataset.categories == ["car", "person", "bike"]  # the export's order, unused ones too
     assert checked.result.not_used == {"polygons": 1, "points": 1, "rotated boxes": 1}
+
+
+def test_unchanged_export_is_not_read_again_and_an_edit_is(tmp_path, tlsync_store):
+    xml = write_export(tmp_path, GOOD)
+
+    def move_a_box():
+        xml.write_text(xml.read_text().replace('xtl="40"', 'xtl="42"'))
+
+    check_fingerprint(tlsync_cvat.CvatSource(), move_a_box, store=tlsync_store, path=xml)
+    check_fingerprint(tlsync_cvat.CvatSource(), lambda: write_image(tmp_path / "images" / "c.jpg", 80, 60, seed=9),
+                      store=tlsync_store, path=xml)
 
 
 def test_plugin_registers_one_valid_source():
