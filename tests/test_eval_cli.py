@@ -60,7 +60,7 @@ def test_eval_writes_coco_files_metrics_and_a_report_whose_images_exist(run_cli,
     run = make_run(Path("runs/tiny"), shapes)
     result = run_cli("eval", "--run", run, "--conf", "0.5", "--device", "cpu")
     assert result.exit_code == 0, result.stderr
-    for expected in ("mAP50-95", "mAP50", "AP50-95 per class", "circle", "at conf 0.50", "(the confidence with the best F1)"):
+    for expected in ("mAP50-95", "mAP50", "per class (P, R, F1 at conf 0.50)", "mAP50-95", "circle", "at conf 0.50", "(the confidence with the best F1)"):
         assert expected in result.stdout
 
     # The default: the run's own dataset, on test because it has test items, into RUN/eval/.
@@ -68,6 +68,11 @@ def test_eval_writes_coco_files_metrics_and_a_report_whose_images_exist(run_cli,
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     assert (metrics["dataset"], metrics["split"], metrics["images"]) == ("shapes@1", "test", len(test_items))
     assert metrics["at_conf"]["conf"] == 0.5
+    assert set(metrics["per_class"]) == {"circle", "square", "triangle"}
+    assert sum(c["boxes"] for c in metrics["per_class"].values()) == metrics["ground_truth_boxes"]
+    assert sum(c["tp"] for c in metrics["per_class"].values()) == metrics["at_conf"]["tp"], "rows add up to 'all'"
+    circle_row = next(line.split() for line in result.stdout.splitlines() if line.split()[:1] == ["circle"])
+    assert circle_row[1] == str(metrics["per_class"]["circle"]["boxes"])
     gt = json.loads((run / "eval" / "ground_truth.json").read_text())
     assert sorted(i["item_id"] for i in gt["images"]) == sorted(i.id for i in test_items)
     assert all(Path(i["file_name"]).exists() for i in gt["images"])
@@ -78,6 +83,7 @@ def test_eval_writes_coco_files_metrics_and_a_report_whose_images_exist(run_cli,
     assert report.exists() and f"report: {report}" in result.stdout
     refs = image_refs(report)
     assert refs == REPORT_PNGS
+    assert "Per class, P/R/F1 at conf 0.50" in report.read_text()
     assert all((run / ref).stat().st_size > 0 for ref in refs)
 
 

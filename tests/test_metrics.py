@@ -68,6 +68,24 @@ def test_known_counts_give_exact_precision_recall_f1() -> None:
     assert (m["precision"], m["recall"], m["f1"]) == (pytest.approx(1.0), pytest.approx(0.6), pytest.approx(0.75))
 
 
+def test_per_class_precision_recall_at_the_chosen_confidence() -> None:
+    preds = [
+        item("a", box("cat", 12, 12, conf=0.9), box("dog", 100, 100, conf=0.8), box("dog", 150, 150, conf=0.7)),
+        item("b", box("dog", 120, 20, conf=0.9), box("cat", 120, 20, conf=0.6)),
+    ]
+    m = evaluate(ground_truth(), preds, CATS + ["bird"], conf=0.0)
+    cat, dog, bird = m["per_class"]["cat"], m["per_class"]["dog"], m["per_class"]["bird"]
+    assert (cat["boxes"], cat["tp"], cat["fp"], cat["fn"]) == (2, 1, 1, 1)  # one cat found, one wrong "cat"
+    assert (cat["precision"], cat["recall"]) == (pytest.approx(0.5), pytest.approx(0.5))
+    assert (dog["boxes"], dog["tp"], dog["fp"], dog["fn"]) == (3, 2, 1, 1)
+    assert (dog["precision"], dog["recall"]) == (pytest.approx(2 / 3), pytest.approx(2 / 3))
+    assert (bird["boxes"], bird["tp"], bird["ap50"], bird["ap50_95"]) == (0, 0, None, None)
+    assert (cat["ap50"] + dog["ap50"]) / 2 == pytest.approx(m["map50"])
+    assert cat["ap50_95"] == m["per_class_ap"]["cat"]
+    # Without --conf the rows use the best-F1 threshold (0.8): the cat FP at 0.6 is gone.
+    assert evaluate(ground_truth(), preds, CATS)["per_class"]["cat"]["precision"] == pytest.approx(1.0)
+
+
 def test_duplicate_detection_of_one_object_is_a_false_positive() -> None:
     gt = [item("a", box("cat", 10, 10))]
     preds = [item("a", box("cat", 10, 10, conf=0.9), box("cat", 11, 11, conf=0.8))]

@@ -1,11 +1,12 @@
 """Detection metrics: COCO mAP, plus precision/recall/F1 and a confusion matrix at IoU 0.5.
 
 mAP50-95, mAP50 and per-class AP come from pycocotools' ``COCOeval`` so the numbers are the
-ones papers and other tools report. Precision, recall and F1 are pooled over all boxes of all
-classes (TP / (TP + FP), TP / (TP + FN)): that answers "how many of my boxes are right and how
-many objects did I find", and it makes hand-counted cases exact. The confidence threshold is
-the one that maximises F1, since a detector's raw output (every box above ~0.05) is not what
-anyone deploys.
+ones papers and other tools report. The headline precision, recall and F1 are pooled over all
+boxes of all classes (TP / (TP + FP), TP / (TP + FN)): that answers "how many of my boxes are
+right and how many objects did I find", and it makes hand-counted cases exact. The confidence
+threshold is the one that maximises F1, since a detector's raw output (every box above ~0.05)
+is not what anyone deploys. ``per_class`` gives each class's own P, R, F1, AP50 and AP50-95 at
+that same threshold, the table Ultralytics prints after validation.
 
 Everything here works on ``Item``s matched by ``id``; it never touches torch.
 """
@@ -90,8 +91,10 @@ def evaluate(ground_truth: list[Item], predictions: list[Item], categories: list
     with no ground-truth boxes here), ``precision``, ``recall``, ``f1``, ``tp``, ``fp``, ``fn`` at
     ``best_conf`` (None when nothing was predicted), the same under ``at_conf`` when ``conf`` is
     given, ``confusion_matrix`` (rows: true class, columns: predicted class, last of each:
-    background) at ``confusion_conf``, and ``pr_curve`` (COCO's 101 recall points and the mean
-    precision over classes at IoU 0.5, plus each class's under ``per_class``).
+    background) at ``confusion_conf``, ``pr_curve`` (COCO's 101 recall points and the mean
+    precision over classes at IoU 0.5, plus each class's under ``per_class``), and
+    ``per_class`` (each class's ``boxes``, P/R/F1/TP/FP/FN, ``ap50`` and ``ap50_95`` at
+    ``confusion_conf``).
     """
     if not ground_truth:
         raise TlsyncError("nothing to evaluate: the ground truth has no items")
@@ -101,12 +104,21 @@ def evaluate(ground_truth: list[Item], predictions: list[Item], categories: list
     coco = _coco_metrics(gt, results, categories)
 
     pairs = _pairs(gt, results)
-    scores, hits, n_gt = _class_aware_hits(pairs)
+    scores, hits, classes, true_classes = _class_aware_hits(pairs)
+    n_gt = len(true_classes)
     best = _best_f1(scores, hits, n_gt)
     out: dict[str, Any] = {**coco, **best}
     if conf is not None:
         out["at_conf"] = {"conf": conf, **_prf(int(hits[scores >= conf].sum()), int((scores >= conf).sum()), n_gt)}
     matrix_conf = conf if conf is not None else (best["best_conf"] or 0.0)
+    kept = scores >= matrix_conf
+    out["per_class"] = {
+        name: {"boxes": int((true_classes == k).sum()),
+               **_prf(int(hits[kept & (classes == k)].sum()), int((kept & (classes == k)).sum()),
+                      int((true_classes == k).sum())),
+               "ap50": coco["per_class_ap50"][name], "ap50_95": coco["per_class_ap"][name]}
+        for k, name in enumerate(categories, 1)
+    }
     out["confusion_matrix"] = _confusion(pairs, len(categories), matrix_conf)
     out["confusion_labels"] = [*categories, BACKGROUND]
     out["confusion_conf"] = matrix_conf
@@ -145,6 +157,7 @@ def _coco_metrics(gt: dict[str, Any], results: list[dict[str, Any]], categories:
         "map50_95": mean(precision[:, :, valid]),
         "map50": mean(precision[0][:, valid]),
         "per_class_ap": {name: (mean(precision[:, :, k]) if k in valid else None) for k, name in enumerate(categories)},
+        "per_class_ap50": {name: (mean(precision[0, :, k]) if k in valid else None) for k, name in enumerate(categories)},
         "pr_curve": {
             "recall": [round(float(r), 6) for r in evaluator.params.recThrs],
             "precision": [round(float(p), 6) for p in mean_pr],
@@ -220,17 +233,22 @@ def _greedy_match(true_boxes: np.ndarray, true_cls: np.ndarray, pred_boxes: np.n
     return matched
 
 
-def _class_aware_hits(pairs: list) -> tuple[np.ndarray, np.ndarray, int]:
-    """Every prediction's score and whether it is a true positive, by falling score; #true boxes."""
-    scores, hits, n_gt = [], [], 0
+def _class_aware_hits(pairs: list) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every prediction's score, whether it is a true positive and its class, by falling score;
+    and the class of every true box."""
+    scores, hits, classes, true_classes = [], [], [], []
     for true_boxes, true_cls, pred_boxes, pred_cls, pred_scores in pairs:
-        n_gt += len(true_boxes)
+        true_classes.append(true_cls)
         scores.append(pred_scores)
+        classes.append(pred_cls)
         hits.append(_greedy_match(true_boxes, true_cls, pred_boxes, pred_cls, same_class=True) >= 0)
-    s = np.concatenate(scores) if scores else np.zeros(0)
-    h = np.concatenate(hits) if hits else np.zeros(0, dtype=bool)
+
+    def joined(arrays: list[np.ndarray], dtype: Any) -> np.ndarray:
+        return np.concatenate(arrays).astype(dtype) if arrays else np.zeros(0, dtype=dtype)
+
+    s = joined(scores, float)
     order = np.argsort(-s, kind="stable")
-    return s[order], h[order], n_gt
+    return s[order], joined(hits, bool)[order], joined(classes, int)[order], joined(true_classes, int)
 
 
 def _prf(tp: int, n_pred: int, n_gt: int) -> dict[str, Any]:

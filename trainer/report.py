@@ -297,12 +297,18 @@ def _metrics_html(m: dict[str, Any]) -> str:
     if "at_conf" in m:
         a = m["at_conf"]
         rows.append([f"at conf {a['conf']:.2f}", fmt(a["conf"], 2), fmt(a["precision"]), fmt(a["recall"]), fmt(a["f1"])])
-    per_class = [[name, fmt(ap)] for name, ap in m["per_class_ap"].items()]
+    if "per_class" in m:  # eval files written before per-class P/R existed have AP only
+        per_class = _table(["class", "true boxes", "P", "R", "F1", "AP50", "AP50-95"],
+                           [[name, str(c["boxes"]), fmt(c["precision"]), fmt(c["recall"]), fmt(c["f1"]),
+                             fmt(c["ap50"]), fmt(c["ap50_95"])] for name, c in m["per_class"].items()])
+        per_class = f"<p>Per class, P/R/F1 at conf {fmt(m.get('confusion_conf'), 2)}:</p>" + per_class
+    else:
+        per_class = _table(["class", "AP50-95"], [[name, fmt(ap)] for name, ap in m["per_class_ap"].items()])
     return ("<h2>Evaluation</h2>"
             + _table(["mAP50-95", "mAP50", "images", "true boxes"],
                      [[fmt(m["map50_95"]), fmt(m["map50"]), str(m.get("images", "")), str(m.get("ground_truth_boxes", ""))]])
             + _table(["threshold", "conf", "precision", "recall", "F1"], rows)
-            + _table(["class", "AP50-95"], per_class))
+            + per_class)
 
 
 def _other_evals_html(evals: list[dict[str, Any]]) -> str:
