@@ -90,6 +90,26 @@ def test_export_is_polled_downloaded_and_reused(isolated_home: Path, store, coco
     assert_secret_nowhere(isolated_home, again.stdout, refreshed.stdout, caplog.text)
 
 
+def test_a_downloaded_export_is_not_read_again_until_refresh(store, coco_zip: bytes, monkeypatch):
+    monkeypatch.setattr("tlsync.sources.RACY_SECONDS", 0.0)  # trust the just-unpacked files
+    with responses.RequestsMock() as rsps:
+        rsps.get(export_url(), json={"export": {"link": LINK}}, status=200, match=with_key())
+        rsps.get(LINK, body=coco_zip, content_type="application/zip")
+        assert pull(store, RoboflowSource(), OPTIONS, "chess").version == 1
+    with responses.RequestsMock() as rsps:
+        # The export did not exist when the first pull began, so the second reads it once...
+        assert not pull(store, RoboflowSource(), OPTIONS, "chess").quick
+        again = pull(store, RoboflowSource(), OPTIONS, "chess")  # ...and the third reads nothing
+        assert len(rsps.calls) == 0
+    assert again.quick and again.unchanged and again.items == 4
+    with responses.RequestsMock() as rsps:
+        rsps.get(export_url(), json={"export": {"link": LINK}}, status=200, match=with_key())
+        rsps.get(LINK, body=coco_zip, content_type="application/zip")
+        refreshed = pull(store, RoboflowSource(), {**OPTIONS, "refresh": True}, "chess")
+        assert len(rsps.calls) == 2
+    assert not refreshed.quick and refreshed.unchanged
+
+
 @pytest.mark.parametrize("status, message", [
     (401, "Roboflow refused the API key for acme/chess-full/23 (coco) (HTTP 401): check ROBOFLOW_API_KEY"),
     (403, "(HTTP 403): check ROBOFLOW_API_KEY"),
