@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
@@ -18,27 +17,11 @@ from typing import Any, Iterator
 from .errors import TlsyncError
 import orjson
 
+from .atomic import atomic_write_json, atomic_write_text  # noqa: F401  (re-exported)
 from .format import Item, content_key, item_from_store
 
 ITEMS = "items.jsonl"
 INFO = "dataset.json"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write beside the target and rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 class ManifestWriter:

@@ -12,13 +12,13 @@ strings, lists and dicts: anything else would need unsafe unpickling to read bac
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from tlsync.atomic import atomic_write
 from tlsync.errors import TlsyncError
 
 from .weights import architecture_only, load_state_file
@@ -46,17 +46,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, categories: list[
     payload = _plain({"tlsync_checkpoint": FORMAT, "categories": list(categories), "config": dict(config),
                       "build": dict(build), **state}, "checkpoint")
     payload["model"] = bare.state_dict()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: torch.save(payload, f))
     return path
 
 

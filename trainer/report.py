@@ -13,13 +13,12 @@ import csv
 import html
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
 from tlsync.errors import TlsyncError
 from tlsync.format import Box
-from tlsync.manifest import atomic_write_text
+from tlsync.atomic import atomic_write_file, atomic_write_text
 
 PALETTE = [
     (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
@@ -63,15 +62,7 @@ def draw_boxes(image: Any, boxes: Iterable[Box], categories: list[str], fixed: t
 
 def save_atomic(path: Path, write: Any) -> None:
     """Call ``write(temp_path)`` then rename onto ``path``: no half-written file under the real name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_file(path, write)
 
 
 def save_figure(fig: Any, path: Path) -> None:
