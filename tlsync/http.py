@@ -8,11 +8,16 @@ redacted and never include a response body that might echo one.
 
 from __future__ import annotations
 
+import heapq
+import itertools
+import math
 import random
 import shutil
 import tempfile
+import threading
 import time
-from typing import Any, BinaryIO, Callable
+from collections.abc import Callable
+from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 import requests
@@ -27,6 +32,89 @@ class HttpError(SourceError):
     def __init__(self, message: str, status: int | None = None):
         super().__init__(redact(message))
         self.status = status
+
+
+class TooLarge(HttpError):
+    """A body over the byte cap: not retried, the same URL would send it again."""
+
+
+class _Watchdog:
+    """One thread that ends downloads past their deadline by shutting their socket down.
+
+    A socket timeout bounds each read, not a download: a server that drips a byte every
+    few seconds never trips it. Shutting the socket down wakes the blocked read at once.
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._cancelled: set[int] = set()
+        self._ids = itertools.count()
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def add(self, deadline: float, action: Callable[[], None]) -> int:
+        with self._wake:
+            handle = next(self._ids)
+            heapq.heappush(self._heap, (deadline, handle, action))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="tlsync-deadlines", daemon=True)
+                self._thread.start()
+            self._wake.notify()
+            return handle
+
+    def cancel(self, handle: int) -> None:
+        with self._wake:
+            self._cancelled.add(handle)
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._heap or self._heap[0][0] > time.monotonic():
+                    self._wake.wait(None if not self._heap else self._heap[0][0] - time.monotonic())
+                _, handle, action = heapq.heappop(self._heap)
+                if handle in self._cancelled:
+                    self._cancelled.discard(handle)
+                    continue
+            try:
+                action()
+            except Exception:
+                pass  # the connection is gone already
+
+
+_watchdog = _Watchdog()
+
+
+def _socket_of(response: requests.Response) -> Any:
+    raw = response.raw
+    conn = getattr(raw, "connection", None) or getattr(raw, "_connection", None)
+    sock = getattr(conn, "sock", None)
+    if sock is None:  # urllib3 hands the connection back early on some paths; dig through the file
+        fp = getattr(getattr(getattr(raw, "_fp", None), "fp", None), "raw", None)
+        sock = getattr(fp, "_sock", None)
+    return sock
+
+
+class _Guard:
+    """Shuts one response's socket at its deadline, unless the download ended first.
+
+    Disarmed before the connection goes back to the pool, so a late deadline can never
+    cut the next request that reuses the same socket.
+    """
+
+    def __init__(self, response: requests.Response):
+        self._response: requests.Response | None = response
+        self._lock = threading.Lock()
+
+    def fire(self) -> None:
+        import socket
+
+        with self._lock:
+            if self._response is not None and (sock := _socket_of(self._response)) is not None:
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def disarm(self) -> None:
+        with self._lock:
+            self._response = None
 
 
 class _Session(requests.Session):
@@ -64,6 +152,7 @@ class HttpClient:
         timeout: tuple[float, float] = (10.0, 120.0),
         sleep: Callable[[float], None] = time.sleep,
         pool_size: int | None = None,
+        deadline: float | None = None,
     ):
         """``pool_size``: keep-alive connections per host; set it to at least the number of
         threads sharing this client, or requests opens (and drops) a connection per request."""
@@ -77,13 +166,16 @@ class HttpClient:
         self.max_backoff = max_backoff
         self.timeout = timeout
         self.sleep = sleep
+        self.deadline = deadline  # seconds per download attempt, wall time; None: none
 
     def _delay(self, attempt: int, response: requests.Response | None) -> float:
         if response is not None and response.headers.get("Retry-After"):
             try:
-                return min(float(response.headers["Retry-After"]), self.max_backoff * 4)
+                wait = float(response.headers["Retry-After"])
             except ValueError:
-                pass  # an HTTP date: fall back to our own backoff
+                wait = math.nan  # an HTTP date: fall back to our own backoff
+            if math.isfinite(wait):  # "-1", "nan" and "inf" are a broken server, not a plan
+                return max(0.0, min(wait, self.max_backoff * 4))
         return random.uniform(0, min(self.max_backoff, self.backoff * 2**attempt))
 
     def request(self, method: str, url: str, what: str = "", **kwargs: Any) -> requests.Response:
@@ -100,6 +192,8 @@ class HttpClient:
                 response.close()
             except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as e:
                 reason = type(e).__name__  # ChunkedEncodingError: the body was cut short
+            except requests.RequestException as e:  # InvalidHeader, InvalidURL...: retrying cannot help
+                raise HttpError(f"{label}{method} {url} could not be sent ({type(e).__name__}: {e})") from None
             if attempt == self.attempts - 1:
                 raise HttpError(f"{label}{method} {url} failed after {self.attempts} attempts ({reason})",
                                 response.status_code if response is not None else None)
@@ -118,13 +212,20 @@ class HttpClient:
             raise HttpError(f"{label}{method} {url} returned a body that is not valid JSON", response.status_code) from None
 
     def download(self, url: str, out: BinaryIO, what: str = "", progress: Callable[[int, int | None], None] | None = None,
-                 **kwargs: Any) -> int:
+                 max_bytes: int | None = None, deadline: float | None = None, **kwargs: Any) -> int:
         """Stream ``url`` into ``out``; a broken transfer is retried from the start.
 
         Bytes go to a spooled temp file first so that ``out`` only ever receives a whole,
-        length-checked body. Returns the number of bytes written.
+        length-checked body: ``Content-Length`` is compared with the bytes on the wire
+        (a gzip body is longer once decoded), and ``out`` gets the decoded bytes. A body
+        over ``max_bytes`` (default: ``out.max_bytes``, which the store's image sink
+        carries) is refused, and each attempt must finish within ``deadline`` seconds
+        (default: ``out.deadline``, else this client's) of wall time. Returns the number
+        of bytes written.
         """
         label = f"{what}: " if what else ""
+        limit = max_bytes if max_bytes is not None else getattr(out, "max_bytes", None)
+        deadline = deadline if deadline is not None else getattr(out, "deadline", None) or self.deadline
         for attempt in range(self.attempts):
             response = self.request("GET", url, what, stream=True, **kwargs)
             if not response.ok:
@@ -132,25 +233,48 @@ class HttpClient:
                 raise HttpError(f"{label}GET {url} returned HTTP {response.status_code}", response.status_code)
             expected = response.headers.get("Content-Length")
             total = int(expected) if expected and expected.isdigit() else None
+            if limit is not None and total is not None and total > limit:
+                response.close()
+                raise TooLarge(f"{label}{url} is {total:,} bytes, over the limit of {limit:,} (--max-image-bytes)")
+            guard = _Guard(response)
+            timer = _watchdog.add(time.monotonic() + deadline, guard.fire) if deadline else None
+            started = time.monotonic()
             with tempfile.SpooledTemporaryFile(max_size=32 << 20) as spool:
-                size = 0
                 try:
-                    for chunk in response.iter_content(1 << 16):
-                        spool.write(chunk)
-                        size += len(chunk)
-                        if progress:
-                            progress(size, total)
-                except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as e:
-                    reason = type(e).__name__
-                else:
-                    if total is None or size == total:
-                        spool.seek(0)
-                        shutil.copyfileobj(spool, out, 1 << 20)
-                        return size
-                    reason = f"got {size} of {total} bytes"
+                    reason, size = self._receive(response, spool, total, limit, label, url, progress)
                 finally:
+                    guard.disarm()
+                    if timer is not None:
+                        _watchdog.cancel(timer)
                     response.close()
+                if deadline and time.monotonic() - started >= deadline:
+                    reason = f"not finished within {deadline:g}s"
+                if reason is None:
+                    spool.seek(0)
+                    shutil.copyfileobj(spool, out, 1 << 20)
+                    return size
             if attempt == self.attempts - 1:
                 raise HttpError(f"{label}download of {url} failed after {self.attempts} attempts ({reason})")
             self.sleep(self._delay(attempt, None))
         raise AssertionError("unreachable")
+
+    @staticmethod
+    def _receive(response: requests.Response, spool: BinaryIO, total: int | None, limit: int | None, label: str,
+                 url: str, progress: Callable[[int, int | None], None] | None) -> tuple[str | None, int]:
+        """Read the body into ``spool``: ``(None, decoded size)`` when whole, else ``(why, size)``."""
+        size = 0
+        try:
+            for chunk in response.iter_content(1 << 16):
+                spool.write(chunk)
+                size += len(chunk)
+                if limit is not None and size > limit:
+                    raise TooLarge(f"{label}{url} sent more than the limit of {limit:,} bytes (--max-image-bytes)")
+                if progress:
+                    progress(size, total)
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+                requests.exceptions.ContentDecodingError) as e:
+            return type(e).__name__, size
+        on_wire = response.raw.tell() if hasattr(response.raw, "tell") else size
+        if total is not None and on_wire != total:
+            return f"got {on_wire} of {total} bytes", size
+        return None, size
