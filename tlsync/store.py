@@ -35,6 +35,7 @@ from .atomic import fsync_dir
 from .errors import TlsyncError
 from .fetch_cache import FetchCache
 from .format import Item
+from .images import EXTENSIONS, check_complete_image, image_info  # noqa: F401  (re-exported)
 from .manifest import INFO, ITEMS, atomic_write_json, read_info, read_items
 from .sink import ImageSink, store_write_error
 
@@ -52,37 +53,18 @@ def _alive(pid: int) -> bool:
     return True
 
 
-EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "BMP": ".bmp", "GIF": ".gif", "TIFF": ".tif", "WEBP": ".webp"}
-
-
-def image_info(path: Path) -> tuple[int, int, str]:
-    """``(width, height, extension)`` of an image file, reading only its header.
-
-    EXIF orientation is applied to the size, since training decodes with it applied.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            fmt = im.format or ""
-            width, height = im.size
-            orientation = im.getexif().get(0x0112, 1)
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise TlsyncError(f"not a readable image ({type(e).__name__})") from None
-    if orientation in (5, 6, 7, 8):
-        width, height = height, width
-    if fmt not in EXTENSIONS:
-        raise TlsyncError(f"unsupported image format {fmt or 'unknown'}")
-    return width, height, EXTENSIONS[fmt]
-
-
 class IncompleteImage(TlsyncError):
     """The bytes start like an image but stop early (a download cut short): worth a retry."""
 
 
 def check_image(path: Path) -> tuple[int, int, str]:
-    """``image_info`` of a file that must also be whole: a cut-off download is not an image."""
-    return image_info(path)
+    """``check_complete_image``, with a cut-off file told apart: a download may be retried."""
+    try:
+        return check_complete_image(path)
+    except TlsyncError as e:
+        if "truncated" in str(e):  # images.py's wording for "the bytes stop early"
+            raise IncompleteImage(str(e)) from None
+        raise
 
 
 def default_home() -> Path:
