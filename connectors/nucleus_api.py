@@ -81,6 +81,7 @@ class NucleusAPI:
         route = f"{kind}/{object_id}/exportForTrainingPage"
         token: str | None = None
         first = True
+        seen: set[str] = set()
         while True:
             try:
                 page = self.call("POST", route, {"pageToken": token, "pageSize": page_size})
@@ -94,6 +95,14 @@ class NucleusAPI:
             yield rows
             if not token:
                 return
+            # A server that hands back a token it gave before, or an empty page that says
+            # "more to come", would be asked forever.
+            if token in seen or not rows:
+                why = "repeated a nextPageToken it had already given" if token in seen else \
+                    "returned an empty page that still has a nextPageToken"
+                raise SourceError(f"Nucleus: POST {self.endpoint}/{route} {why} (after {len(seen) + 1} pages); "
+                                  f"stopping instead of paging forever")
+            seen.add(token)
 
     def _page(self, page: Any, route: str) -> tuple[list[Any], str | None]:
         if not isinstance(page, dict) or not isinstance(page.get("data"), list):

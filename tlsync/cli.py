@@ -140,7 +140,7 @@ def _peek_option(args: list[str], flag: str) -> str | None:
 @click.option("--max-image-bytes", default="256MB", show_default=True,
               help="Refuse (or, with --on-error skip, skip) an image larger than this.")
 @click.option("--download-timeout", type=click.FloatRange(0, min_open=True), default=300.0, show_default=True,
-              help="Seconds of wall time one image download may take before it is retried.")
+              help="Seconds of wall time one image download may take, retries included.")
 @click.pass_context
 def pull(ctx: click.Context, source_name: str, dataset: str, split_ratios: str, on_error: str,
          concurrency: int | None, reread: bool, max_image_bytes: str, download_timeout: float,

@@ -219,13 +219,14 @@ class HttpClient:
         length-checked body: ``Content-Length`` is compared with the bytes on the wire
         (a gzip body is longer once decoded), and ``out`` gets the decoded bytes. A body
         over ``max_bytes`` (default: ``out.max_bytes``, which the store's image sink
-        carries) is refused, and each attempt must finish within ``deadline`` seconds
-        (default: ``out.deadline``, else this client's) of wall time. Returns the number
-        of bytes written.
+        carries) is refused, and the download, retries included, must finish within
+        ``deadline`` seconds of wall time (default: ``out.deadline``, else this client's).
+        Returns the number of bytes written.
         """
         label = f"{what}: " if what else ""
         limit = max_bytes if max_bytes is not None else getattr(out, "max_bytes", None)
         deadline = deadline if deadline is not None else getattr(out, "deadline", None) or self.deadline
+        ends = time.monotonic() + deadline if deadline else None  # retries included: one budget per download
         for attempt in range(self.attempts):
             response = self.request("GET", url, what, stream=True, **kwargs)
             if not response.ok:
@@ -237,8 +238,7 @@ class HttpClient:
                 response.close()
                 raise TooLarge(f"{label}{url} is {total:,} bytes, over the limit of {limit:,} (--max-image-bytes)")
             guard = _Guard(response)
-            timer = _watchdog.add(time.monotonic() + deadline, guard.fire) if deadline else None
-            started = time.monotonic()
+            timer = _watchdog.add(ends, guard.fire) if ends is not None else None
             with tempfile.SpooledTemporaryFile(max_size=32 << 20) as spool:
                 try:
                     reason, size = self._receive(response, spool, total, limit, label, url, progress)
@@ -247,15 +247,17 @@ class HttpClient:
                     if timer is not None:
                         _watchdog.cancel(timer)
                     response.close()
-                if deadline and time.monotonic() - started >= deadline:
-                    reason = f"not finished within {deadline:g}s"
+                if ends is not None and time.monotonic() >= ends:
+                    raise HttpError(f"{label}download of {url} did not finish within {deadline:g}s "
+                                    f"(--download-timeout)")
                 if reason is None:
                     spool.seek(0)
                     shutil.copyfileobj(spool, out, 1 << 20)
                     return size
             if attempt == self.attempts - 1:
                 raise HttpError(f"{label}download of {url} failed after {self.attempts} attempts ({reason})")
-            self.sleep(self._delay(attempt, None))
+            delay = self._delay(attempt, None)
+            self.sleep(delay if ends is None else max(0.0, min(delay, ends - time.monotonic())))
         raise AssertionError("unreachable")
 
     @staticmethod

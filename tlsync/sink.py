@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 from .errors import TlsyncError
 
 DEFAULT_MAX_IMAGE_BYTES = 256 << 20
-DEFAULT_DEADLINE = 300.0  # seconds of wall time per image download attempt
+DEFAULT_DEADLINE = 300.0  # seconds of wall time per image download, retries included
 
 
 class StoreWriteError(TlsyncError):

@@ -15,9 +15,10 @@ import hashlib
 import io
 import itertools
 import threading
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, Callable
 
 from .server import Faults, LoopbackServer, Request, Response
 
@@ -74,6 +75,12 @@ class FakeNucleus:
         self.slices: dict[str, FakeSlice] = {}
         self.models: dict[str, dict[str, Any]] = {}
         self.uploads: list[dict[str, Any]] = []  # uploadPredictions bodies, in arrival order
+        # Hostile-server hooks for tests: ref_id -> f(good bytes, nth request for it) -> the
+        # answer to send instead (cut short, gzipped, dripped...); and a replacement for
+        # the export page handler (endless paging and such).
+        self.misbehave: dict[str, Callable[[bytes, int], Response]] = {}
+        self.page_handler: Callable[[Request], Response] | None = None
+        self._image_hits: Counter[str] = Counter()
         self.server = LoopbackServer(latency=latency, faults=faults)
         self._exports = itertools.count(1)
         self._lock = threading.Lock()
@@ -188,6 +195,8 @@ class FakeNucleus:
 
         def export_page(kind: str):
             def handler(request: Request) -> Response:
+                if self.page_handler is not None:
+                    return self.page_handler(request)
                 found = self._rows(kind, request.params["object_id"])
                 if found is None:
                     return Response.json({"error": f"{kind} not found"}, 404)
@@ -243,4 +252,10 @@ class FakeNucleus:
             ref = request.params["file"].removesuffix(".png")
             if ref not in self.datasets.get(request.params["dataset_id"], FakeDataset("")).items:
                 return Response(404, b"no such image")
-            return Response(200, image_bytes(ref, self.image_size), {"Content-Type": "image/png"})
+            with self._lock:
+                self._image_hits[ref] += 1
+                nth = self._image_hits[ref]
+            data = image_bytes(ref, self.image_size)
+            if ref in self.misbehave:
+                return self.misbehave[ref](data, nth)
+            return Response(200, data, {"Content-Type": "image/png"})

@@ -55,9 +55,18 @@ class Request:
 
 @dataclass
 class Response:
+    """What a route answers. The last three fields misbehave on purpose, as broken servers do:
+    ``send_length=False`` sends no ``Content-Length`` and ends the body by closing the
+    connection (so a cut-off body looks whole on the wire); ``cut_at`` stops the body after
+    that many bytes and closes; ``drip`` sends the body a byte at a time, that many
+    seconds apart."""
+
     status: int = 200
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
+    send_length: bool = True
+    cut_at: int | None = None
+    drip: float = 0.0
 
     @classmethod
     def json(cls, data: Any, status: int = 200) -> Response:
@@ -233,10 +242,28 @@ class LoopbackServer:
         handler.send_response(response.status)
         for name, value in response.headers.items():
             handler.send_header(name, value)
-        handler.send_header("Content-Length", str(len(response.body)))
+        if response.send_length:
+            handler.send_header("Content-Length", str(len(response.body)))
+        else:
+            handler.send_header("Connection", "close")
+            handler.close_connection = True
         handler.end_headers()
         if handler.command != "HEAD":
-            handler.wfile.write(response.body)
+            _send_body(handler, response)
+
+
+def _send_body(handler: BaseHTTPRequestHandler, response: Response) -> None:
+    body = response.body if response.cut_at is None else response.body[:response.cut_at]
+    if response.drip:
+        for i in range(len(body)):
+            handler.wfile.write(body[i:i + 1])
+            handler.wfile.flush()
+            time.sleep(response.drip)
+    else:
+        handler.wfile.write(body)
+    if response.cut_at is not None:
+        handler.wfile.flush()
+        handler.close_connection = True
 
 
 def _reset(handler: BaseHTTPRequestHandler) -> None:
