@@ -122,10 +122,11 @@ class NucleusSource(Source):
             raise TlsyncError("nucleus: give exactly one of --slice slc_... or --dataset-id ds_...")
         kind, object_id = ("slice", slice_id) if slice_id else ("dataset", dataset_id)
         api = _api(self.http)
+        rows = api.export_rows(kind, object_id, page_size)  # its first page loads while we ask for the info
         info = api.info(kind, object_id)
         where = f" of dataset {info['dataset_id']}" if kind == "slice" and info.get("dataset_id") else ""
         ctx.note(f"Nucleus {kind} '{info.get('name', object_id)}' ({object_id}){where}")
-        for n, row in enumerate(api.export_rows(kind, object_id, page_size), 1):
+        for n, row in enumerate(rows, 1):
             item = row_to_item(row, n, ctx, polygons_as_boxes)
             if item is not None:
                 yield item

@@ -62,15 +62,22 @@ class NucleusAPI:
     def export_rows(self, kind: str, object_id: str, page_size: int) -> Iterator[dict[str, Any]]:
         """Every export row (item + annotations) of a slice or dataset, streamed page by page.
 
-        The next page is requested while this one's rows are being used, so image downloads
-        do not stall on page requests; at most two pages are in memory.
+        The first page is requested as soon as this is called (the caller can ask for the
+        slice's info meanwhile), and each next page while this one's rows are being used,
+        so image downloads do not stall on page requests; at most two pages are in memory.
         """
         pages = self._pages(kind, object_id, page_size)
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="nucleus-pages") as pool:
-            upcoming = pool.submit(next, pages, None)
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nucleus-pages")
+        return self._prefetched(pool, pages, pool.submit(next, pages, None))
+
+    @staticmethod
+    def _prefetched(pool: ThreadPoolExecutor, pages: Iterator[list[Any]], upcoming: Any) -> Iterator[dict[str, Any]]:
+        try:
             while (page := upcoming.result()) is not None:
                 upcoming = pool.submit(next, pages, None)
                 yield from page
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def _pages(self, kind: str, object_id: str, page_size: int) -> Iterator[list[Any]]:
         """The export's pages, following ``nextPageToken``.

@@ -32,10 +32,15 @@ def _code(e: sqlite3.Error) -> int:
 
 
 class FetchCache:
+    """Two connections: lookups (the pull's main thread, one per item) never queue behind
+    the fetch threads' inserts and commits, which WAL lets run side by side."""
+
     def __init__(self, path: Path):
         self.path = path
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the writer's
+        self._read_lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
 
     def _open(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,9 +56,10 @@ class FetchCache:
     def _rebuild(self, e: sqlite3.Error) -> None:
         from .console import info
 
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        for db in (self._db, self._reader):
+            if db is not None:
+                db.close()
+        self._db = self._reader = None
         aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
         os.replace(self.path, aside)
         for suffix in ("-wal", "-shm"):
@@ -64,16 +70,20 @@ class FetchCache:
     def _run(self, sql: str, args: tuple[Any, ...], commit: bool = False) -> Any:
         for attempt in (0, 1):
             try:
-                with self._lock:
-                    if self._db is None:
-                        self._db = self._open()
-                    row = self._db.execute(sql, args).fetchone()
-                    if commit:
+                if commit:
+                    with self._lock:
+                        if self._db is None:
+                            self._db = self._open()
+                        self._db.execute(sql, args)
                         self._db.commit()
-                    return row
+                        return None
+                with self._read_lock:
+                    if self._reader is None:
+                        self._reader = self._open()
+                    return self._reader.execute(sql, args).fetchone()
             except sqlite3.DatabaseError as e:
                 if _code(e) in CORRUPT and attempt == 0:
-                    with self._lock:
+                    with self._lock, self._read_lock:
                         self._rebuild(e)
                     continue
                 if _code(e) in WRITE_FAILED or isinstance(e, sqlite3.OperationalError):

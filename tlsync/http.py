@@ -8,6 +8,7 @@ redacted and never include a response body that might echo one.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import math
@@ -216,7 +217,8 @@ class HttpClient:
         """Stream ``url`` into ``out``; a broken transfer is retried from the start.
 
         Bytes go to a spooled temp file first so that ``out`` only ever receives a whole,
-        length-checked body: ``Content-Length`` is compared with the bytes on the wire
+        length-checked body (unless ``out`` has ``reset()``, as the store's image sink does,
+        which it calls before a retry; the store checks the image before naming it): ``Content-Length`` is compared with the bytes on the wire
         (a gzip body is longer once decoded), and ``out`` gets the decoded bytes. A body
         over ``max_bytes`` (default: ``out.max_bytes``, which the store's image sink
         carries) is refused, and the download, retries included, must finish within
@@ -227,6 +229,9 @@ class HttpClient:
         limit = max_bytes if max_bytes is not None else getattr(out, "max_bytes", None)
         deadline = deadline if deadline is not None else getattr(out, "deadline", None) or self.deadline
         ends = time.monotonic() + deadline if deadline else None  # retries included: one budget per download
+        # The store's image sink can start over, so a body goes straight into it; anything
+        # else gets a spool first, so that it only ever receives a whole body.
+        direct = callable(getattr(out, "reset", None))
         for attempt in range(self.attempts):
             response = self.request("GET", url, what, stream=True, **kwargs)
             if not response.ok:
@@ -239,9 +244,12 @@ class HttpClient:
                 raise TooLarge(f"{label}{url} is {total:,} bytes, over the limit of {limit:,} (--max-image-bytes)")
             guard = _Guard(response)
             timer = _watchdog.add(ends, guard.fire) if ends is not None else None
-            with tempfile.SpooledTemporaryFile(max_size=32 << 20) as spool:
+            with contextlib.ExitStack() as stack:
+                target = out if direct else stack.enter_context(tempfile.SpooledTemporaryFile(max_size=32 << 20))
+                if direct and attempt:
+                    out.reset()  # type: ignore[attr-defined]
                 try:
-                    reason, size = self._receive(response, spool, total, limit, label, url, progress)
+                    reason, size = self._receive(response, target, total, limit, label, url, progress)
                 finally:
                     guard.disarm()
                     if timer is not None:
@@ -251,8 +259,9 @@ class HttpClient:
                     raise HttpError(f"{label}download of {url} did not finish within {deadline:g}s "
                                     f"(--download-timeout)")
                 if reason is None:
-                    spool.seek(0)
-                    shutil.copyfileobj(spool, out, 1 << 20)
+                    if not direct:
+                        target.seek(0)
+                        shutil.copyfileobj(target, out, 1 << 20)
                     return size
             if attempt == self.attempts - 1:
                 raise HttpError(f"{label}download of {url} failed after {self.attempts} attempts ({reason})")
@@ -266,7 +275,7 @@ class HttpClient:
         """Read the body into ``spool``: ``(None, decoded size)`` when whole, else ``(why, size)``."""
         size = 0
         try:
-            for chunk in response.iter_content(1 << 16):
+            for chunk in response.iter_content(1 << 18):
                 spool.write(chunk)
                 size += len(chunk)
                 if limit is not None and size > limit:

@@ -64,6 +64,17 @@ class ImageSink:
     def writable(self) -> bool:
         return True
 
+    def reset(self) -> None:
+        """Start the image over (a download retried from the start writes straight in here)."""
+        try:
+            self._f.seek(0)
+            self._f.truncate()
+        except OSError as e:
+            self.failed = store_write_error(e, self._where)
+            raise self.failed from None
+        self._hash = hashlib.sha256()
+        self.size = 0
+
     def flush(self) -> None:
         try:
             self._f.flush()

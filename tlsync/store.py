@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import tempfile
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -128,8 +127,6 @@ class Store:
         self.images_dir = self.home / "images"
         self.datasets_dir = self.home / "datasets"
         self._cache = FetchCache(self.home / "fetch-cache.sqlite")
-        self._dirty: set[Path] = set()  # image folders with new entries since the last sync_images
-        self._dirty_lock = threading.Lock()
 
     # -- images ---------------------------------------------------------------------------
 
@@ -143,7 +140,7 @@ class Store:
         Returns ``(relative path, sha256, width, height)``. Bytes land in ``images/.tmp``
         first (named after this process), so a killed pull leaves no partial image under a
         real name; ``clean_tmp`` removes what dead processes left behind. The file is
-        fsynced before its rename; ``sync_images`` makes the new names durable. Any error
+        fsynced before its rename and its folder after it. Any error
         writing the store is a ``StoreWriteError``, whatever ``write`` did with it.
         """
         tmp_dir = self.images_dir / ".tmp"
@@ -182,15 +179,9 @@ class Store:
             os.replace(tmp, dest)
         except OSError as e:
             raise store_write_error(e, dest.parent) from None
-        with self._dirty_lock:
-            self._dirty.add(dest.parent)
-
-    def sync_images(self) -> None:
-        """fsync the image folders that gained entries, before a version naming them is published."""
-        with self._dirty_lock:
-            dirty, self._dirty = self._dirty, set()
-        for folder in dirty:
-            fsync_dir(folder)
+        # Here, on the fetch thread, rather than once per folder at publish time: the
+        # fsyncs then overlap the other threads' downloads instead of adding up at the end.
+        fsync_dir(dest.parent)
 
     def clean_tmp(self) -> None:
         """Remove temp images left by pulls whose process is gone (e.g. SIGKILLed)."""
@@ -274,11 +265,10 @@ class Store:
     def publish(self, name: str, staging: Path, version: int) -> None:
         """Rename a finished staging folder into place as ``name@version`` (call under ``lock``).
 
-        Its files are already fsynced (``ManifestWriter.sync``, ``atomic_write_json``); the
-        folder, the images it names and the rename are made durable here, in that order.
+        Its files (``ManifestWriter.sync``, ``atomic_write_json``) and the images it names
+        (``add_image``) are already fsynced; the folder and the rename are made durable here.
         """
         try:
-            self.sync_images()
             fsync_dir(staging)
             os.replace(staging, self.datasets_dir / name / str(version))
         except OSError as e:

@@ -67,8 +67,12 @@ class FakeNucleus:
 
     def __init__(self, api_key: str = "test_nucleus_key_0123456789", latency: float = 0.0,
                  faults: Faults | None = None, image_size: tuple[int, int] = (64, 48), paging: bool = True,
-                 max_page_size: int = 10_000):
+                 max_page_size: int = 10_000, photos: list[bytes] | None = None):
+        """``photos``: real image files to serve instead of generated PNGs (item i gets photo i
+        modulo their number), for benchmarks where image size and decoding matter."""
         self.api_key = api_key
+        self.photos = photos or []
+        self._photo_of: dict[str, int] = {}
         self.image_size = image_size
         self.max_page_size = max_page_size
         self.datasets: dict[str, FakeDataset] = {}
@@ -117,6 +121,7 @@ class FakeNucleus:
             ref = f"{prefix}_{i:06d}"
             boxes = [(LABELS[i % len(LABELS)], 1.0, 2.0, w / 2, h / 2), (LABELS[(i + 1) % len(LABELS)], w / 4, h / 4, w / 3, h / 3)]
             dataset.items[ref] = FakeItem(ref, boxes)
+            self._photo_of[ref] = i
             ref_ids.append(ref)
         if slice_id:
             self.slices[slice_id].ref_ids.extend(ref_ids)
@@ -127,8 +132,14 @@ class FakeNucleus:
         if slice_id:
             self.slices[slice_id].ref_ids.append(item.ref_id)
 
+    def image_data(self, ref_id: str) -> bytes:
+        """The bytes served for ``ref_id``: its photo, or its generated PNG."""
+        if self.photos and ref_id in self._photo_of:
+            return self.photos[self._photo_of[ref_id] % len(self.photos)]
+        return image_bytes(ref_id, self.image_size)
+
     def image_sha256(self, ref_id: str) -> str:
-        return hashlib.sha256(image_bytes(ref_id, self.image_size)).hexdigest()
+        return hashlib.sha256(self.image_data(ref_id)).hexdigest()
 
     def image_requests(self) -> list[str]:
         """Reference ids of every image request so far, answered or not."""
@@ -255,7 +266,8 @@ class FakeNucleus:
             with self._lock:
                 self._image_hits[ref] += 1
                 nth = self._image_hits[ref]
-            data = image_bytes(ref, self.image_size)
+            data = self.image_data(ref)
             if ref in self.misbehave:
                 return self.misbehave[ref](data, nth)
-            return Response(200, data, {"Content-Type": "image/png"})
+            kind = "image/jpeg" if data[:2] == b"\xff\xd8" else "image/png"
+            return Response(200, data, {"Content-Type": kind})

@@ -84,6 +84,7 @@ class LoggedRequest:
     body: bytes
     status: int | None = None
     fault: str | None = None
+    at: float = field(default_factory=time.monotonic)  # when it arrived (time.monotonic)
 
 
 @dataclass
