@@ -67,7 +67,7 @@ class FetchCache:
         info(f"warning: {self.path} was unreadable ({e}); moved it to {aside.name} and started an empty "
              f"fetch cache (images already in the store are re-downloaded once)")
 
-    def _run(self, sql: str, args: tuple[Any, ...], commit: bool = False) -> Any:
+    def _run(self, sql: str, args: tuple[Any, ...], commit: bool = False, many: bool = False) -> Any:
         for attempt in (0, 1):
             try:
                 if commit:
@@ -80,7 +80,8 @@ class FetchCache:
                 with self._read_lock:
                     if self._reader is None:
                         self._reader = self._open()
-                    return self._reader.execute(sql, args).fetchone()
+                    cursor = self._reader.execute(sql, args)
+                    return cursor.fetchall() if many else cursor.fetchone()
             except sqlite3.DatabaseError as e:
                 if _code(e) in CORRUPT and attempt == 0:
                     with self._lock, self._read_lock:
@@ -94,6 +95,16 @@ class FetchCache:
 
     def get(self, key: str) -> tuple[str, str, int, int] | None:
         return self._run("SELECT path, sha256, width, height FROM fetched WHERE key=?", (key,))
+
+    def get_many(self, keys: list[str]) -> dict[str, tuple[str, str, int, int]]:
+        """Many lookups in one statement: each call into SQLite hands the GIL to the fetch
+        threads, and winning it back costs up to a switch interval (5 ms) while they run."""
+        if not keys:
+            return {}
+        marks = ",".join("?" * len(keys))
+        rows = self._run(f"SELECT key, path, sha256, width, height FROM fetched WHERE key IN ({marks})",
+                         tuple(keys), many=True)
+        return {row[0]: tuple(row[1:]) for row in rows}
 
     def put(self, key: str, path: str, sha256: str, width: int, height: int) -> None:
         self._run("INSERT OR REPLACE INTO fetched VALUES (?,?,?,?,?)", (key, path, sha256, width, height), commit=True)

@@ -241,7 +241,8 @@ class HttpClient:
             total = int(expected) if expected and expected.isdigit() else None
             if limit is not None and total is not None and total > limit:
                 response.close()
-                raise TooLarge(f"{label}{url} is {total:,} bytes, over the limit of {limit:,} (--max-image-bytes)")
+                raise TooLarge(f"{label}{url} is {total:,} bytes, larger than the limit of {limit:,} bytes "
+                               f"(--max-image-bytes)")
             guard = _Guard(response)
             timer = _watchdog.add(ends, guard.fire) if ends is not None else None
             with contextlib.ExitStack() as stack:
@@ -279,7 +280,7 @@ class HttpClient:
                 spool.write(chunk)
                 size += len(chunk)
                 if limit is not None and size > limit:
-                    raise TooLarge(f"{label}{url} sent more than the limit of {limit:,} bytes (--max-image-bytes)")
+                    raise TooLarge(f"{label}{url} is larger than the limit of {limit:,} bytes (--max-image-bytes)")
                 if progress:
                     progress(size, total)
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,

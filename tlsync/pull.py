@@ -33,6 +33,7 @@ from .store import IncompleteImage, Store, parse_ref
 # Attempts at a remote image that arrives cut short (no Content-Length to tell). The HTTP
 # client already retried connection errors; this catches a body that merely ends early.
 INCOMPLETE_ATTEMPTS = 3
+CACHE_BATCH = 64  # items looked up in the fetch cache at once
 
 
 @dataclass
@@ -101,18 +102,22 @@ class _Fetcher:
         self.limits = limits or Limits()
         self.fetched = self.cached = 0
 
-    def from_cache(self, item: Item) -> Item | None:
-        """The item with its cached image filled in, or None when it must be fetched.
+    def from_cache(self, items: list[Item]) -> list[Item | None]:
+        """Each item with its cached image filled in, or None where it must be fetched.
 
-        Runs on the calling thread: a warm re-pull is all cache hits, and handing each
-        one to a worker thread would cost more than the lookup itself.
+        Runs on the calling thread, one lookup for a batch: a warm re-pull is all cache
+        hits, and handing each one to a worker thread would cost more than the lookup.
         """
-        hit = self.store.cache_get(_cache_key(item))
-        if not hit:
-            return None
-        self.cached += 1
-        _fill(item, *hit)
-        return item
+        keys = [_cache_key(item) for item in items]
+        hits = self.store.cache_get_many(keys)
+        found: list[Item | None] = []
+        for item, key in zip(items, keys):
+            hit = hits.get(key)
+            if hit:
+                self.cached += 1
+                _fill(item, *hit)
+            found.append(item if hit else None)
+        return found
 
     def fetch(self, item: Item) -> Item | TlsyncError:
         """Fetch one image into the store (on a worker thread).
@@ -179,10 +184,11 @@ class _Fetcher:
                 return result
 
             try:
-                for item in items:
-                    window.append(self.from_cache(item) or pool.submit(self.fetch, item))
-                    while len(window) >= workers * 4 or head_ready():
-                        yield pop()
+                for batch in _batches(items, CACHE_BATCH):
+                    for item, cached in zip(batch, self.from_cache(batch)):
+                        window.append(cached or pool.submit(self.fetch, item))
+                        while len(window) >= workers * 4 or head_ready():
+                            yield pop()
                 while window:
                     yield pop()
             finally:
@@ -197,6 +203,17 @@ class _SourceFetchError(Exception):
     def __init__(self, error: TlsyncError):
         super().__init__(str(error))
         self.error = error
+
+
+def _batches(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
+    batch: list[Item] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _fill(item: Item, path: str, sha256: str, width: int, height: int) -> None:

@@ -202,6 +202,13 @@ class Store:
             return row
         return None
 
+    def cache_get_many(self, keys: list[str]) -> dict[str, tuple[str, str, int, int]]:
+        """``cache_get`` for many keys at once (at most SQLite's 999 variables a call)."""
+        found: dict[str, tuple[str, str, int, int]] = {}
+        for start in range(0, len(keys), 500):
+            found.update(self._cache.get_many(keys[start:start + 500]))
+        return {key: row for key, row in found.items() if (self.home / row[0]).exists()}
+
     def cache_put(self, key: str, path: str, sha256: str, width: int, height: int) -> None:
         self._cache.put(key, path, sha256, width, height)
 
