@@ -219,3 +219,28 @@ def test_the_roboflow_export_wait_counts_wall_time(run_cli, monkeypatch):
     assert "still being prepared after 1s" in result.stderr
     assert elapsed < 3 and polls <= 4
     assert "rf_key_0123456789" not in result.stderr
+
+
+def test_a_429_makes_every_thread_of_the_client_wait():
+    """Politeness with many fetch threads: one 429's Retry-After holds back the others too."""
+    import threading
+
+    told = threading.Event()
+
+    def answer(request):
+        if not told.is_set():
+            told.set()
+            return Response(429, b"", {"Retry-After": "1"})
+        return Response.json({"ok": True})
+
+    with LoopbackServer() as server:
+        server.route("GET", "/x")(answer)
+        client = HttpClient()
+        other = threading.Thread(target=client.json, args=("GET", server.url + "/x"))
+        other.start()
+        assert told.wait(5)
+        time.sleep(0.2)  # the 429 has reached the other thread
+        assert client.json("GET", server.url + "/x") == {"ok": True}
+        other.join(5)
+        arrivals = sorted(r.at for r in server.log)
+    assert len(arrivals) == 3 and arrivals[1] - arrivals[0] >= 0.9, "nobody came back before Retry-After"

@@ -168,6 +168,9 @@ class HttpClient:
         self.timeout = timeout
         self.sleep = sleep
         self.deadline = deadline  # seconds per download attempt, wall time; None: none
+        # host -> (monotonic time before which no other thread starts a request, the thread that set it)
+        self._calm_until: dict[str, tuple[float, int | None]] = {}
+        self._calm_lock = threading.Lock()
 
     def _delay(self, attempt: int, response: requests.Response | None) -> float:
         if response is not None and response.headers.get("Retry-After"):
@@ -179,12 +182,33 @@ class HttpClient:
                 return max(0.0, min(wait, self.max_backoff * 4))
         return random.uniform(0, min(self.max_backoff, self.backoff * 2**attempt))
 
+    def _wait_for_host(self, host: str) -> None:
+        """Sleep while ``host`` is calming down, unless this thread set (and slept) the calm."""
+        with self._calm_lock:
+            until, who = self._calm_until.get(host, (0.0, None))
+        wait = until - time.monotonic()
+        if wait > 0 and who != threading.get_ident():
+            self.sleep(wait)
+
+    def _calm(self, host: str, delay: float) -> None:
+        """After a 429, no thread of this client starts a request to ``host`` for ``delay`` s.
+
+        Many fetch threads share one client; without this, the others would keep sending
+        while one waits out the server's ``Retry-After``, which is not what it asked for.
+        """
+        until = time.monotonic() + delay
+        with self._calm_lock:
+            if until > self._calm_until.get(host, (0.0, None))[0]:
+                self._calm_until[host] = (until, threading.get_ident())
+
     def request(self, method: str, url: str, what: str = "", **kwargs: Any) -> requests.Response:
         """Send with retries; return the first non-retryable response (the caller checks it)."""
         kwargs.setdefault("timeout", self.timeout)
         label = f"{what}: " if what else ""
+        host = urlsplit(url).netloc
         for attempt in range(self.attempts):
             response = None
+            self._wait_for_host(host)
             try:
                 response = self.session.request(method, url, **kwargs)
                 if response.status_code not in RETRY_STATUS:
@@ -198,7 +222,10 @@ class HttpClient:
             if attempt == self.attempts - 1:
                 raise HttpError(f"{label}{method} {url} failed after {self.attempts} attempts ({reason})",
                                 response.status_code if response is not None else None)
-            self.sleep(self._delay(attempt, response))
+            delay = self._delay(attempt, response)
+            if response is not None and response.status_code == 429:
+                self._calm(host, delay)
+            self.sleep(delay)
         raise AssertionError("unreachable")
 
     def json(self, method: str, url: str, what: str = "", **kwargs: Any) -> Any:
