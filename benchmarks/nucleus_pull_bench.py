@@ -102,19 +102,24 @@ def spread(values: list[float]) -> str:
 
 def speed(args: argparse.Namespace, photos: list[bytes]) -> tuple[list[str], dict[str, float]]:
     """Alternating rounds of baseline and cold tlsync pulls, then one unchanged re-pull."""
-    bases, pulls, again = [], [], None
+    bases, pulls, befores, again = [], [], [], None
     with FakeNucleus(latency=args.latency, photos=photos) as nucleus, tempfile.TemporaryDirectory() as tmp:
         nucleus.add_dataset("ds_bench", "bench")
         nucleus.add_slice(SLICE, "ds_bench", [])
         nucleus.add_items("ds_bench", args.items, slice_id=SLICE)
         warm_up(args.python, nucleus, Path(tmp) / "warm")
+        if args.before:
+            warm_up(args.before, nucleus, Path(tmp) / "warm-before")
         for n in range(args.rounds):
             folder = Path(tmp) / f"baseline{n}"
             folder.mkdir()
             bases.append(baseline(nucleus, folder))
             pulls.append(tlsync_pull(nucleus, Path(tmp) / f"home{n}", args.python))
+            if args.before:
+                befores.append(tlsync_pull(nucleus, Path(tmp) / f"before{n}", args.before))
             print(f"round {n + 1}: baseline {bases[-1]:.2f} s, tlsync {pulls[-1]['seconds']:.2f} s "
-                  f"({pulls[-1]['line']})", flush=True)
+                  f"({pulls[-1]['line']})" + (f", before {befores[-1]['seconds']:.2f} s" if befores else ""),
+                  flush=True)
         again = tlsync_pull(nucleus, Path(tmp) / "home0", args.python)
         print(f"re-pull: {again['seconds']:.2f} s, {again['requests']} image requests ({again['line']})")
         sweep = {}
@@ -124,7 +129,7 @@ def speed(args: argparse.Namespace, photos: list[bytes]) -> tuple[list[str], dic
             sweep[c] = times
             print(f"--concurrency {c}: {spread(times)}", flush=True)
     seconds = [float(p["seconds"]) for p in pulls]
-    ratios = [b / s for b, s in zip(bases, seconds)]
+    ratios = [b / s for b, s in zip(bases, seconds, strict=True)]
     phase = {k: statistics.median(float(p[k]) for p in pulls) for k in ("startup", "export", "images", "publish")}
     figures = {"ratio": statistics.median(bases) / statistics.median(seconds), "again": float(again["seconds"]),
                "min_ratio": min(ratios), "max_ratio": max(ratios), **phase}
@@ -134,6 +139,12 @@ def speed(args: argparse.Namespace, photos: list[bytes]) -> tuple[list[str], dic
         f"| `tlsync pull` again, slice unchanged | {again['seconds']:.2f} s | {again['requests']} |",
     ]
     rows += [f"| `tlsync pull --concurrency {c}` | {spread(t)} | {args.items} |" for c, t in sweep.items()]
+    if befores:
+        before = [float(p["seconds"]) for p in befores]
+        rows.append(f"| `tlsync pull` before this change (`--before`) | {spread(before)} | {befores[0]['requests']} |")
+        figures["before_ratio"] = statistics.median(bases) / statistics.median(before)
+        figures.update({f"before_{k}": statistics.median(float(p[k]) for p in befores)
+                        for k in ("startup", "export", "images", "publish")})
     return rows, figures
 
 
@@ -155,6 +166,7 @@ def main() -> None:
     parser.add_argument("--photos", type=Path, default=PHOTOS, help="Folder of real photos to serve.")
     parser.add_argument("--sweep", default="", help="Other --concurrency values to time, e.g. 16,32,64.")
     parser.add_argument("--python", default=sys.executable, help="Interpreter whose tlsync is measured.")
+    parser.add_argument("--before", help="Another checkout's interpreter, pulled in the same rounds (before/after).")
     parser.add_argument("--big", type=int, default=100_000, help="Items for the memory run (0: skip it).")
     parser.add_argument("--no-report", action="store_true", help="Print only; leave BENCHMARKS.md alone.")
     args = parser.parse_args()
@@ -173,11 +185,16 @@ def main() -> None:
             f"with other jobs.", "",
             "| run | wall time | image requests |", "|---|---|---|", *rows, "",
             f"tlsync is **{f['ratio']:.1f}x** faster than the official-client pattern (ratio of medians; "
-            f"per round {f['min_ratio']:.1f}x-{f['max_ratio']:.1f}x; target >= {TARGET:g}x: {met(f['ratio'] >= TARGET)}); "
+            f"per round {f['min_ratio']:.1f}x-{f['max_ratio']:.1f}x; "
+            f"target >= {TARGET:g}x: {met(f['ratio'] >= TARGET)}); "
             f"the unchanged re-pull takes {f['again']:.2f} s (target < 2 s: {met(f['again'] < 2)}). "
             f"Where a cold pull's time goes (medians): start-up {f['startup']:.2f} s, export paging "
             f"{f['export']:.2f} s, images {f['images']:.2f} s, publishing {f['publish']:.2f} s. "
             f"Load average before/after: {load_before:.1f}/{os.getloadavg()[0]:.1f}."]
+    if "before_ratio" in f:
+        body += ["", f"Before this change (same rounds): **{f['before_ratio']:.1f}x**; start-up "
+                     f"{f['before_startup']:.2f} s, export paging {f['before_export']:.2f} s, images "
+                     f"{f['before_images']:.2f} s, publishing {f['before_publish']:.2f} s."]
     if args.big:
         seconds, rss = memory(args.big, args.python)
         body += ["", f"Memory: a {args.big:,}-item slice (8x8 images, no latency) pulls in {seconds:.0f} s "

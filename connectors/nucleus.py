@@ -10,7 +10,8 @@ re-download an unchanged slice every time.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import click
 
@@ -80,7 +81,8 @@ def row_to_item(row: Any, n: int, ctx: PullContext, polygons_as_boxes: bool = Fa
         ctx.bad(f"item '{ref}': no image URL (none of {', '.join(URL_KEYS)})")
         return None
     if not url.startswith(("http://", "https://")):
-        ctx.bad(f"item '{ref}': image URL {url.split('?')[0]} is not http(s); tlsync downloads Nucleus images over HTTP")
+        ctx.bad(f"item '{ref}': image URL {url.split('?')[0]} is not http(s); "
+                f"tlsync downloads Nucleus images over HTTP")
         return None
     boxes = [_box(ann, ref, ctx) for ann in row.get("box") or ()]
     polygons = row.get("polygon") or []

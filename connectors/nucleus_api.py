@@ -10,8 +10,9 @@ messages a user can act on ("invalid Nucleus API key", "slice slc_... not found"
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterator
+from typing import Any
 
 from tlsync.errors import SourceError
 from tlsync.http import HttpClient, HttpError

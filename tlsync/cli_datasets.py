@@ -36,7 +36,7 @@ def list_datasets() -> None:
         return
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     for why in unreadable:
         click.echo(f"warning: unreadable: {why}", err=True)
 

@@ -49,7 +49,8 @@ class FetchCache:
         # Survives a killed process (WAL); only a power cut can lose the last entries, and
         # a lost cache entry costs one re-download. FULL would fsync once per image.
         db.execute("PRAGMA synchronous=NORMAL")
-        db.execute("CREATE TABLE IF NOT EXISTS fetched (key TEXT PRIMARY KEY, path TEXT, sha256 TEXT, width INT, height INT)")
+        db.execute("CREATE TABLE IF NOT EXISTS fetched "
+                   "(key TEXT PRIMARY KEY, path TEXT, sha256 TEXT, width INT, height INT)")
         db.execute("SELECT 1 FROM fetched LIMIT 1").fetchall()
         return db
 

@@ -25,6 +25,7 @@ import requests
 
 from .errors import SourceError
 from .secrets import redact
+from .sink import ImageTooLarge
 
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504, 520, 524})
 
@@ -35,8 +36,8 @@ class HttpError(SourceError):
         self.status = status
 
 
-class TooLarge(HttpError):
-    """A body over the byte cap: not retried, the same URL would send it again."""
+class TooLarge(HttpError, ImageTooLarge):
+    """A body over the byte cap: bad input, not retried (the same URL would send it again)."""
 
 
 class _Watchdog:
@@ -237,16 +238,19 @@ class HttpClient:
         try:
             return response.json()
         except ValueError:
-            raise HttpError(f"{label}{method} {url} returned a body that is not valid JSON", response.status_code) from None
+            raise HttpError(f"{label}{method} {url} returned a body that is not valid JSON",
+                            response.status_code) from None
 
-    def download(self, url: str, out: BinaryIO, what: str = "", progress: Callable[[int, int | None], None] | None = None,
-                 max_bytes: int | None = None, deadline: float | None = None, **kwargs: Any) -> int:
+    def download(self, url: str, out: BinaryIO, what: str = "",
+                 progress: Callable[[int, int | None], None] | None = None, max_bytes: int | None = None,
+                 deadline: float | None = None, **kwargs: Any) -> int:
         """Stream ``url`` into ``out``; a broken transfer is retried from the start.
 
         Bytes go to a spooled temp file first so that ``out`` only ever receives a whole,
-        length-checked body (unless ``out`` has ``reset()``, as the store's image sink does,
-        which it calls before a retry; the store checks the image before naming it): ``Content-Length`` is compared with the bytes on the wire
-        (a gzip body is longer once decoded), and ``out`` gets the decoded bytes. A body
+        length-checked body (unless ``out`` has ``reset()``, as the store's image sink does:
+        it is reset before a retry, and the store checks the image before naming it).
+        ``Content-Length`` is compared with the bytes on the wire (a gzip body is longer
+        once decoded), and ``out`` gets the decoded bytes. A body
         over ``max_bytes`` (default: ``out.max_bytes``, which the store's image sink
         carries) is refused, and the download, retries included, must finish within
         ``deadline`` seconds of wall time (default: ``out.deadline``, else this client's).

@@ -111,7 +111,7 @@ class _Fetcher:
         keys = [_cache_key(item) for item in items]
         hits = self.store.cache_get_many(keys)
         found: list[Item | None] = []
-        for item, key in zip(items, keys):
+        for item, key in zip(items, keys, strict=True):
             hit = hits.get(key)
             if hit:
                 self.cached += 1
@@ -185,7 +185,7 @@ class _Fetcher:
 
             try:
                 for batch in _batches(items, CACHE_BATCH):
-                    for item, cached in zip(batch, self.from_cache(batch)):
+                    for item, cached in zip(batch, self.from_cache(batch), strict=True):
                         window.append(cached or pool.submit(self.fetch, item))
                         while len(window) >= workers * 4 or head_ready():
                             yield pop()
@@ -272,7 +272,8 @@ def pull(
                                    limits or Limits())
         result.seconds = time.perf_counter() - started
         store.record_pull(name, {
-            "inputs": None if result.io_skipped else inputs, "version": result.version, "items": result.items, "boxes": result.boxes,
+            "inputs": None if result.io_skipped else inputs, "version": result.version,
+            "items": result.items, "boxes": result.boxes,
             "categories": result.categories, "skipped": result.skipped, "not_used": result.not_used,
         })
         return result
@@ -347,7 +348,8 @@ def _read_and_publish(store: Store, source: Source, ctx: PullContext, options: d
             with _store_writes(staging):
                 writer.close()
         if writer.items == 0:
-            raise TlsyncError(f"source '{source.name}' gave no items" + (f" ({sum(ctx.skipped.values())} skipped)" if ctx.skipped else ""))
+            skipped_note = f" ({sum(ctx.skipped.values())} skipped)" if ctx.skipped else ""
+            raise TlsyncError(f"source '{source.name}' gave no items{skipped_note}")
         categories = list(ctx.categories or [])
         categories += sorted(writer.labels_seen - set(categories))
         content_hash = writer.content_hash(categories)
