@@ -41,7 +41,7 @@ def list_datasets() -> None:
         click.echo(f"warning: unreadable: {why}", err=True)
 
 
-def _row(store: Store, name: str) -> tuple[str, ...]:
+def _row(store: Store, name: str) -> tuple[str, str, str, str, str, str, str]:
     info = store.open(name).info
     counts = info["counts"]
     return (name, f"@{info['version']}", str(counts["items"]), str(counts["boxes"]),

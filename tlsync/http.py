@@ -302,7 +302,7 @@ class HttpClient:
         raise AssertionError("unreachable")
 
     @staticmethod
-    def _receive(response: requests.Response, spool: BinaryIO, total: int | None, limit: int | None, label: str,
+    def _receive(response: requests.Response, spool: Any, total: int | None, limit: int | None, label: str,
                  url: str, progress: Callable[[int, int | None], None] | None) -> tuple[str | None, int]:
         """Read the body into ``spool``: ``(None, decoded size)`` when whole, else ``(why, size)``."""
         size = 0
