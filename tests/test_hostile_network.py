@@ -244,3 +244,14 @@ def test_a_429_makes_every_thread_of_the_client_wait():
         other.join(5)
         arrivals = sorted(r.at for r in server.log)
     assert len(arrivals) == 3 and arrivals[1] - arrivals[0] >= 0.9, "nobody came back before Retry-After"
+
+
+def test_a_server_that_never_sends_headers_is_cut_off_at_the_download_deadline(nucleus, run_cli, store):
+    ref = nucleus.slices["slc_1"].ref_ids[5]
+    nucleus.misbehave[ref] = lambda data, nth: (time.sleep(2), Response(200, data))[1]
+    started = time.monotonic()
+    result = pull(run_cli, "--on-error", "skip", "--download-timeout", "0.5")
+    assert result.exit_code == 0, result.stderr
+    assert time.monotonic() - started < 2.5, "all attempts together stay within the deadline"
+    assert f"item '{ref}'" in result.stdout and "--download-timeout" in result.stdout
+    assert len(list(store.open("horses").items())) == N - 1

@@ -202,16 +202,26 @@ class HttpClient:
             if until > self._calm_until.get(host, (0.0, None))[0]:
                 self._calm_until[host] = (until, threading.get_ident())
 
-    def request(self, method: str, url: str, what: str = "", **kwargs: Any) -> requests.Response:
-        """Send with retries; return the first non-retryable response (the caller checks it)."""
-        kwargs.setdefault("timeout", self.timeout)
+    def request(self, method: str, url: str, what: str = "", ends: float | None = None,
+                **kwargs: Any) -> requests.Response:
+        """Send with retries; return the first non-retryable response (the caller checks it).
+
+        ``ends`` (a ``time.monotonic()`` value) bounds all attempts together: each one's
+        read timeout and each backoff are cut to what is left of it.
+        """
+        timeout = kwargs.pop("timeout", self.timeout)
+        connect, read = timeout if isinstance(timeout, tuple) else (timeout, timeout)
         label = f"{what}: " if what else ""
         host = urlsplit(url).netloc
         for attempt in range(self.attempts):
             response = None
             self._wait_for_host(host)
+            left = None if ends is None else ends - time.monotonic()
+            if left is not None and left <= 0:
+                raise HttpError(f"{label}{method} {url} did not finish within its deadline (--download-timeout)")
             try:
-                response = self.session.request(method, url, **kwargs)
+                response = self.session.request(method, url, timeout=(connect, read if left is None else
+                                                                      max(0.05, min(read, left))), **kwargs)
                 if response.status_code not in RETRY_STATUS:
                     return response
                 reason = f"HTTP {response.status_code}"
@@ -226,7 +236,7 @@ class HttpClient:
             delay = self._delay(attempt, response)
             if response is not None and response.status_code == 429:
                 self._calm(host, delay)
-            self.sleep(delay)
+            self.sleep(delay if ends is None else max(0.0, min(delay, ends - time.monotonic())))
         raise AssertionError("unreachable")
 
     def json(self, method: str, url: str, what: str = "", **kwargs: Any) -> Any:
@@ -264,7 +274,7 @@ class HttpClient:
         # else gets a spool first, so that it only ever receives a whole body.
         direct = callable(getattr(out, "reset", None))
         for attempt in range(self.attempts):
-            response = self.request("GET", url, what, stream=True, **kwargs)
+            response = self.request("GET", url, what, stream=True, ends=ends, **kwargs)
             if not response.ok:
                 response.close()
                 raise HttpError(f"{label}GET {url} returned HTTP {response.status_code}", response.status_code)
