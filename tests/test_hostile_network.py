@@ -89,6 +89,9 @@ def test_skip_reasons_are_stored_without_the_signed_query(nucleus, run_cli, isol
     assert f"/images/ds_1/{bad}.png" in reason and "HTTP 403" in reason
     for text in (reason, stored_text(isolated_home), result.stdout):
         assert "X-Amz-Signature" not in text and "X-Amz-Expires" not in text
+    failed = run_cli("pull", "--source", "nucleus", "--slice", "slc_1", "--dataset", "other")
+    assert failed.exit_code == 1 and f"/images/ds_1/{bad}.png" in failed.stderr
+    assert "X-Amz-Signature" not in failed.stderr, "the one-line error holds no signed query either"
 
 
 # -- images that are not whole, or too big -----------------------------------------------------

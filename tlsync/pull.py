@@ -147,10 +147,11 @@ class _Fetcher:
 
     @staticmethod
     def _failed(item: Item, e: TlsyncError, io: bool) -> FetchFailed:
+        """The error as the user sees it, printed or stored: signed URLs lose their query."""
         msg = str(e)
         if not msg.startswith("item "):
             msg = f"item '{item.id}': image {item.image.uri}: {msg}"
-        return FetchFailed(msg, io)
+        return FetchFailed(for_storage(msg), io)
 
     def _fetch(self, item: Item, out: Any) -> None:
         """The source's ``fetch``, with a bug in it blamed on the source by name."""
