@@ -67,6 +67,12 @@ class _Watchdog:
     def cancel(self, handle: int) -> None:
         with self._wake:
             self._cancelled.add(handle)
+            # Most downloads finish long before their deadline: drop their entries now and
+            # then, or a 100k-image pull would keep minutes' worth of them.
+            if len(self._cancelled) > 256 and 2 * len(self._cancelled) > len(self._heap):
+                self._heap = [entry for entry in self._heap if entry[1] not in self._cancelled]
+                heapq.heapify(self._heap)
+                self._cancelled.clear()
 
     def _run(self) -> None:
         while True:
