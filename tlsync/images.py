@@ -51,7 +51,7 @@ def max_pixels() -> int:
 
 
 def _megapixels(n: int) -> str:
-    return f"{n / 1e6:,.0f} MP" if n >= 10**7 else f"{n / 1e6:,.1f} MP"
+    return f"{n / 1e6:,.0f} MP" if n >= 10**7 else f"{n / 1e6:,.1f} MP" if n >= 10**5 else f"{n:,} pixels"
 
 
 def image_info(path: Path) -> tuple[int, int, str]:
@@ -63,6 +63,8 @@ def image_info(path: Path) -> tuple[int, int, str]:
     from PIL import Image, UnidentifiedImageError
 
     limit = max_pixels()
+    if limit > 2 * (Image.MAX_IMAGE_PIXELS or limit):  # the user raised it: PIL (here and in training) too
+        Image.MAX_IMAGE_PIXELS = limit // 2 + 1
     try:
         with Image.open(path) as im:
             fmt = im.format or ""
@@ -131,8 +133,9 @@ def _check_jpeg(f: IO[bytes]) -> None:
                 pos += 2
                 continue
             length = int.from_bytes(data[pos + 2:pos + 4], "big")
-            if marker == 0xDA:  # start of scan
-                if data.find(b"\xff\xd9", pos + 2 + length) >= 0:
+            if marker == 0xDA:  # start of scan: EOI is almost always in the last few bytes
+                scan = pos + 2 + length
+                if data.rfind(b"\xff\xd9", max(scan, size - 65536)) >= 0 or data.find(b"\xff\xd9", scan) >= 0:
                     return
                 break
             pos += 2 + length
