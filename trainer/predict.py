@@ -18,7 +18,7 @@ import torch
 from tlsync.errors import TlsyncError
 from tlsync.format import Box, ImageRef, Item
 from tlsync.manifest import atomic_write_json
-from tlsync.store import EXTENSIONS, image_info
+from tlsync.images import EXTENSIONS, check_complete_image
 
 from .metrics import coco_results
 from .report import draw_boxes, save_atomic
@@ -125,7 +125,7 @@ def predict_run(run: str | Path, sources: list[str], out: Path, conf: float, dev
     items, skipped = [], {}
     for path in paths:
         try:
-            width, height, _ext = image_info(path)
+            width, height, _ext = check_complete_image(path)  # bombs and truncated files: skipped
         except TlsyncError as e:
             skipped[str(path)] = str(e)
             continue
