@@ -89,29 +89,34 @@ def read_coco(ctx: PullContext, annotations: Path, images: Path, split: str | No
     categories = coco_categories(annotations, data["categories"], drop_supercategory)
     ctx.set_categories(list(categories.values()))
     root = root or ExportRoot(images)
+    valid = list(_valid_images(ctx, annotations, data["images"]))
+    image_ids = {img["id"] for _, img in valid}
     boxes: dict[Any, list[Box]] = {}
     seen_ann: set[Any] = set()
-    image_ids = {img.get("id") for img in data["images"] if isinstance(img, dict) and _is_id(img.get("id"))}
     file = str(annotations)  # formatted once: 'where' is built for every annotation
     for i, ann in enumerate(data["annotations"]):
         where = f"{file}: annotation {ann.get('id', f'#{i}') if isinstance(ann, dict) else f'#{i}'}"
         box = _box(ctx, ann, where, categories, image_ids, seen_ann)
         if box is not None:
             boxes.setdefault(ann["image_id"], []).append(box)
-    seen_img: set[Any] = set()
-    for i, img in enumerate(data["images"]):
-        where = f"{annotations}: images[{i}]"
-        problem = _image_problem(img)
-        if problem:
-            ctx.bad(f"{where} {problem}")
-            continue
-        if img["id"] in seen_img:
-            ctx.bad(f"{annotations}: duplicate image id {img['id']}")
-            continue
-        seen_img.add(img["id"])
-        image = root.check(images / img["file_name"], f"{where} field 'file_name'")
+    for i, img in valid:
+        image = root.check(images / img["file_name"], f"{annotations}: images[{i}] field 'file_name'")
         item_split = split or (img.get("split") if img.get("split") in SPLITS else None)
         yield Item(img["file_name"], ImageRef(str(image.absolute())), boxes.get(img["id"], []), item_split)
+
+
+def _valid_images(ctx: PullContext, annotations: Path, entries: list[Any]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(index, entry)`` of each usable ``images[]`` entry; checked before annotations refer to them."""
+    seen: set[Any] = set()
+    for i, img in enumerate(entries):
+        problem = _image_problem(img)
+        if problem:
+            ctx.bad(f"{annotations}: images[{i}] {problem}")
+        elif img["id"] in seen:
+            ctx.bad(f"{annotations}: duplicate image id {img['id']}")
+        else:
+            seen.add(img["id"])
+            yield i, img
 
 
 def _image_problem(img: Any) -> str | None:
