@@ -179,8 +179,8 @@ class RoboflowSource(Source):
             if not path.is_dir():
                 return files_fingerprint(path)
             root, fmt = export_root(path, format)
-            export = ExportRoot(path, allow_outside_root)
-            return files_fingerprint(*(read_folders(root, export) if fmt == "yolo" else [root]))
+            inside = ExportRoot(path, allow_outside_root)
+            return files_fingerprint(*(read_folders(root, inside) if fmt == "yolo" else [root]))
         if workspace and project and version:
             export = api_slot(ctx, workspace, project, version, format or "coco")[0] / "export"
             return files_fingerprint(export) if export.is_dir() else None

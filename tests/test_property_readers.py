@@ -29,7 +29,8 @@ from tlsync.store import Store
 from tlsync.testing import write_image
 
 # Modest by default (the suite runs on 2 cores); TLSYNC_PROPERTY_EXAMPLES=500 for a deeper search.
-SETTINGS = settings(max_examples=int(os.environ.get("TLSYNC_PROPERTY_EXAMPLES", "30")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=int(os.environ.get("TLSYNC_PROPERTY_EXAMPLES", "30")), deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
 
 leaves = (st.none() | st.booleans() | st.integers(-3, 10**6) | st.floats(allow_nan=True, allow_infinity=True)
           | st.text(max_size=6))
