@@ -135,7 +135,6 @@ class RoboflowSource(Source):
         ALLOW_OUTSIDE_OPTION,
     ]
     poll_interval: float = 1.0
-    _max_entries: int | None = None
 
     def __init__(self, http: HttpClient | None = None):
         self._http = http
@@ -146,7 +145,7 @@ class RoboflowSource(Source):
               max_extract_entries: int | None = None, allow_outside_root: bool = False,
               **_: Any) -> Iterator[Item]:
         limit = parse_size(max_extract_size, "--max-extract-size") if max_extract_size else default_max_total()
-        self._max_entries = max_extract_entries
+        self._max_entries = max_extract_entries  # read by local_export/api_export of this pull
         api = (workspace, project, version)
         if path is not None and any(v is not None for v in api):
             raise SourceError("roboflow: give --path, or --workspace/--project/--version, not both")
