@@ -318,3 +318,11 @@ def test_exported_folders_get_the_users_umask(tmp_path, run_cli):
     assert result.exit_code == 0, result.stderr
     assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755
     assert stat.S_IMODE((tmp_path / "out" / "annotations.json").stat().st_mode) == 0o644
+
+
+def test_the_pixel_limit_is_configurable(tmp_path, run_cli, monkeypatch):
+    folder = coco_folder(tmp_path / "export", ["ok.png"])
+    monkeypatch.setenv("TLSYNC_MAX_IMAGE_PIXELS", "1000")
+    result = run_cli("pull", "--source", "coco", "--path", folder, "--dataset", "d")
+    assert_refused(result, "item 'ok.png'", "declares 64x48 = 3,072 pixels, limit 1,000 pixels",
+                   "TLSYNC_MAX_IMAGE_PIXELS")

@@ -51,7 +51,7 @@ def max_pixels() -> int:
 
 
 def _megapixels(n: int) -> str:
-    return f"{n / 1e6:,.0f} MP" if n >= 10**7 else f"{n / 1e6:,.1f} MP"
+    return f"{n / 1e6:,.0f} MP" if n >= 10**7 else f"{n / 1e6:,.1f} MP" if n >= 10**5 else f"{n:,} pixels"
 
 
 def image_info(path: Path) -> tuple[int, int, str]:
@@ -63,6 +63,8 @@ def image_info(path: Path) -> tuple[int, int, str]:
     from PIL import Image, UnidentifiedImageError
 
     limit = max_pixels()
+    if limit > 2 * (Image.MAX_IMAGE_PIXELS or limit):  # the user raised it: PIL (here and in training) too
+        Image.MAX_IMAGE_PIXELS = limit // 2 + 1
     try:
         with Image.open(path) as im:
             fmt = im.format or ""
