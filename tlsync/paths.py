@@ -45,6 +45,7 @@ class ExportRoot:
         self.allow_outside = allow_outside
         self.archive = archive
         self._real_root = os.path.realpath(self.root)
+        self._prefix = self._real_root.rstrip(os.sep) + os.sep
         self._folders: dict[str, str] = {}
 
     def real(self, path: Path | str) -> str:
@@ -61,19 +62,24 @@ class ExportRoot:
         return target
 
     def contains(self, path: Path | str) -> bool:
-        real = self.real(path)
-        return real == self._real_root or real.startswith(self._real_root.rstrip(os.sep) + os.sep)
+        return self._inside(self.real(path))
+
+    def _inside(self, real: str) -> bool:
+        return real == self._real_root or real.startswith(self._prefix)
 
     def check(self, path: Path | str, where: str) -> Path:
         """``path`` itself when it resolves inside the root; else a one-line refusal.
 
         ``where`` names what referred to it (the annotation file and field, the yaml key).
         """
-        if "\x00" in os.fspath(path):
+        text = os.fspath(path)
+        if "\x00" in text:
             raise SourceError(f"{where}: the path holds a NUL byte; refused")
-        if self.allow_outside or self.contains(path):
+        if self.allow_outside:
             return Path(path)
-        real = self.real(path)
+        real = self.real(text)
+        if self._inside(real):
+            return path if isinstance(path, Path) else Path(path)
         shown = f"{path} (-> {real})" if os.path.normpath(os.path.abspath(path)) != real else str(path)
         hint = ("an archive or download may only refer to its own files" if self.archive
                 else "pass --allow-outside-root if you keep the images elsewhere on purpose")
