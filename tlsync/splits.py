@@ -8,7 +8,6 @@ straddle train and val.
 from __future__ import annotations
 
 import hashlib
-import math
 
 from .errors import TlsyncError
 from .format import SPLITS
@@ -22,7 +21,7 @@ def parse_ratios(text: str) -> tuple[float, float, float]:
     except ValueError:
         parts = ()
     # nan compares false with everything, so "p < 0" alone would let nan,1,1 through.
-    if len(parts) != 3 or not all(math.isfinite(p) and p >= 0 for p in parts) or abs(sum(parts) - 1.0) > 1e-6:
+    if len(parts) != 3 or not all(0 <= p < float("inf") for p in parts) or abs(sum(parts) - 1.0) > 1e-6:
         raise TlsyncError(f"--split-ratios {text!r}: give three finite, non-negative numbers summing to 1, "
                           f"as in 0.8,0.1,0.1")
     return parts  # type: ignore[return-value]

@@ -18,7 +18,7 @@ import torch
 from tlsync.errors import TlsyncError
 from tlsync.format import Box, ImageRef, Item
 from tlsync.manifest import atomic_write_json
-from tlsync.images import EXTENSIONS, check_complete_image
+from tlsync.store import EXTENSIONS, image_info
 
 from .metrics import coco_results
 from .report import draw_boxes, save_atomic
@@ -118,6 +118,8 @@ def predict_run(run: str | Path, sources: list[str], out: Path, conf: float, dev
     A file that is not a readable image is skipped and reported, not fatal: folders often
     hold a stray thumbnail database or text file.
     """
+    from tlsync.images import check_complete_image  # not image_info: bombs and cut-off files are skipped too
+
     from .checkpoint import load_model
 
     paths = expand_sources(sources)
@@ -125,7 +127,7 @@ def predict_run(run: str | Path, sources: list[str], out: Path, conf: float, dev
     items, skipped = [], {}
     for path in paths:
         try:
-            width, height, _ext = check_complete_image(path)  # bombs and truncated files: skipped
+            width, height, _ext = check_complete_image(path)
         except TlsyncError as e:
             skipped[str(path)] = str(e)
             continue
