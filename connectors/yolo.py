@@ -103,9 +103,11 @@ def class_names(path: Path, config: dict[str, Any]) -> dict[int, str]:
             shown = repr(name) if isinstance(name, (str, int, float, bool)) or name is None else type(name).__name__
             raise SourceError(f"{path}: names[{index}] must be a non-empty class name (got {shown})")
         result[index] = str(name)
-    if len(set(result.values())) != len(result):
-        twice = next(n for n in result.values() if list(result.values()).count(n) > 1)
-        raise SourceError(f"{path}: class name '{twice}' appears twice in 'names'")
+    seen: set[str] = set()
+    for name in result.values():  # a set, not a scan of the values so far: 'names' may be long
+        if name in seen:
+            raise SourceError(f"{path}: class name '{name}' appears twice in 'names'")
+        seen.add(name)
     nc = config.get("nc")
     if nc is not None and nc != len(result):
         raise SourceError(f"{path}: nc is {nc!r} but 'names' lists {len(result)} classes")
