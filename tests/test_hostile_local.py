@@ -272,9 +272,16 @@ def test_split_entry_that_is_not_a_folder_name_is_refused_unread(tmp_path, run_c
 # -- 7. archives, terminal, exports, reports ----------------------------------------------
 
 def many_entries_zip(path: Path, n: int) -> Path:
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
-        for i in range(n):
-            zf.writestr(f"e/{i}.txt", b"")
+    """A valid zip of ``n`` empty files, written directly (zipfile takes seconds for 50,000)."""
+    local, central = bytearray(), bytearray()
+    for i in range(n):
+        name = f"e/{i}.txt".encode()
+        offset = len(local)
+        local += struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, 0, 0, 0, 0, 0, 0, len(name), 0) + name
+        central += struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, 0, 0, 0, 0, 0, 0, len(name), 0, 0, 0, 0,
+                               0o100644 << 16, offset) + name
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, n, n, len(central), len(local), 0)
+    path.write_bytes(bytes(local + central) + end)
     return path
 
 
