@@ -131,7 +131,7 @@ class RoboflowSource(Source):
         click.Option(["--max-extract-size"],
                      help="Refuse zips that unpack to more than this (default 20GB or $TLSYNC_MAX_EXTRACT_SIZE)."),
         click.Option(["--max-extract-entries"], type=click.IntRange(1),
-                     help="Refuse zips with more entries than this (default 200000 or $TLSYNC_MAX_EXTRACT_ENTRIES)."),
+                     help="Refuse zips with more entries than this (default 500000 or $TLSYNC_MAX_EXTRACT_ENTRIES)."),
         ALLOW_OUTSIDE_OPTION,
     ]
     poll_interval: float = 1.0
