@@ -23,7 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 import click
 from filelock import FileLock, Timeout
 
-from tlsync.archives import clean_leftovers, default_max_total, extract_zip, parse_size
+from tlsync.archives import DEFAULT_MAX_ENTRIES, clean_leftovers, default_max_total, extract_zip, parse_size
 from tlsync.console import progress
 from tlsync.errors import SourceError
 from tlsync.format import Item
@@ -131,7 +131,8 @@ class RoboflowSource(Source):
         click.Option(["--max-extract-size"],
                      help="Refuse zips that unpack to more than this (default 20GB or $TLSYNC_MAX_EXTRACT_SIZE)."),
         click.Option(["--max-extract-entries"], type=click.IntRange(1),
-                     help="Refuse zips with more entries than this (default 500000 or $TLSYNC_MAX_EXTRACT_ENTRIES)."),
+                     help=f"Refuse zips with more entries than this (default {DEFAULT_MAX_ENTRIES:,} "
+                          f"or $TLSYNC_MAX_EXTRACT_ENTRIES)."),
         ALLOW_OUTSIDE_OPTION,
     ]
     poll_interval: float = 1.0
