@@ -133,8 +133,9 @@ def _check_jpeg(f: IO[bytes]) -> None:
                 pos += 2
                 continue
             length = int.from_bytes(data[pos + 2:pos + 4], "big")
-            if marker == 0xDA:  # start of scan
-                if data.find(b"\xff\xd9", pos + 2 + length) >= 0:
+            if marker == 0xDA:  # start of scan: EOI is almost always in the last few bytes
+                scan = pos + 2 + length
+                if data.rfind(b"\xff\xd9", max(scan, size - 65536)) >= 0 or data.find(b"\xff\xd9", scan) >= 0:
                     return
                 break
             pos += 2 + length
