@@ -333,3 +333,26 @@ def test_the_pixel_limit_is_configurable(tmp_path, run_cli, monkeypatch):
     result = run_cli("pull", "--source", "coco", "--path", folder, "--dataset", "d")
     assert_refused(result, "item 'ok.png'", "declares 64x48 = 3,072 pixels, limit 1,000 pixels",
                    "TLSYNC_MAX_IMAGE_PIXELS")
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_a_whole_jpeg_passes_even_with_data_after_it_and_a_cut_one_does_not(progressive, tmp_path):
+    """Motion photos append a video after EOI; that is a whole image. Any cut before EOI is not."""
+    import random
+
+    from PIL import Image
+
+    from tlsync.errors import TlsyncError
+    from tlsync.images import check_complete_image
+
+    rng = random.Random(1)
+    path = tmp_path / "photo.jpg"
+    Image.frombytes("RGB", (200, 150), bytes(rng.getrandbits(8) for _ in range(200 * 150 * 3))).save(
+        path, progressive=progressive)
+    whole = path.read_bytes()
+    path.write_bytes(whole + b"\0" * 100_000)
+    assert check_complete_image(path) == (200, 150, ".jpg")
+    for cut in (len(whole) - 2, len(whole) * 3 // 4, len(whole) // 3):
+        path.write_bytes(whole[:cut])
+        with pytest.raises(TlsyncError, match="not a readable image"):
+            check_complete_image(path)
