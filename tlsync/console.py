@@ -14,8 +14,9 @@ from __future__ import annotations
 import io
 import re
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from .secrets import redact
 
@@ -90,7 +91,7 @@ def console() -> Any:
     return _console
 
 
-_console = None
+_console: Any = None
 
 
 def info(message: str) -> None:
@@ -107,7 +108,14 @@ def progress(description: str, total: float | None = None, unit: str = "items") 
 
     Quiet (no bar) when stderr is not a terminal, e.g. in CI logs.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     columns = [
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -119,6 +127,7 @@ def progress(description: str, total: float | None = None, unit: str = "items") 
         def update(completed: float, total: float | None = None, **fields: Any) -> None:
             elapsed = bar.tasks[task].elapsed or 0.0
             rate = f"{completed / elapsed:,.1f} {unit}/s" if elapsed > 0 else ""
-            bar.update(task, completed=completed, rate=rate, **({"total": total} if total is not None else {}), **fields)
+            extra: dict[str, Any] = {"total": total} if total is not None else {}
+            bar.update(task, completed=completed, rate=rate, **extra, **fields)
 
         yield update
