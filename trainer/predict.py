@@ -118,13 +118,13 @@ def predict_run(run: str | Path, sources: list[str], out: Path, conf: float, dev
     A file that is not a readable image is skipped and reported, not fatal: folders often
     hold a stray thumbnail database or text file.
     """
-    from tlsync.images import check_complete_image  # not image_info: bombs and cut-off files are skipped too
-
     from .checkpoint import load_model
 
     paths = expand_sources(sources)
     model, categories, _config = load_model(run, device=device)
     items, skipped = [], {}
+    from tlsync.images import check_complete_image  # not just the header: bombs and cut-off files are skipped
+
     for path in paths:
         try:
             width, height, _ext = check_complete_image(path)
