@@ -30,7 +30,9 @@ from tlsync.store import DatasetVersion, Store
 from .checkpoint import unwrap
 from .evaluate import score_split, split_items
 from .predict import predict_items
-from .train import Runtime, TrainConfig, resolve_device
+from .device import resolve_device
+from .runtime import Runtime
+from .settings import TrainConfig
 
 T = TypeVar("T")
 RANK_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")

@@ -29,7 +29,7 @@ from tlsync.errors import TlsyncError
 
 from .distributed import (SYNC_BN_NEEDS_CUDA, AllRanksError, DistributedRuntime, cleanup, init_process_group,
                           is_main, launched_by_torchrun, rank, world_size)
-from .train import resolve_device
+from .device import resolve_device
 
 T = TypeVar("T")
 
