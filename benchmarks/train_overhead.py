@@ -69,7 +69,8 @@ def bare_loop(version, epochs: int, batch_size: int, workers: int, rois: int) ->
     model = build_model(MODEL, len(version.categories), "none", SIZE)
     model.roi_heads.fg_bg_sampler.batch_size_per_image = rois
     loader = torch.utils.data.DataLoader(TutorialDataset(version, version.categories), batch_size=batch_size,
-                                         shuffle=True, num_workers=workers, collate_fn=lambda b: tuple(zip(*b)))
+                                         shuffle=True, num_workers=workers,
+                                         collate_fn=lambda b: tuple(zip(*b, strict=True)))
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.005, momentum=0.9,
                                 weight_decay=1e-4)
     seconds = []

@@ -19,7 +19,8 @@ def colour(index: int) -> tuple[int, int, int]:
     return PALETTE[index % len(PALETTE)]
 
 
-def draw_boxes(image: Any, boxes: Iterable[Box], categories: list[str], fixed: tuple[int, int, int] | None = None) -> None:
+def draw_boxes(image: Any, boxes: Iterable[Box], categories: list[str],
+               fixed: tuple[int, int, int] | None = None) -> None:
     """Draw boxes on a PIL image in place: a rectangle and 'label 0.87' above it.
 
     Colours follow the class index so one class looks the same on every image; ``fixed``
@@ -39,4 +40,5 @@ def draw_boxes(image: Any, boxes: Iterable[Box], categories: list[str], fixed: t
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
         ty = y0 - (bottom - top) - 2 * width if y0 - (bottom - top) - 2 * width >= 0 else y0
         draw.rectangle((x0, ty, x0 + right - left + 2 * width, ty + bottom - top + 2 * width), fill=rgb)
-        draw.text((x0 + width - left, ty + width - top), text, fill=(0, 0, 0) if sum(rgb) > 400 else (255, 255, 255), font=font)
+        ink = (0, 0, 0) if sum(rgb) > 400 else (255, 255, 255)
+        draw.text((x0 + width - left, ty + width - top), text, fill=ink, font=font)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import glob
 import os
+from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 
@@ -20,8 +21,8 @@ from tlsync.errors import TlsyncError
 from tlsync.format import Box, ImageRef, Item
 from tlsync.store import EXTENSIONS, image_info
 
-from .metrics import coco_results
 from .draw import draw_boxes
+from .metrics import coco_results
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", *(ext for ext in EXTENSIONS.values())}
 

@@ -31,7 +31,8 @@ from .predict import predict_items
 @click.option("--split", type=click.Choice(SPLITS), default=None, help="Only this split (default: every item).")
 @click.option("--conf", type=click.FloatRange(0, 1), default=0.05, show_default=True,
               help="Drop predicted boxes below this confidence.")
-@click.option("--batch-size", type=click.IntRange(1, 256), default=4, show_default=True, help="Images per forward pass.")
+@click.option("--batch-size", type=click.IntRange(1, 256), default=4, show_default=True,
+              help="Images per forward pass.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.pass_context
 def push(ctx: click.Context, target_name: str, run: Path, dataset: str | None, split: str | None, conf: float,

@@ -17,20 +17,18 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import click
 
+from tlsync import Box, ImageRef, Item, PullContext, Source, hookimpl
 from tlsync.errors import SourceError
-from tlsync.format import Box, ImageRef, Item
-from tlsync.hookspecs import hookimpl
 from tlsync.http import HttpError
 from tlsync.secrets import get_secret
-from tlsync.sources import PullContext, Source
-
 
 API_KEY = "LABEL_STUDIO_API_KEY"
 URL = "LABEL_STUDIO_URL"
