@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 
+import tlsync
 from tlsync.cli import LAZY_COMMANDS, SHORT_HELP_LIMIT, cli
 
 
@@ -48,3 +51,19 @@ def test_help_lists_trainer_commands_without_importing_torch(isolated_home):
     assert run.returncode == 0, run.stderr[-2000:]
     assert "train " in run.stdout and "push " in run.stdout and "Fine-tune a detector" in run.stdout
 
+
+
+def test_core_modules_import_neither_torch_nor_the_trainer():
+    """The core stays light: only the CLI's lazy loader (by name, in strings) reaches the trainer."""
+    core = Path(tlsync.__file__).parent
+    offenders = []
+    for path in sorted(core.rglob("*.py")):
+        if "testing" in path.relative_to(core).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [f"{'.' * node.level}{node.module or ''}"] if isinstance(node, ast.ImportFrom) else []
+            heavy = [n for n in names if n.split(".")[0] in ("torch", "torchvision")
+                     or n.startswith(("tlsync.trainer", ".trainer"))]
+            offenders += [f"{path.name}: {n}" for n in heavy]
+    assert not offenders

@@ -1,6 +1,6 @@
 """The ``tlsync`` command.
 
-Commands that train or predict live in ``tlsync.trainer.cli`` and are imported only when
+Commands that train or predict live in ``tlsync.trainer`` (``LAZY_COMMANDS``) and are imported only when
 run, so that ``tlsync --help``, ``sources`` and ``pull`` never import torch. Every error
 reaches the user as one redacted line on stderr and a non-zero exit; ``--debug`` shows
 the traceback.
