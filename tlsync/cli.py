@@ -57,17 +57,18 @@ def lazy_short_help(target: str, limit: int = SHORT_HELP_LIMIT) -> str:
     node = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == attr), None)
     if node is None:
         return ""
-    texts = {kw.arg: kw.value.value for dec in node.decorator_list if _is_command_decorator(dec)
-             for kw in dec.keywords if isinstance(kw.value, ast.Constant) and isinstance(kw.value.value, str)}
+    calls = [dec for dec in node.decorator_list if isinstance(dec, ast.Call) and _is_command_decorator(dec)]
+    texts = {kw.arg: kw.value.value for call in calls for kw in call.keywords
+             if isinstance(kw.value, ast.Constant) and isinstance(kw.value.value, str)}
     if texts.get("short_help"):
         return inspect.cleandoc(texts["short_help"])
     text = texts.get("help") or ast.get_docstring(node) or ""
     return make_default_short_help(text.split("\f", 1)[0], limit).strip()
 
 
-def _is_command_decorator(node: ast.expr) -> bool:
+def _is_command_decorator(call: ast.Call) -> bool:
     """``@click.command(...)``, ``@group.command(...)``, ``@click.group(...)`` (not ``@click.option``)."""
-    func = node.func if isinstance(node, ast.Call) else None
+    func = call.func
     name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
     return name in ("command", "group")
 

@@ -165,6 +165,8 @@ def plugin_infos() -> list[PluginInfo]:
         _collect_registry(hook_name)
     for plugin in pm.get_plugins():
         name = pm.get_name(plugin)
+        if name is None:  # unregistered meanwhile
+            continue
         info = _info.setdefault(name, PluginInfo(name))
         info.hooks = sorted(caller.name for caller in pm.get_hookcallers(plugin) or [])
     return sorted(_info.values(), key=lambda i: (not i.builtin, i.name))
