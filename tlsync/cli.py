@@ -9,6 +9,7 @@ the traceback.
 from __future__ import annotations
 
 import ast
+import functools
 import importlib
 import importlib.util
 import inspect
@@ -47,14 +48,7 @@ def lazy_short_help(target: str, limit: int = SHORT_HELP_LIMIT) -> str:
     the same without running anything. "" when the module is not installed.
     """
     module, _, attr = target.partition(":")
-    try:
-        spec = importlib.util.find_spec(module)
-    except ImportError:
-        return ""
-    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
-        return ""
-    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
-    node = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == attr), None)
+    node = next((n for n in _module_tree(module) if isinstance(n, ast.FunctionDef) and n.name == attr), None)
     if node is None:
         return ""
     calls = [dec for dec in node.decorator_list if isinstance(dec, ast.Call) and _is_command_decorator(dec)]
@@ -64,6 +58,18 @@ def lazy_short_help(target: str, limit: int = SHORT_HELP_LIMIT) -> str:
         return inspect.cleandoc(texts["short_help"])
     text = texts.get("help") or ast.get_docstring(node) or ""
     return make_default_short_help(text.split("\f", 1)[0], limit).strip()
+
+
+@functools.cache
+def _module_tree(module: str) -> list[ast.stmt]:
+    """The top-level statements of ``module``'s source, parsed (not run); [] if it is not installed."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except ImportError:
+        return []
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return []
+    return ast.parse(Path(spec.origin).read_text(encoding="utf-8")).body
 
 
 def _is_command_decorator(call: ast.Call) -> bool:
