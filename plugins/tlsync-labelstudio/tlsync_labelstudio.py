@@ -27,6 +27,7 @@ from tlsync import Box, ImageRef, Item, PullContext, Source, hookimpl
 from tlsync.atomic import atomic_write
 from tlsync.errors import SourceError
 from tlsync.http import HttpError
+from tlsync.paths import ExportRoot
 from tlsync.secrets import get_secret
 
 API_KEY = "LABEL_STUDIO_API_KEY"
@@ -155,7 +156,8 @@ class LabelStudioSource(Source):
         if base is None or relative_path.is_absolute() or ".." in relative_path.parts or not relative_path.parts:
             ctx.bad(f"{label}: image {image!r} must be a path inside --images")
             return None
-        return str(base.joinpath(*relative_path.parts))
+        # Lexically inside is not enough: a symlink in the media folder may still lead out of it.
+        return str(ExportRoot(base).check(base.joinpath(*relative_path.parts), f"{label}: data image"))
 
 
 def _auth() -> dict[str, str]:
