@@ -19,7 +19,7 @@ import torch
 from tlsync.atomic import atomic_write_file, atomic_write_json
 from tlsync.errors import TlsyncError
 from tlsync.format import Box, ImageRef, Item
-from tlsync.store import EXTENSIONS, image_info
+from tlsync.store import EXTENSIONS
 
 from .draw import draw_boxes
 from .metrics import coco_results
