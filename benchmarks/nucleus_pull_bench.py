@@ -3,7 +3,7 @@
     nice -n 5 python benchmarks/nucleus_pull_bench.py [--items 200] [--latency 0.05] [--rounds 3]
         [--photos DIR] [--sweep 16,32,64] [--python OTHER_PYTHON] [--big 100000]
 
-A fake Nucleus API on 127.0.0.1 (``tlsync.testing.fake_nucleus``) answers every request
+A fake Nucleus API on 127.0.0.1 (``tests/fake_nucleus.py``) answers every request
 after ``--latency`` seconds, like a remote API and CDN would, and serves real photos
 (``--photos``, default the chess train split: 2048x1371 JPEGs of ~275 KB). The baseline
 does what users of the official ``scale-nucleus`` client do: ``slice.items_and_annotations()``
@@ -33,9 +33,9 @@ from pathlib import Path
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the fake API is a test double
 from bench_report import update_section  # noqa: E402
-
-from tlsync.testing.fake_nucleus import FakeNucleus  # noqa: E402
+from fake_nucleus import FakeNucleus  # noqa: E402
 
 SLICE = "slc_bench"
 PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "chess-pieces-coco" / "train"

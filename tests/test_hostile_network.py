@@ -16,10 +16,10 @@ import zlib
 from pathlib import Path
 
 import pytest
+from fake_nucleus import FakeNucleus
 
 from tlsync.http import HttpClient
 from tlsync.secrets import get_secret, redact
-from tlsync.testing.fake_nucleus import FakeNucleus
 from tlsync.testing.server import LoopbackServer, Response
 
 KEY = "nucleus_live_5c2e9f1a7b3d"

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from .server import Faults, LoopbackServer, Request, Response
+from tlsync.testing.server import Faults, LoopbackServer, Request, Response
 
 API = "/v1/nucleus"
 LABELS = ("horse", "person", "dog")
