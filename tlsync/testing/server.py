@@ -138,7 +138,7 @@ class LoopbackServer:
         """Setting a fault plan restarts its seeded sequence."""
         with self._lock:
             self._faults = faults
-            self._rng = random.Random(faults.seed if faults else 0)
+            self._attempts: dict[tuple[str, str], int] = {}
             self._streak: dict[tuple[str, str], int] = {}
 
     # -- routes -------------------------------------------------------------------------
@@ -198,10 +198,14 @@ class LoopbackServer:
         with self._lock:
             faults = self._faults
             key = (method, path)
+            # Decided by (seed, request, attempt) rather than one shared stream, so concurrent
+            # clients fault the same requests whatever order their threads run in.
+            attempt = self._attempts[key] = self._attempts.get(key, 0) + 1
+            rng = random.Random(f"{faults.seed if faults else 0}:{method}:{path}:{attempt}")
             if (faults and faults.rate > 0 and re.search(faults.paths, path)
-                    and self._rng.random() < faults.rate and self._streak.get(key, 0) < faults.max_in_a_row):
+                    and rng.random() < faults.rate and self._streak.get(key, 0) < faults.max_in_a_row):
                 self._streak[key] = self._streak.get(key, 0) + 1
-                return self._rng.choice(faults.kinds)
+                return rng.choice(faults.kinds)
             self._streak.pop(key, None)
             return None
 
