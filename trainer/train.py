@@ -29,7 +29,7 @@ from tlsync.errors import TlsyncError
 from tlsync.models import WEIGHTS
 from tlsync.store import DatasetVersion, Store
 
-from . import runs
+from . import events, runs
 from .checkpoint import load_checkpoint, rebuild_model, resolve_checkpoint, save_checkpoint, transfer_weights
 from .data import DetectionDataset, make_loader, start_epoch, train_transforms
 from .engine import (NonFiniteLoss, amp_settings, build_optimizer, build_scheduler, rng_state, set_rng_state,
@@ -87,6 +87,9 @@ class TrainConfig:
     name: str | None = None  # run folder name; default <dataset>-N
     project: str = "runs"
     exist_ok: bool = False
+    log: tuple[str, ...] = ()  # trackers fed each epoch: tensorboard, mlflow (events.py; loggers.py)
+    log_images: bool = False  # also send the val image grid (pictures of the data) to the trackers
+    mlflow_experiment: str | None = None  # default: the dataset name
 
     def resolved_lr(self, world_size: int = 1) -> float:
         """``--lr``, else the base rate scaled to the global batch of ``world_size`` processes."""
@@ -235,7 +238,8 @@ def train(cfg: TrainConfig, store: Store | None = None, runtime: Runtime | None 
         return run
 
     run = runtime.from_main(start_run)
-    return _fit(run, config, version, model, runtime, RunState(), None)
+    with events.session(run, config, version, runtime.is_main):
+        return _fit(run, config, version, model, runtime, RunState(), None)
 
 
 def resume(run: Path, store: Store | None = None, device: str | None = None, workers: int | None = None,
@@ -267,7 +271,8 @@ def resume(run: Path, store: Store | None = None, device: str | None = None, wor
     if runtime.is_main:
         runs.MetricsLog(run).truncate(state.epoch)
         info(f"resuming {run} after epoch {state.epoch} of {config['epochs']}")
-    return _fit(run, config, version, model, runtime, state, checkpoint)
+    with events.session(run, config, version, runtime.is_main, resumed_after=state.epoch):
+        return _fit(run, config, version, model, runtime, state, checkpoint)
 
 
 def _fit(run: Path, config: dict[str, Any], version: DatasetVersion, model: nn.Module, runtime: Runtime,
@@ -337,12 +342,14 @@ def _fit(run: Path, config: dict[str, Any], version: DatasetVersion, model: nn.M
             metrics_log.append({"epoch": state.epoch, "seconds": seconds, "train_seconds": result.seconds,
                                 "lr": result.lr, "loss": sum(result.losses.values()), **result.losses,
                                 **{k: val[k] for k in VAL_METRICS if k in val}})
+            events.epoch_end(state.epoch, result.losses, result.lr, {k: val[k] for k in VAL_METRICS if k in val}, seconds)
             save_state(weights, model, config, optimizer, scheduler, scaler, state, improved, bool(stop_reason))
             info(summary_line(label, result.losses, val, seconds, improved and has_val))
         if stop_reason:
             break
     if runtime.is_main:
         finish(run, config, version, model, device, stop_reason, has_val)
+        events.run_end(run, run / "report.html", {**dataclasses.asdict(state), "stop_reason": stop_reason})
     return run
 
 
@@ -372,10 +379,12 @@ def save_state(weights: Path, model: nn.Module, config: dict[str, Any], optimize
     if best:
         save_checkpoint(weights / "best.pt", model, config["categories"], config, epoch=state.epoch,
                         best=state.best, elapsed=state.elapsed)
+        events.checkpoint_saved(weights / "best.pt", True, state.epoch)
     extra = dict(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
                  epoch=state.epoch, best=state.best, best_epoch=state.best_epoch, elapsed=state.elapsed,
                  rng=rng_state(), stopped=stopped)
     save_checkpoint(weights / "last.pt", model, config["categories"], config, **extra)
+    events.checkpoint_saved(weights / "last.pt", False, state.epoch)
 
 
 def finish(run: Path, config: dict[str, Any], version: DatasetVersion, model: nn.Module, device: torch.device,
@@ -387,6 +396,7 @@ def finish(run: Path, config: dict[str, Any], version: DatasetVersion, model: nn
         best = load_checkpoint(run / "weights" / "best.pt")
         model.load_state_dict(best["model"])
         metrics = evaluate_split(model.eval(), version, "val", config["categories"], device, run / "eval")
+        events.eval_end(run / "eval", metrics)
         info(f"best epoch {best['epoch']}: val mAP50-95 {metrics['map50_95']:.3f}, mAP50 {metrics['map50']:.3f}, "
              f"P {metrics['precision']:.3f}, R {metrics['recall']:.3f}, F1 {metrics['f1']:.3f}")
     write_report(run)
