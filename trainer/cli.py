@@ -35,6 +35,13 @@ def option(*decls: str, **kwargs: Any) -> Any:
     return click.option(*decls, **kwargs)
 
 
+def trackers_option(value: str | None) -> tuple[str, ...]:
+    try:
+        return parse_trackers(value)
+    except TlsyncError as e:
+        raise click.BadParameter(str(e).removeprefix(f"--log {value}: ")) from None
+
+
 @click.command()
 @option("--dataset", help="Dataset to train on: NAME (latest version) or NAME@N.")
 @option("--model", help="Detector (see `tlsync weights list`); default fasterrcnn_mobilenet_v3_large_fpn, "
@@ -71,7 +78,7 @@ def option(*decls: str, **kwargs: Any) -> Any:
 @option("--name", help="Run folder name; default <dataset>-N (the first free N).")
 @option("--project", help="Folder that holds the runs.")
 @option("--exist-ok", is_flag=True, help="Allow writing into an existing --name folder.")
-@option("--log", default=None, callback=lambda ctx, param, value: parse_trackers(value), metavar="TRACKERS",
+@option("--log", default=None, callback=lambda ctx, param, value: trackers_option(value), metavar="TRACKERS",
         help="Send each epoch to trackers: tensorboard (RUN/tensorboard/), mlflow (MLFLOW_TRACKING_URI), "
              "or tensorboard,mlflow. Plugins can add their own (docs/plugins.md).")
 @option("--log-images", is_flag=True, help="Also send the val image grid (pictures of your data) to the trackers.")

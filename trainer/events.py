@@ -69,19 +69,19 @@ def session(run: Path, config: dict[str, Any], version: DatasetVersion, is_main:
     if not is_main:
         yield
         return
-    public = public_config(config)
-    dispatcher = Dispatcher(Path(run), collect_callbacks(public))
+    run, public = Path(run).absolute(), public_config(config)  # absolute: a callback may change folder
+    dispatcher = Dispatcher(run, collect_callbacks(public))
     token = _active.set(dispatcher)
     started = time.perf_counter()
     try:
-        dispatcher.fire("on_run_start", RunStart(Path(run), public, version.ref, version.content_hash,
+        dispatcher.fire("on_run_start", RunStart(run, public, version.ref, version.content_hash,
                                                  list(version.categories), resumed_after is not None,
                                                  resumed_after or 0))
         yield
     except BaseException as e:
         if not dispatcher.ended:
             reason = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
-            dispatcher.fire("on_run_end", RunEnd(Path(run), {"status": "failed", "error": public_config(
+            dispatcher.fire("on_run_end", RunEnd(run, {"status": "failed", "error": public_config(
                 {"error": reason})["error"], "seconds": time.perf_counter() - started}, None))
         raise
     finally:
@@ -100,16 +100,17 @@ def epoch_end(epoch: int, losses: dict[str, float], lr: float, val: dict[str, An
 
 
 def checkpoint_saved(path: Path, is_best: bool, epoch: int) -> None:
-    _fire("on_checkpoint_saved", CheckpointSaved(Path(path), is_best, epoch))
+    _fire("on_checkpoint_saved", CheckpointSaved(Path(path).absolute(), is_best, epoch))
 
 
 def eval_end(eval_dir: Path, metrics: dict[str, Any]) -> None:
-    _fire("on_eval_end", EvalEnd(Path(eval_dir), metrics))
+    _fire("on_eval_end", EvalEnd(Path(eval_dir).absolute(), metrics))
 
 
 def run_end(run: Path, report: Path | None, summary: dict[str, Any]) -> None:
     """The run finished (early stop and time limit included): ``summary`` gets ``status: finished``."""
     dispatcher = _active.get()
     if dispatcher is not None:
-        dispatcher.fire("on_run_end", RunEnd(Path(run), {"status": "finished", **summary}, report))
+        dispatcher.fire("on_run_end", RunEnd(Path(run).absolute(), {"status": "finished", **summary},
+                                                  None if report is None else Path(report).absolute()))
         dispatcher.ended = True

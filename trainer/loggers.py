@@ -57,7 +57,7 @@ BUILDERS: dict[str, Callable[[dict[str, Any]], Any]] = {"tensorboard": _tensorbo
 
 @hookimpl
 def tlsync_register_callbacks(register: Callable[[Any], None], config: dict[str, Any]) -> None:
-    names = parse_trackers(",".join(config.get("log") or ()))
+    names = [name for name in config.get("log") or () if name in TRACKERS]  # other names: other plugins'
     check_trackers(names)
     for name in names:
         register(BUILDERS[name](config))
