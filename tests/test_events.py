@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -213,3 +214,27 @@ def test_a_plugin_may_refuse_the_run_and_an_invalid_callback_is_ignored(capsys):
         with pytest.raises(TlsyncError, match="needs WANDB_API_KEY"):
             collect_callbacks({"log": ["wandb"]})
     assert "plugin 'odd' registered <object" in capsys.readouterr().err
+
+
+def test_the_guide_example_plugin_logs_each_epoch(tmp_path, monkeypatch):
+    import importlib
+
+    from tlsync.trainer import events
+
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text()
+    code = re.search(r"<!-- tutorial: tlsync_epochlog.py -->\n```python\n(.*?)\n```", guide, re.S).group(1)
+    (tmp_path / "tlsync_epochlog.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("tlsync_epochlog")
+    version = SimpleNamespace(ref="street@2", content_hash="h", categories=["car"])
+    with isolated_plugins(epochlog=module):
+        with events.session(tmp_path / "street-1", {}, version, is_main=True):  # not set: stays out
+            events.epoch_end(1, {"loss_a": 1.0}, 0.1, {}, 1.0)
+        monkeypatch.setenv("EPOCHLOG_FILE", str(tmp_path / "epochs.jsonl"))
+        with events.session(tmp_path / "street-1", {}, version, is_main=True, resumed_after=3):
+            events.epoch_end(4, {"loss_a": 0.5, "loss_b": 0.25}, 0.01, {"map50": 0.5}, 2.0)
+    (line,) = (tmp_path / "epochs.jsonl").read_text().splitlines()
+    assert json.loads(line) == {"run": "street-1 on street@2 from epoch 3", "epoch": 4, "train/loss": 0.75,
+                                "train/loss_a": 0.5, "train/loss_b": 0.25, "lr": 0.01, "val/map50": 0.5,
+                                "time/epoch_seconds": 2.0}
+    sys.modules.pop("tlsync_epochlog", None)
