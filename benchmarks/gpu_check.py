@@ -36,9 +36,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -101,6 +102,7 @@ class Context:
         """A synthetic dataset pulled once into this run's store (every item in train)."""
         if name not in self._datasets:
             from tlsync.connectors.synthetic import SyntheticSource
+
             from tlsync.pull import pull
             from tlsync.store import Store
 
@@ -125,10 +127,10 @@ def synthetic_batch(plan: Plan, size: int, classes: int = 3) -> tuple[list[Any],
 def amp_steps(name: str, plan: Plan, dtype: Any) -> str:
     """``steps`` training steps of ``name`` under autocast ``dtype`` (fp16 with a live GradScaler)."""
     import torch
-
-    from tlsync.models import get_model
     from tlsync.trainer.engine import build_optimizer, build_scheduler, train_one_epoch
     from tlsync.trainer.zoo import build_model
+
+    from tlsync.models import get_model
 
     device = torch.device(plan.device)
     size = max(plan.img_size, get_model(name).min_size)
@@ -137,7 +139,7 @@ def amp_steps(name: str, plan: Plan, dtype: Any) -> str:
     optimizer = build_optimizer(model, "sgd", 0.005, 0.9, 1e-4)
     scheduler = build_scheduler(optimizer, plan.amp_steps, 1)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    batches = [(*synthetic_batch(plan, size), []) for _ in range(plan.amp_steps)]
+    batches: list[tuple[Any, ...]] = [(*synthetic_batch(plan, size), []) for _ in range(plan.amp_steps)]
     result = train_one_epoch(model, optimizer, batches, device, scheduler, scaler, dtype, 10.0)
     scale = scaler.get_scale() if scaler.is_enabled() else None
     if scale is not None and not (0 < scale < float("inf")):
@@ -222,7 +224,6 @@ print(weights_digest(model), sorted(out))
 
 def check_checkpoint(ctx: Context) -> list[Result]:
     import torch
-
     from tlsync.trainer.checkpoint import save_checkpoint
     from tlsync.trainer.distributed import weights_digest
     from tlsync.trainer.zoo import build_model
@@ -230,7 +231,8 @@ def check_checkpoint(ctx: Context) -> list[Result]:
     device = torch.device(ctx.plan.device)
     model = build_model("fasterrcnn_mobilenet_v3_large_fpn", 3, "none", ctx.plan.img_size).to(device).train()
     images, targets = synthetic_batch(ctx.plan, ctx.plan.img_size)
-    loss = sum(model([i.to(device) for i in images], [{k: v.to(device) for k, v in t.items()} for t in targets]).values())
+    on_device = [{k: v.to(device) for k, v in t.items()} for t in targets]
+    loss = sum(model([i.to(device) for i in images], on_device).values())
     loss.backward()
     torch.optim.SGD(model.parameters(), lr=0.01).step()
     path = save_checkpoint(ctx.work / "gpu.pt", model, ["a", "b", "c"], {"model": "fasterrcnn_mobilenet_v3_large_fpn"},

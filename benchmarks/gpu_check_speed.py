@@ -17,13 +17,14 @@ TARGET_RATIO = 1.10  # tlsync's train time over the bare loop's, as in train_ove
 
 
 def collate(batch: list[Any]) -> tuple[Any, ...]:
-    return tuple(zip(*batch))
+    return tuple(zip(*batch, strict=True))
 
 
 def tlsync_ips(ctx: Context, model: str, version: Any, tag: str) -> float:
     """Train images/s of ``tlsync train`` itself: its best epoch after the first (cudnn autotuning)."""
-    from tlsync.store import Store
     from tlsync.trainer.train import TrainConfig, train
+
+    from tlsync.store import Store
 
     plan = ctx.plan
     cfg = TrainConfig(dataset=version.ref, model=model, weights="none", epochs=plan.speed_epochs, batch_size=plan.batch,
@@ -38,7 +39,6 @@ def tlsync_ips(ctx: Context, model: str, version: Any, tag: str) -> float:
 def bare_ips(ctx: Context, model: str, version: Any) -> float:
     """The torchvision fine-tuning tutorial's loop on the same GPU, AMP, workers and RoI sampling."""
     import torch
-
     from tlsync.trainer.engine import amp_settings
     from tlsync.trainer.train import TrainConfig, default_workers
     from tlsync.trainer.zoo import build_model
@@ -83,7 +83,8 @@ def check_throughput(ctx: Context) -> list[Result]:
         for r in range(plan.rounds):
             order = [("tlsync", ours), ("bare", bare)][:: 1 if r % 2 == 0 else -1]
             for kind, into in order:
-                into.append(tlsync_ips(ctx, model, version, str(r)) if kind == "tlsync" else bare_ips(ctx, model, version))
+                ips = tlsync_ips(ctx, model, version, str(r)) if kind == "tlsync" else bare_ips(ctx, model, version)
+                into.append(ips)
         ratio = max(bare) / max(ours)
         judged = "" if plan.smoke else (" (target <= 1.10)" if ratio <= TARGET_RATIO else " OVER the 1.10 target")
         out.append(Result(f"throughput {model}", plan.smoke or ratio <= TARGET_RATIO,
@@ -101,6 +102,7 @@ def chess_version(ctx: Context) -> Any:
     from tlsync.pull import pull
     from tlsync.store import Store
 
+    assert CHESS is not None
     store = Store(ctx.work / "home")
     folder = CHESS / ("valid" if ctx.plan.smoke else "train")
     pull(store, get_source("coco"), {"path": folder, "split": "train"}, "chess", on_error="skip")
@@ -110,7 +112,6 @@ def chess_version(ctx: Context) -> Any:
 def loader_ips(ctx: Context, version: Any) -> tuple[float, int, int]:
     """(images/s, workers, images) of ``make_loader`` over the train items, second pass (warm page cache)."""
     import torch
-
     from tlsync.trainer.data import DetectionDataset, make_loader, start_epoch, train_transforms
     from tlsync.trainer.train import default_workers
 

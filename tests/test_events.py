@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-
 from tlsync.connectors.synthetic import SyntheticSource
+
 from tlsync.errors import TlsyncError
 from tlsync.events import TrainingCallback, collect_callbacks, public_config
 from tlsync.hookspecs import hookimpl
@@ -145,7 +145,7 @@ def test_epoch_events_carry_the_numbers_of_metrics_csv(shared):
     rows = (shared.run / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
     for event, line in zip(of(shared.events, "epoch_end"), rows[1:], strict=True):
-        row = dict(zip(header, line.split(",")))
+        row = dict(zip(header, line.split(","), strict=True))
         assert int(row["epoch"]) == event.epoch
         assert float(row["lr"]) == pytest.approx(event.lr, rel=1e-5)
         assert float(row["loss"]) == pytest.approx(sum(event.losses.values()), rel=1e-5)

@@ -17,13 +17,14 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
-
 from tlsync.connectors.synthetic import SyntheticSource
+
 from tlsync.events import RunStart, TrainingCallback
 from tlsync.hookspecs import hookimpl
 from tlsync.pull import pull
@@ -80,9 +81,10 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace
     root = tmp_path_factory.mktemp("loggers")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
-        for name, value in {"TLSYNC_HOME": root / "home", "TLSYNC_CONFIG": root / "no-config.json",
-                            "TORCH_HOME": root / "torch", "TLSYNC_LOAD_PLUGINS": "", "NUCLEUS_API_KEY": SECRET,
-                            "MLFLOW_TRACKING_URI": (root / "mlruns").as_uri(), "MLFLOW_ALLOW_FILE_STORE": "true"}.items():
+        env = {"TLSYNC_HOME": root / "home", "TLSYNC_CONFIG": root / "no-config.json", "TORCH_HOME": root / "torch",
+               "TLSYNC_LOAD_PLUGINS": "", "NUCLEUS_API_KEY": SECRET, "MLFLOW_TRACKING_URI": (root / "mlruns").as_uri(),
+               "MLFLOW_ALLOW_FILE_STORE": "true"}
+        for name, value in env.items():
             mp.setenv(name, str(value))
         pull(Store(root / "home"), SyntheticSource(), {"items": 8, "size": 64, "seed": 0}, "shapes",
              split_ratios=(0.5, 0.5, 0.0))
@@ -220,7 +222,6 @@ def test_mlflow_server_gets_the_same_run_and_resume_appends_to_it(shared, mlflow
 
 def test_a_continued_run_is_tagged_with_the_run_it_continues(shared, tmp_path, monkeypatch):
     from mlflow import MlflowClient
-
     from tlsync.trainer.loggers_mlflow import MlflowLogger
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", (shared.root / "mlruns").as_uri())
@@ -241,7 +242,8 @@ def test_a_missing_extra_is_one_line_naming_it(tracker, monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, tracker, None)  # what an interpreter without the package does on import
     result = run_cli("train", "--dataset", "shapes", "--log", f"{tracker}")
     assert result.exit_code == 1
-    assert result.stderr.strip() == f"Error: --log {tracker} needs the {tracker} package: pip install 'tlsync[{tracker}]'"
+    expected = f"Error: --log {tracker} needs the {tracker} package: pip install 'tlsync[{tracker}]'"
+    assert result.stderr.strip() == expected
     assert not (tmp_path / "runs").exists()
 
 

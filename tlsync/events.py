@@ -20,6 +20,7 @@ from .errors import TlsyncError
 from .secrets import redact
 
 # Setting names and environment variables that hold keys: left out of what callbacks see.
+VAL_METRICS = ("map50_95", "map50", "precision", "recall", "f1")  # what EpochEnd.val holds, as in metrics.csv
 SECRET_NAME = re.compile(r"(api[_-]?key|token|secret|password|passwd|credential)", re.IGNORECASE)
 
 

@@ -16,13 +16,23 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from tlsync.console import info
-from tlsync.events import CheckpointSaved, EpochEnd, EvalEnd, RunEnd, RunStart, collect_callbacks, public_config
+from tlsync.events import (
+    VAL_METRICS,
+    CheckpointSaved,
+    EpochEnd,
+    EvalEnd,
+    RunEnd,
+    RunStart,
+    collect_callbacks,
+    public_config,
+)
 from tlsync.store import DatasetVersion
 
 from .engine import rng_state, set_rng_state
@@ -95,8 +105,9 @@ def _fire(method: str, event: Any) -> None:
 
 
 def epoch_end(epoch: int, losses: dict[str, float], lr: float, val: dict[str, Any], seconds: float) -> None:
+    """``val``: the epoch's evaluation (empty without a val split); its headline metrics are passed on."""
     _fire("on_epoch_end", EpochEnd(epoch, {k: float(v) for k, v in losses.items()}, float(lr),
-                                   {k: float(v) for k, v in val.items()}, float(seconds)))
+                                   {k: float(val[k]) for k in VAL_METRICS if k in val}, float(seconds)))
 
 
 def checkpoint_saved(path: Path, is_best: bool, epoch: int) -> None:

@@ -11,7 +11,8 @@ with a one-line error naming the extra. Nothing heavy is imported at module leve
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from tlsync.errors import TlsyncError
 from tlsync.hookspecs import hookimpl

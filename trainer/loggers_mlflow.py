@@ -1,8 +1,9 @@
 """``--log mlflow``: an MLflow run per tlsync run, in an experiment per dataset.
 
 Where: ``MLFLOW_TRACKING_URI``, else MLflow's own default for the current folder (what
-``mlflow ui`` started there reads: ``sqlite:///mlflow.db`` since MLflow 3.7, ``./mlruns``
-before). The client API (``MlflowClient``) is used rather than ``mlflow.start_run`` so that
+``mlflow ui`` started there reads: ``sqlite:///mlflow.db`` with recent MLflow 3,
+``./mlruns`` with older versions; 3.17 refuses a file store unless
+``MLFLOW_ALLOW_FILE_STORE=true``). The client API (``MlflowClient``) is used rather than ``mlflow.start_run`` so that
 nothing depends on, or disturbs, a run the user's own code has active.
 
 What: every resolved setting as a param (secrets already removed by the dispatcher);
@@ -45,7 +46,7 @@ def without_credentials(uri: str) -> str:
     """The URI with any ``user:password@`` removed: it is stored in the run dir and compared on resume."""
     parts = urlsplit(uri)
     if parts.username or parts.password:
-        parts = parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else ""))
+        parts = parts._replace(netloc=(parts.hostname or "") + (f":{parts.port}" if parts.port else ""))
     return urlunsplit(parts)
 
 

@@ -342,7 +342,7 @@ def _fit(run: Path, config: dict[str, Any], version: DatasetVersion, model: nn.M
             metrics_log.append({"epoch": state.epoch, "seconds": seconds, "train_seconds": result.seconds,
                                 "lr": result.lr, "loss": sum(result.losses.values()), **result.losses,
                                 **{k: val[k] for k in VAL_METRICS if k in val}})
-            events.epoch_end(state.epoch, result.losses, result.lr, {k: val[k] for k in VAL_METRICS if k in val}, seconds)
+            events.epoch_end(state.epoch, result.losses, result.lr, val, seconds)
             save_state(weights, model, config, optimizer, scheduler, scaler, state, improved, bool(stop_reason))
             info(summary_line(label, result.losses, val, seconds, improved and has_val))
         if stop_reason:
