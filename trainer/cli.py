@@ -80,7 +80,7 @@ def trackers_option(value: str | None) -> tuple[str, ...]:
 @option("--exist-ok", is_flag=True, help="Allow writing into an existing --name folder.")
 @option("--log", default=None, callback=lambda ctx, param, value: trackers_option(value), metavar="TRACKERS",
         help="Send each epoch to trackers: tensorboard (RUN/tensorboard/), mlflow (MLFLOW_TRACKING_URI), "
-             "or tensorboard,mlflow. Plugins can add their own (docs/plugins.md).")
+             "or tensorboard,mlflow. Other trackers come as plugins (docs/plugins.md).")
 @option("--log-images", is_flag=True, help="Also send the val image grid (pictures of your data) to the trackers.")
 @option("--mlflow-experiment", help="MLflow experiment; default the dataset name.")
 @option("--resume", type=click.Path(path_type=Path), default=None,
