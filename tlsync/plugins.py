@@ -32,6 +32,7 @@ DEFAULT_PLUGINS = (
     "tlsync.connectors.roboflow",
     "tlsync.connectors.nucleus",
     "tlsync.trainer.zoo",
+    "tlsync.trainer.loggers",
 )
 
 
