@@ -27,6 +27,7 @@ LAZY_COMMANDS = {
     "compare": ("tlsync.trainer.cli_eval:compare", "Compare runs: the transfer-vs-scratch table and curves."),
     "weights": ("tlsync.trainer.cli_weights:weights", "Where pretrained weights live, for offline machines."),
     "push": ("tlsync.cli_push:push", "Send a run's predictions to a target (e.g. Nucleus)."),
+    "select": ("tlsync.trainer.cli_select:select", "Pick the pool images worth labelling next; send them to a target."),
     "datasets": ("tlsync.cli_datasets:datasets", "List, show and remove local datasets."),
     "export": ("tlsync.cli_datasets:export", "Write a dataset version out as COCO JSON + images."),
 }
@@ -93,6 +94,7 @@ class PluginOptionsCommand(click.Command):
     """
 
     kind = "source"
+    options_attr = "options"  # which of the plugin object's option lists this command grows
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         name = _peek_option(args, f"--{self.kind}")
@@ -104,7 +106,7 @@ class PluginOptionsCommand(click.Command):
             # The plugin's options join only this parse (which also renders --help): the
             # command object is shared, and must not keep options from an earlier call.
             own = self.params
-            self.params = [*own, *chosen.options]
+            self.params = [*own, *getattr(chosen, self.options_attr)]
             try:
                 return super().parse_args(ctx, args)
             finally:

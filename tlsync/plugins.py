@@ -24,6 +24,7 @@ DEFAULT_PLUGINS = (
     "tlsync.connectors.synthetic",
     "tlsync.connectors.roboflow",
     "tlsync.connectors.nucleus",
+    "tlsync.connectors.images",
     "tlsync.trainer.zoo",
 )
 

@@ -1,0 +1,63 @@
+"""The ``images`` source: a folder of plain, unlabelled images (``tlsync select --pool-path``).
+
+A pool of photos nobody has labelled yet is still a dataset: reading it through the pull
+machinery gives it the same content-addressed store, sha256 per image, readability
+checks, progress and ``--on-error`` handling as any labelled export, so ``select`` can
+exclude what is already labelled by comparing image hashes. Items carry no boxes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import click
+
+from tlsync.errors import SourceError
+from tlsync.format import ImageRef, Item
+from tlsync.hookspecs import hookimpl
+from tlsync.sources import PullContext, Source, files_fingerprint
+from tlsync.store import EXTENSIONS
+
+SUFFIXES = frozenset({".jpeg", *EXTENSIONS.values(), ".tiff"})
+
+
+def image_files(root: Path) -> Iterator[Path]:
+    """Image files under ``root`` (recursively, hidden files and folders left out), sorted by path.
+
+    Symlinks to folders are not followed, so a link can neither loop nor lead the walk
+    outside the folder the user named.
+    """
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if not name.startswith(".") and Path(name).suffix.lower() in SUFFIXES:
+                yield Path(folder) / name
+
+
+class ImagesSource(Source):
+    name = "images"
+    description = "A folder of unlabelled images (searched recursively); items have no boxes."
+    options = [click.Option(["--path"], type=click.Path(exists=True, file_okay=False, path_type=Path),
+                            required=True, help="The folder of images.")]
+
+    def items(self, ctx: PullContext, path: Path | None = None, **_: Any) -> Iterator[Item]:
+        if path is None:
+            raise SourceError("images: give --path FOLDER")
+        ctx.set_categories([])
+        found = 0
+        for file in image_files(path):
+            found += 1
+            # The path inside the folder is the id: stable across pulls, unique, and what a user recognises.
+            yield Item(file.relative_to(path).as_posix(), ImageRef(str(file)))
+        if not found:
+            raise SourceError(f"{path}: no images in this folder ({', '.join(sorted(SUFFIXES))})")
+
+    def fingerprint(self, ctx: PullContext, path: Path | None = None, **_: Any) -> str | None:
+        return files_fingerprint(path) if path is not None else None
+
+
+@hookimpl
+def tlsync_register_sources(register: Callable[[Source], None]) -> None:
+    register(ImagesSource())
