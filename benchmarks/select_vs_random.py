@@ -176,9 +176,9 @@ features for diversity/hybrid) plus choosing; random pays nothing. {verdict}
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=3, help="Epochs of the start run.")
-    parser.add_argument("--more-epochs", type=int, default=2, help="Epochs of each continued run.")
-    parser.add_argument("--size", type=int, default=160, help="--img-size of every run.")
+    parser.add_argument("--epochs", type=int, default=2, help="Epochs of the start run.")
+    parser.add_argument("--more-epochs", type=int, default=1, help="Epochs of each continued run.")
+    parser.add_argument("--size", type=int, default=128, help="--img-size of every run.")
     args = parser.parse_args()
     if not THERMAL.exists():
         sys.exit(f"shared dataset not found at {THERMAL}")

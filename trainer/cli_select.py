@@ -98,7 +98,7 @@ def select(ctx: click.Context, run: Path, pool: str | None, pool_path: Path | No
     write_selection(folder, selected, meta, choice.items, [candidates.version.image_path(i) for i in choice.items],
                     categories)
     click.echo(f"selected {len(choice.items)} of {len(candidates.items)} candidates from {candidates.version.ref} "
-               f"({strategy}, seed {seed}) in {meta['seconds']['per_1000_pool_images']:.1f}s per 1,000 images: "
+               f"({strategy}, seed {seed}), {meta['seconds']['per_1000_pool_images']:,.1f} s per 1,000 pool images: "
                f"{folder}")
     if target_name:
         _send(ctx, folder, choice, candidates, strategy, run_info, target_name, target_options)

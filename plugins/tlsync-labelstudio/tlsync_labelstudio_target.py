@@ -59,7 +59,7 @@ class LabelStudioTarget(Target):
         click.Option(["--project"], type=click.IntRange(min=1), required=True, help="Label Studio project id."),
         click.Option(["--url"], envvar=URL, help=f"Label Studio server URL (default: ${URL})."),
         click.Option(["--image-key"], default="image", show_default=True,
-                     help="Task data field the labelling config reads the image from ($image).")  ,
+                     help="Task data field the labelling config reads the image from ($image)."),
         click.Option(["--from-name"], default="label", show_default=True,
                      help="Name of the RectangleLabels control in the labelling config."),
         click.Option(["--to-name"], default="image", show_default=True,
@@ -125,7 +125,7 @@ class _Api:
     def marked(self) -> set[str]:
         """The ``tlsync_sha256`` of every task already in the project (listed page by page)."""
         found: set[str] = set()
-        page = 1
+        page, seen = 1, 0
         while True:
             try:
                 answer = self._call("GET", "/api/tasks", params={"project": self.project, "page": page,
@@ -141,8 +141,10 @@ class _Api:
                 raise TlsyncError(f"Label Studio: GET {self.server}/api/tasks returned no task list")
             found.update(str(t["data"][MARK]) for t in tasks
                          if isinstance(t, dict) and isinstance(t.get("data"), dict) and t["data"].get(MARK))
+            seen += len(tasks)
             total = answer.get("total") if isinstance(answer, dict) else None
-            if len(tasks) < PAGE or (isinstance(total, int) and page * PAGE >= total):
+            # The server may cap page_size below ours: trust its total when it gives one.
+            if not tasks or (seen >= total if isinstance(total, int) else len(tasks) < PAGE):
                 return found
             page += 1
 
