@@ -30,8 +30,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_report import update_section  # noqa: E402
@@ -66,26 +67,27 @@ def subset(store: Any, full: Any, name: str, train_ids: set[str], keep_eval: boo
 
 
 def train_and_test(dataset: str, weights: str, epochs: int, size: int, seed: int, project: Path, name: str,
-                   test: Any) -> dict[str, float]:
+                   test: Any, freeze: str | None = None) -> dict[str, Any]:
     from tlsync.trainer.checkpoint import load_model
     from tlsync.trainer.evaluate import evaluate_split
     from tlsync.trainer.train import TrainConfig, train
 
     run = train(TrainConfig(dataset=dataset, model=None if weights != "imagenet" else MODEL, weights=weights,
                             img_size=size, epochs=epochs, device="cpu", patience=0, workers=0, seed=seed,
-                            project=str(project), name=name))
+                            freeze=freeze, project=str(project), name=name))
     model, categories, _ = load_model(run)
     metrics = evaluate_split(model, test, "test", categories, "cpu", None)
     return {"map50_95": metrics["map50_95"], "map50": metrics["map50"], "run": str(run)}
 
 
-def experiment(args: argparse.Namespace, project: Path) -> tuple[dict[str, list[dict[str, float]]], dict, dict]:
-    from tlsync import plugins
-    from tlsync.pull import pull
-    from tlsync.store import Store
+def experiment(args: argparse.Namespace, project: Path, began_all: float) -> tuple[dict, dict, dict]:
     from tlsync.trainer.checkpoint import load_model
     from tlsync.trainer.select_pool import build_pool
     from tlsync.trainer.select_run import choose, score_pool
+
+    from tlsync import plugins
+    from tlsync.pull import pull
+    from tlsync.store import Store
 
     store = Store()
     pull(store, plugins.get_source("roboflow"), {"path": THERMAL}, "thermal-all")
@@ -102,30 +104,30 @@ def experiment(args: argparse.Namespace, project: Path) -> tuple[dict[str, list[
 
     model, categories, _ = load_model(base["run"])
     pool = build_pool(pool_version, start, [])
-    timing: dict[str, float] = {}
-    scores = {}
-    for needs in ("uncertainty", "diversity"):  # boxes only, then boxes + features (what each strategy pays)
-        began = time.perf_counter()
-        scores[needs] = score_pool(model, pool, start, categories, "cpu", args.size, needs, batch_size=4)
-        timing[needs] = time.perf_counter() - began
+    # One pass gives boxes and features (and the labelled set's features): every strategy's input.
+    began = time.perf_counter()
+    scores = score_pool(model, pool, start, categories, "cpu", args.size, "hybrid", batch_size=4)
+    scoring = time.perf_counter() - began
     results: dict[str, list[dict[str, float]]] = {s: [] for s in STRATEGIES}
     seconds: dict[str, float] = {}
+    info = {"base": base, "quarter": quarter, "pool": len(pool.items), "began": began_all}
     by_id = {item.id: item for item in full.items("train")}
     for seed in range(args.seeds):
         for strategy in STRATEGIES:
-            scored = scores["uncertainty" if strategy in ("uncertainty", "random") else "diversity"]
-            choice = choose(scored, strategy, quarter, seed, 0.25)
-            paid = 0.0 if strategy == "random" else timing["uncertainty" if strategy == "uncertainty" else "diversity"]
+            choice = choose(scores, strategy, quarter, seed, 0.25)
+            paid = 0.0 if strategy == "random" else scoring
             seconds[strategy] = 1000 * (paid + choice.seconds) / len(pool.items)
             picked = {item.id for item in choice.items}
             assert picked <= set(by_id) and not picked & labelled_ids
             version = subset(store, full, f"{strategy}-{seed}", labelled_ids | picked, keep_eval=True)
             result = train_and_test(version.ref, base["run"], args.more_epochs, args.size, seed, project,
-                                    f"{strategy}-{seed}", full)
+                                    f"{strategy}-{seed}", full, freeze="backbone")
             results[strategy].append(result)
             print(f"{strategy} seed {seed}: test mAP50-95 {result['map50_95']:.3f} mAP50 {result['map50']:.3f}",
                   flush=True)
-    return results, seconds, {"base": base, "quarter": quarter, "pool": len(pool.items)}
+        # After every round of seeds, so an interrupted run still leaves its finished rounds in BENCHMARKS.md.
+        write_table(args, results, seconds, info, seed + 1)
+    return results, seconds, info
 
 
 def spread(values: list[float]) -> str:
@@ -134,7 +136,8 @@ def spread(values: list[float]) -> str:
     return f"{mean:.3f} ± {sd:.3f}"
 
 
-def write_table(args: argparse.Namespace, results: dict, seconds: dict, info: dict, minutes: float) -> str:
+def write_table(args: argparse.Namespace, results: dict, seconds: dict, info: dict, seeds: int) -> str:
+    minutes = (time.time() - info["began"]) / 60
     rows = []
     for strategy in STRATEGIES:
         r = results[strategy]
@@ -142,8 +145,9 @@ def write_table(args: argparse.Namespace, results: dict, seconds: dict, info: di
         rows.append(f"| {strategy} | {spread([x['map50_95'] for x in r])} | {spread([x['map50'] for x in r])} | "
                     f"{per_seed} | {seconds[strategy]:.1f} s |")
     means = {s: statistics.fmean(x["map50_95"] for x in results[s]) for s in STRATEGIES}
-    random_sd = statistics.stdev([x["map50_95"] for x in results["random"]]) if args.seeds > 1 else 0.0
+    random_sd = statistics.stdev([x["map50_95"] for x in results["random"]]) if seeds > 1 else 0.0
     best = max(STRATEGIES, key=lambda s: means[s])
+    print(f"best mean so far ({seeds} seed(s)): {best}", flush=True)
     margin = means[best] - means["random"]
     verdict = (f"Best mean: **{best}** ({means[best]:.3f} mAP50-95), "
                + ("which is random itself." if best == "random" else
@@ -155,16 +159,16 @@ def write_table(args: argparse.Namespace, results: dict, seconds: dict, info: di
 thermal-dogs-people-yolo, {MODEL} from ImageNet weights at {args.size} px, batch 4, CPU. Start run: {info['quarter']}
 labelled train images (a quarter, seed 0), {args.epochs} epochs: test mAP50-95
 {info['base']['map50_95']:.3f}, mAP50 {info['base']['map50']:.3f}. Each strategy then selects {info['quarter']} of the
-{info['pool']} pool images, and a run continues from the start checkpoint for {args.more_epochs} epochs on the
-labelled quarter + the selection (seeds 0-{args.seeds - 1}; the seed draws random's images and seeds every
-continued run). Test split: 20 images. Whole experiment: {minutes:.0f} min.
+{info['pool']} pool images, and a run continues from the start checkpoint for {args.more_epochs} epoch(s), backbone
+frozen, on the labelled quarter + the selection (seeds 0-{seeds - 1} of the {args.seeds} asked for; the seed draws
+random's images and seeds every continued run). Test split: 20 images. Wall time so far: {minutes:.0f} min.
 
-| strategy | test mAP50-95 (mean ± sd) | test mAP50 (mean ± sd) | mAP50-95 per seed | selection time per 1,000 pool images |
+| strategy | test mAP50-95 (mean ± sd) | test mAP50 (mean ± sd) | mAP50-95 per seed | selection s / 1,000 pool images |
 |---|---|---|---|---|
 {chr(10).join(rows)}
 
-Selection time is scoring the pool with the start model (boxes; plus backbone features and the labelled set's
-features for diversity/hybrid) plus choosing; random pays nothing. {verdict}
+Selection time is one scoring pass of the start model over the pool (boxes and backbone features) plus the
+labelled set's features, plus choosing; random pays nothing. {verdict}
 """
     print(body)
     update_section("select_vs_random", "Active-learning selection vs random (thermal)", body,
@@ -186,8 +190,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["TLSYNC_HOME"] = str(Path(tmp) / "home")
         os.environ.setdefault("TLSYNC_LOAD_PLUGINS", "")
-        results, seconds, info = experiment(args, Path(tmp) / "runs")
-        write_table(args, results, seconds, info, (time.time() - began) / 60)
+        experiment(args, Path(tmp) / "runs", began)
 
 
 if __name__ == "__main__":

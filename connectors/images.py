@@ -9,8 +9,9 @@ exclude what is already labelled by comparing image hashes. Items carry no boxes
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import click
 

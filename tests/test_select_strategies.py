@@ -9,20 +9,19 @@ images' mean colours, so diversity has a geometry that can be reasoned about.
 from __future__ import annotations
 
 import shutil
-from collections import OrderedDict
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
+from tlsync.trainer.select_pool import build_pool
+from tlsync.trainer.select_run import choose, clamp_budget, score_pool
+from tlsync.trainer.select_strategies import STRATEGIES, binary_entropy, k_center_greedy
 from torch import nn
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from tlsync import plugins
 from tlsync.pull import pull
-from tlsync.trainer.select_pool import build_pool
-from tlsync.trainer.select_run import choose, clamp_budget, score_pool
-from tlsync.trainer.select_strategies import STRATEGIES, binary_entropy, k_center_greedy
 
 CATEGORIES = ["red"]
 

@@ -38,14 +38,17 @@ class SelectionTargetCommand(PluginOptionsCommand):
 @click.option("--exclude", multiple=True, help="Also leave out images in this dataset (repeatable).")
 @click.option("--budget", type=int, required=True, help="How many images to select.")
 @click.option("--strategy", type=click.Choice(STRATEGIES), default=DEFAULT_STRATEGY, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="For random (and ties); same seed, same selection.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="For random (and ties); same seed, same selection.")
 @click.option("--conf", type=click.FloatRange(0, 1), default=0.25, show_default=True,
               help="Predicted boxes kept in the selection, the contact sheet and what targets receive.")
 @click.option("--name", default=None, help="Selection folder name (default: <pool>-N).")
 @click.option("--project", type=click.Path(path_type=Path), default=Path("selections"), show_default=True,
               help="Parent folder of selection folders.")
-@click.option("--batch-size", type=click.IntRange(1, 256), default=4, show_default=True, help="Images per forward pass.")
-@click.option("--workers", type=click.IntRange(0, 64), default=None, help="Image-decoding processes (default: min(4, CPUs-1)).")
+@click.option("--batch-size", type=click.IntRange(1, 256), default=4, show_default=True,
+              help="Images per forward pass.")
+@click.option("--workers", type=click.IntRange(0, 64), default=None,
+              help="Image-decoding processes (default: min(4, CPUs-1)).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--target", "target_name", default=None, help="Also send the selection here (e.g. nucleus, labelstudio).")
 @click.pass_context
@@ -77,6 +80,7 @@ def select(ctx: click.Context, run: Path, pool: str | None, pool_path: Path | No
             pool, pulled = pull_folder(store, pool_path, update)
         if pulled.skipped:
             info(f"skipped {sum(pulled.skipped.values())} unreadable files in {pool_path}")
+    assert pool is not None
     candidates = build_pool(store.open(pool), store.open(config["dataset"]), [store.open(ref) for ref in exclude])
     info(describe(candidates))
     torch_device = resolve_device(device)

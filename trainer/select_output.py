@@ -16,8 +16,9 @@ from __future__ import annotations
 import json
 import shutil
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from tlsync.atomic import atomic_write_json, atomic_write_text
 from tlsync.errors import TlsyncError
@@ -61,7 +62,7 @@ def histogram(boxes: Sequence[Sequence[Box]], categories: list[str]) -> dict[str
 def rows(items: Sequence[Item], scores: Sequence[float], components: Sequence[dict[str, float]]) -> list[dict]:
     return [{"rank": rank, "item_id": item.id, "sha256": item.image.sha256, "uri": item.image.uri,
              "score": score, "components": parts, "boxes": [b.to_dict() for b in item.annotations]}
-            for rank, (item, score, parts) in enumerate(zip(items, scores, components), 1)]
+            for rank, (item, score, parts) in enumerate(zip(items, scores, components, strict=True), 1)]
 
 
 def write_selection(folder: Path, selected: list[dict[str, Any]], summary: dict[str, Any],
@@ -81,8 +82,9 @@ def contact_sheet(path: Path, items: Sequence[Item], image_paths: Sequence[Path]
     """The first ``SHEET_IMAGES`` selected images, boxes drawn, captioned with rank; returns their ids."""
     from PIL import Image, ImageDraw, ImageOps
 
-    thumbs, shown = [], []
-    for rank, (item, image_path) in enumerate(zip(items, image_paths), 1):
+    thumbs: list[Any] = []
+    shown: list[str] = []
+    for rank, (item, image_path) in enumerate(zip(items, image_paths, strict=True), 1):
         if len(thumbs) == SHEET_IMAGES:
             break
         try:

@@ -8,9 +8,10 @@ from a folder has two ids but one hash, and it must not be sent for labelling tw
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from tlsync.errors import TlsyncError
 from tlsync.format import Item

@@ -9,8 +9,9 @@ and so the time per 1,000 pool images can be reported for each part.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch

@@ -11,9 +11,10 @@ is skipped and counted, never fatal: pools are folders nobody has curated.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -129,8 +130,9 @@ def score_items(model: torch.nn.Module, items: Sequence[Item], image_path: Calla
                         outputs = model(tensors)
                     else:  # features only (the labelled set): the detection heads are not needed
                         outputs = [None] * len(tensors)
-                        model.backbone(model.transform(tensors)[0].tensors)
-                for (index, tensor, width, height), output in zip(readable, outputs):
+                        parts: Any = model
+                        parts.backbone(parts.transform(tensors)[0].tensors)
+                for (index, tensor, width, height), output in zip(readable, outputs, strict=True):
                     scored.items.append(items[index])
                     if output is None:
                         continue

@@ -28,8 +28,8 @@ images: hard images, but not the same hard frame two hundred times.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 

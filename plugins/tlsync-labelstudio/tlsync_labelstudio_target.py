@@ -16,8 +16,9 @@ task and, after a failure, sends only what is missing.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import click
 
@@ -80,18 +81,18 @@ class LabelStudioTarget(Target):
             raise TlsyncError(f"labelstudio: pass --url or set {URL}")
         api = _Api(self.http, url.rstrip("/"), project)
         there = api.marked()
-        todo = [(item, score) for item, score in zip(selection.items, selection.scores) if item.image.sha256 not in there]
-        by_url = [(i, s) for i, s in todo if i.image.uri.startswith(("http://", "https://"))]
-        uploads = [(i, s) for i, s in todo if not i.image.uri.startswith(("http://", "https://"))]
+        todo = [item for item in selection.items if item.image.sha256 not in there]
+        by_url = [item for item in todo if item.image.uri.startswith(("http://", "https://"))]
+        uploads = [item for item in todo if not item.image.uri.startswith(("http://", "https://"))]
         sent = 0
         try:
             for start in range(0, len(by_url), IMPORT_BATCH):
                 batch = by_url[start:start + IMPORT_BATCH]
                 api.import_tasks([{"data": _data(item, item.image.uri, image_key, selection),
                                    "predictions": [prediction(item, run["name"], from_name, to_name)]}
-                                  for item, _ in batch])
+                                  for item in batch])
                 sent += len(batch)
-            for item, _ in uploads:
+            for item in uploads:
                 api.upload(item, selection.image_path(item), image_key, selection,
                            prediction(item, run["name"], from_name, to_name))
                 sent += 1
@@ -161,6 +162,8 @@ class _Api:
         if not isinstance(ids, list) or len(ids) != 1:
             raise TlsyncError(f"item '{item.id}': the upload returned no single task id")
         task = self._call("GET", f"/api/tasks/{ids[0]}")
-        stored = (task or {}).get("data", {}).get(image_key) if isinstance(task, dict) else None
+        stored = task.get("data", {}).get(image_key) if isinstance(task, dict) else None
+        if not isinstance(stored, str):
+            raise TlsyncError(f"item '{item.id}': uploaded task {ids[0]} has no data.{image_key}")
         self._call("PATCH", f"/api/tasks/{ids[0]}", json={"data": _data(item, stored, image_key, selection)})
         self._call("POST", "/api/predictions", json={"task": ids[0], **predicted})

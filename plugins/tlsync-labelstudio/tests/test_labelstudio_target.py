@@ -12,12 +12,12 @@ import json
 from pathlib import Path
 
 import pytest
+from tlsync_labelstudio_target import LabelStudioTarget
 
 from tlsync.errors import TlsyncError
 from tlsync.format import Box, ImageRef, Item
 from tlsync.targets import Selection
 from tlsync.testing import LoopbackServer, Request, Response, write_image
-from tlsync_labelstudio_target import LabelStudioTarget
 
 KEY = "ls-token-5a5a5a5a5a5a"
 RUN = {"name": "cells-1"}
@@ -57,8 +57,9 @@ class StandIn:
                 if self.fail_uploads_after is not None and self.uploads() >= self.fail_uploads_after:
                     return Response.json({"detail": "storage full"}, 400)
                 task_id = next(self._ids)
-                self.tasks[task_id] = {"id": task_id, "project": project, "data": {"image": f"/data/upload/{project}/f{task_id}.png"},
-                                       "predictions": [], "upload_bytes": len(request.body)}
+                self.tasks[task_id] = {"id": task_id, "project": project, "predictions": [],
+                                       "data": {"image": f"/data/upload/{project}/f{task_id}.png"},
+                                       "upload_bytes": len(request.body)}
                 return Response.json({"task_count": 1, "task_ids": [task_id]}, 201)
             ids = []
             for task in request.json():
@@ -100,7 +101,8 @@ def ls(monkeypatch: pytest.MonkeyPatch):
 def items(tmp_path: Path, remote: bool, n: int = 3) -> list[Item]:
     out = []
     for i in range(n):
-        uri = f"https://cdn.example.org/img{i}.png" if remote else str(write_image(tmp_path / f"img{i}.png", 200, 100, i))
+        local = tmp_path / f"img{i}.png"
+        uri = f"https://cdn.example.org/img{i}.png" if remote else str(write_image(local, 200, 100, i))
         box = Box("cell" if i % 2 else "debris", 20, 10, 50, 40, confidence=0.6 + i / 10)
         out.append(Item(f"img{i}.png", ImageRef(uri, sha256=f"{i:064x}", width=200, height=100), [box]))
     return out
