@@ -141,11 +141,12 @@ def test_a_selection_from_nucleus_becomes_a_slice_and_a_rerun_adds_nothing(cli, 
             "--slice-name", "to-label-2", "--with-predictions")
     first = cli(*args)
     assert first.exit_code == 0, first.stderr
-    folder = Path(first.stdout.split(": ")[-1].splitlines()[0].strip())
+    summary_line, target_line = first.stdout.strip().splitlines()
+    folder = Path(summary_line.rsplit(": ", 1)[1])
     selected = [json.loads(line)["item_id"] for line in (folder / "selection.jsonl").read_text().splitlines()]
     (slice_id,) = [sid for sid, s in nucleus.slices.items() if s.name == "to-label-2"]
     assert nucleus.slices[slice_id].ref_ids == selected
-    assert f"slice_id {slice_id}" in first.stdout and "sent 3" in first.stdout
+    assert target_line.startswith(f"nucleus: slice_id {slice_id}") and "sent 3" in target_line
     assert {a["reference_id"] for body in nucleus.uploads for a in body["annotations"]} <= set(selected)
     assert KEY not in first.stdout + first.stderr
 

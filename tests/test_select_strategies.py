@@ -142,3 +142,16 @@ def test_budget_is_clamped_with_a_note_and_an_empty_pool_is_an_error() -> None:
     assert clamp_budget(50, 7) == (7, ["--budget 50 is larger than the pool's 7 candidates; selecting all 7"])
     with pytest.raises(TlsyncError, match="no candidates left after exclusions"):
         clamp_budget(5, 0)
+
+
+def test_the_images_source_keeps_the_source_contract(tmp_path: Path) -> None:
+    from tlsync.connectors.images import ImagesSource
+    from tlsync.testing import check_source
+
+    solid(tmp_path / "a" / "one.png", (10, 20, 30), 1)
+    solid(tmp_path / "a" / "deeper" / "two.jpg", (40, 50, 60), 2)
+    (tmp_path / "a" / "notes.txt").write_text("not an image")
+    (tmp_path / "a" / ".hidden.png").write_bytes((tmp_path / "a" / "one.png").read_bytes())
+    checked = check_source(ImagesSource(), path=tmp_path / "a")
+    assert [item.id for item in checked.items] == ["deeper/two.jpg", "one.png"]
+    assert all(not item.annotations for item in checked.items)
