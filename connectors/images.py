@@ -30,11 +30,12 @@ def image_files(root: Path) -> Iterator[Path]:
     Symlinks to folders are not followed, so a link can neither loop nor lead the walk
     outside the folder the user named.
     """
+    found = []
     for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if not name.startswith(".") and Path(name).suffix.lower() in SUFFIXES:
-                yield Path(folder) / name
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [Path(folder) / name for name in files
+                  if not name.startswith(".") and Path(name).suffix.lower() in SUFFIXES]
+    yield from sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
 class ImagesSource(Source):
