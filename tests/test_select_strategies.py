@@ -155,3 +155,28 @@ def test_the_images_source_keeps_the_source_contract(tmp_path: Path) -> None:
     checked = check_source(ImagesSource(), path=tmp_path / "a")
     assert [item.id for item in checked.items] == ["deeper/two.jpg", "one.png"]
     assert all(not item.annotations for item in checked.items)
+
+
+def test_a_target_that_only_pushes_is_refused_before_any_work(tmp_path: Path) -> None:
+    from tlsync.hookspecs import hookimpl
+    from tlsync.targets import Target
+    from tlsync.testing import isolated_plugins, run_cli
+
+    class PushOnly(Target):
+        name = "pushonly"
+
+        def push(self, predictions, run, **options):
+            return {}
+
+    class Plugin:
+        __name__ = "pushonly-plugin"
+
+        @hookimpl
+        def tlsync_register_targets(self, register):
+            register(PushOnly())
+
+    with isolated_plugins(Plugin()):
+        result = run_cli("select", "--run", str(tmp_path / "no-run"), "--pool", "x", "--budget", "3",
+                         "--target", "pushonly")
+    assert result.exit_code == 1
+    assert "target 'pushonly' cannot receive a selection (it only supports tlsync push)" in result.stderr

@@ -70,6 +70,11 @@ def select(ctx: click.Context, run: Path, pool: str | None, pool_path: Path | No
         raise TlsyncError("give the pool: --pool DATASET[@VERSION] or --pool-path FOLDER (one of them)")
     if budget <= 0:
         raise TlsyncError(f"--budget {budget}: nothing to select; give how many images to label next (>= 1)")
+    if target_name:
+        from tlsync.targets import Target
+
+        if type(ctx.meta["tlsync.target"]).send_selection is Target.send_selection:
+            raise TlsyncError(f"target '{target_name}' cannot receive a selection (it only supports tlsync push)")
     run = run_dir(run)
     config = read_config(run)
     if not config.get("dataset"):
