@@ -146,6 +146,7 @@ def test_budget_is_clamped_with_a_note_and_an_empty_pool_is_an_error() -> None:
 
 def test_the_images_source_keeps_the_source_contract(tmp_path: Path) -> None:
     from tlsync.connectors.images import ImagesSource
+
     from tlsync.testing import check_source
 
     solid(tmp_path / "a" / "one.png", (10, 20, 30), 1)
