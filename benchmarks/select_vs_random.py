@@ -1,24 +1,27 @@
 """Does ``tlsync select`` pick better images to label than chance?
 
-    python benchmarks/select_vs_random.py [--seeds 3] [--epochs 3] [--more-epochs 2] [--size 224]
+    python benchmarks/select_vs_random.py [--seeds 3] [--epochs 2] [--more-epochs 1] [--size 128]
 
 thermal-dogs-people-yolo (../shared/datasets, pulled through the roboflow source), with
 fasterrcnn_efficientnet_lite0_fpn from its bundled ImageNet weights:
 
-1. ``start``: a quarter of the train split (drawn with seed 0) plus the test split is
-   the labelled set; the rest of train is the unlabelled pool (its boxes are hidden from
-   the selection, which only sees pixels and the model).
+1. ``start``: a quarter of the train split (35 of 142 images, drawn with seed 0) plus the
+   test split is the labelled set; the other 107 train images are the unlabelled pool
+   (their boxes are hidden from the selection, which only sees pixels and the model).
 2. A start run trains on ``start`` for ``--epochs``.
 3. The pool is scored once with the start run (the same pass ``tlsync select`` makes);
    each strategy then picks another quarter of train (``--seeds`` seeds each: for random
    the seed draws the images, for every strategy it also seeds the continued training).
 4. Each selection is added to ``start`` with its real labels, and a run continues from the
-   start checkpoint for ``--more-epochs``; its last checkpoint is scored on the test split
-   (no val split: fixed epochs, no early stopping, so every run trains exactly as long).
+   start checkpoint for ``--more-epochs`` with the backbone frozen (heads only: the cheap
+   way to fit 12 runs on a CPU); its last checkpoint is scored on the test split (no val
+   split: fixed epochs, no early stopping, so every run trains exactly as long).
 
 The table gives test mAP50-95/mAP50 per strategy (mean and spread over seeds) and the
-selection time per 1,000 pool images (scoring + choosing). Defaults fit ~20 minutes on 2
-shared CPU cores.
+selection time per 1,000 pool images (scoring + choosing). The table is rewritten after
+every round of seeds, so an interrupted run keeps what finished. The defaults (128 px, 2 +
+1 epochs, 3 seeds: 13 trainings) take ~20 minutes on 2 idle CPU cores; on the shared
+machine under a load average of ~20 they took about 50.
 """
 
 from __future__ import annotations
