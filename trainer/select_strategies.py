@@ -21,7 +21,8 @@ run's pooled backbone features) from everything labelled or already chosen, so t
 covers the parts of the image space the training set does not.
 
 **hybrid.** k-center greedy restricted to the most uncertain ``HYBRID_FACTOR x budget``
-images: hard images, but not the same hard frame two hundred times.
+images: hard images, but not the same hard frame two hundred times. When that is the whole
+pool (a budget of a quarter of the pool or more) hybrid is exactly diversity.
 
 **random.** A seeded permutation: the baseline every claim is measured against.
 """
