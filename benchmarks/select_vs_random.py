@@ -153,7 +153,7 @@ def write_table(args: argparse.Namespace, results: dict, seconds: dict, info: di
     print(f"best mean so far ({seeds} seed(s)): {best}", flush=True)
     margin = means[best] - means["random"]
     verdict = (f"Best mean: **{best}** ({means[best]:.3f} mAP50-95), "
-               + ("which is random itself." if best == "random" else
+               + ("random itself: **no strategy beats random** here." if best == "random" else
                   f"{margin:+.3f} over random; random's spread (sd over seeds) is {random_sd:.3f}, so this "
                   + ("**beats random by more than its spread**." if margin > random_sd else
                      "**does not beat random by more than random's spread**: at this size the data cannot tell "
