@@ -190,7 +190,17 @@ def quickstart(dataset: str, seconds: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: one-line errors, exit codes 1 (error), 2 (usage), 130 (interrupted)."""
+    """Entry point: one-line errors, exit codes 1 (error), 2 (usage), 130 (interrupted).
+
+    Everything printed passes ``console.printable``: data-borne escape sequences never reach the terminal.
+    """
+    from .console import printable_output
+
+    with printable_output():
+        _main(argv)
+
+
+def _main(argv: list[str] | None) -> None:
     try:
         cli.main(args=argv, prog_name="tlsync", standalone_mode=False)
     except click.exceptions.Exit as e:

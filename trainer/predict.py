@@ -123,9 +123,11 @@ def predict_run(run: str | Path, sources: list[str], out: Path, conf: float, dev
     paths = expand_sources(sources)
     model, categories, _config = load_model(run, device=device)
     items, skipped = [], {}
+    from tlsync.images import check_complete_image  # not just the header: bombs and cut-off files are skipped
+
     for path in paths:
         try:
-            width, height, _ext = image_info(path)
+            width, height, _ext = check_complete_image(path)
         except TlsyncError as e:
             skipped[str(path)] = str(e)
             continue

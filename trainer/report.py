@@ -97,6 +97,16 @@ def fmt(value: float | None, digits: int = 3) -> str:
 
 # -- plots ---------------------------------------------------------------------------------
 
+def plain(text: str) -> str:
+    """A label from the data as matplotlib must get it to draw it as is.
+
+    A class named ``$\\undefinedmacro$`` is otherwise parsed as mathtext and fails the whole
+    report; ``\\$`` is a literal dollar. A leading ``_`` would hide the legend entry.
+    """
+    text = str(text).replace("$", r"\$")
+    return " " + text if text.startswith("_") else text
+
+
 def figure(width: float = 6.4, height: float = 4.0) -> Any:
     from matplotlib.figure import Figure
 
@@ -132,7 +142,7 @@ def plot_pr_curve(metrics: dict[str, Any], path: Path) -> None:
     ax = fig.add_subplot()
     curve = metrics["pr_curve"]
     for name, precision in curve.get("per_class", {}).items():
-        ax.plot(curve["recall"], precision, linewidth=0.8, alpha=0.6, label=name)
+        ax.plot(curve["recall"], precision, linewidth=0.8, alpha=0.6, label=plain(name))
     ax.plot(curve["recall"], curve["precision"], color="black", linewidth=2.5,
             label=f"all classes (mAP50 {metrics['map50']:.3f})")
     ax.set(title="precision-recall at IoU 0.5", xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
@@ -144,7 +154,7 @@ def plot_per_class_ap(metrics: dict[str, Any], path: Path) -> None:
     names = [n for n, ap in metrics["per_class_ap"].items() if ap is not None]
     fig = figure(6.4, max(2.5, 0.35 * len(names) + 1))
     ax = fig.add_subplot()
-    ax.barh(names, [metrics["per_class_ap"][n] for n in names], color=[tuple(c / 255 for c in colour(i)) for i in range(len(names))])
+    ax.barh([plain(n) for n in names], [metrics["per_class_ap"][n] for n in names], color=[tuple(c / 255 for c in colour(i)) for i in range(len(names))])
     ax.invert_yaxis()
     ax.set(title="AP50-95 per class", xlim=(0, 1))
     save_figure(fig, path)
@@ -154,7 +164,7 @@ def plot_confusion(metrics: dict[str, Any], path: Path) -> None:
     import numpy as np
 
     matrix = np.array(metrics["confusion_matrix"])
-    labels = metrics["confusion_labels"]
+    labels = [plain(n) for n in metrics["confusion_labels"]]
     size = max(4.5, 0.45 * len(labels) + 2)
     fig = figure(size, size)
     ax = fig.add_subplot()

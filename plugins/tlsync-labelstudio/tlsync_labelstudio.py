@@ -28,6 +28,7 @@ from tlsync.errors import SourceError
 from tlsync.format import Box, ImageRef, Item
 from tlsync.hookspecs import hookimpl
 from tlsync.http import HttpError
+from tlsync.paths import ExportRoot
 from tlsync.secrets import get_secret
 from tlsync.sources import PullContext, Source
 
@@ -162,7 +163,8 @@ class LabelStudioSource(Source):
         if base is None or relative_path.is_absolute() or ".." in relative_path.parts or not relative_path.parts:
             ctx.bad(f"{label}: image {image!r} must be a path inside --images")
             return None
-        return str(base.joinpath(*relative_path.parts))
+        # Lexically inside is not enough: a symlink in the media folder may still lead out of it.
+        return str(ExportRoot(base).check(base.joinpath(*relative_path.parts), f"{label}: data image"))
 
 
 def _auth() -> dict[str, str]:
