@@ -18,6 +18,7 @@ import click
 from tlsync.errors import SourceError
 from tlsync.format import ImageRef, Item
 from tlsync.hookspecs import hookimpl
+from tlsync.paths import ALLOW_OUTSIDE_OPTION, ExportRoot
 from tlsync.sources import PullContext, Source, files_fingerprint
 from tlsync.store import EXTENSIONS
 
@@ -42,14 +43,17 @@ class ImagesSource(Source):
     name = "images"
     description = "A folder of unlabelled images (searched recursively); items have no boxes."
     options = [click.Option(["--path"], type=click.Path(exists=True, file_okay=False, path_type=Path),
-                            required=True, help="The folder of images.")]
+                            required=True, help="The folder of images."), ALLOW_OUTSIDE_OPTION]
 
-    def items(self, ctx: PullContext, path: Path | None = None, **_: Any) -> Iterator[Item]:
+    def items(self, ctx: PullContext, path: Path | None = None, allow_outside_root: bool = False,
+              **_: Any) -> Iterator[Item]:
         if path is None:
             raise SourceError("images: give --path FOLDER")
         ctx.set_categories([])
+        root = ExportRoot(path, allow_outside_root)  # a symlinked file must not pull in what lies elsewhere
         found = 0
         for file in image_files(path):
+            root.check(file, f"{path}: image {file.relative_to(path).as_posix()}")
             found += 1
             # The path inside the folder is the id: stable across pulls, unique, and what a user recognises.
             yield Item(file.relative_to(path).as_posix(), ImageRef(str(file)))

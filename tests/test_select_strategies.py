@@ -181,3 +181,14 @@ def test_a_target_that_only_pushes_is_refused_before_any_work(tmp_path: Path) ->
                          "--target", "pushonly")
     assert result.exit_code == 1
     assert "target 'pushonly' cannot receive a selection (it only supports tlsync push)" in result.stderr
+
+
+def test_a_symlink_out_of_the_pool_folder_is_refused(store, tmp_path: Path) -> None:
+    from tlsync.errors import TlsyncError
+
+    secret = solid(tmp_path / "elsewhere" / "private.png", (1, 2, 3), 0)
+    solid(tmp_path / "pool" / "ok.png", (4, 5, 6), 1)
+    (tmp_path / "pool" / "link.png").symlink_to(secret)
+    with pytest.raises(TlsyncError, match="lies outside the export folder"):
+        pull(store, plugins.get_source("images"), {"path": tmp_path / "pool"}, "pool")
+    assert store.versions("pool") == []
