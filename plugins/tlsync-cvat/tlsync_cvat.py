@@ -11,19 +11,18 @@ points and the other shapes are counted in the pull summary, not turned into box
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator
+from typing import Any
 
 import click
 import defusedxml.ElementTree as ET
 from defusedxml import DefusedXmlException
 
+from tlsync import Box, ImageRef, Item, PullContext, Source, hookimpl
 from tlsync.errors import SourceError
-from tlsync.format import Box, ImageRef, Item
-from tlsync.hookspecs import hookimpl
 from tlsync.paths import ALLOW_OUTSIDE_OPTION, ExportRoot
-from tlsync.sources import PullContext, Source, files_fingerprint
-
+from tlsync.sources import files_fingerprint
 
 # CVAT's free-text "subset" -> tlsync split; anything else ("default") gets a hashed split.
 SUBSETS = {"train": "train", "training": "train", "validation": "val", "val": "val", "valid": "val",
