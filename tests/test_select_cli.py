@@ -8,12 +8,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from tlsync.connectors.nucleus import NucleusTarget
+from fake_nucleus import API, FakeNucleus
 
+from tlsync.connectors.nucleus import NucleusTarget
 from tlsync.format import ImageRef, Item
 from tlsync.targets import Selection
 from tlsync.testing import run_cli, write_image
-from tlsync.testing.fake_nucleus import API, FakeNucleus
 from tlsync.testing.server import Request, Response
 
 KEY = "nucleus_live_5e3a1b7c9d"

@@ -20,11 +20,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tlsync.atomic import atomic_write_json, atomic_write_text
+from tlsync.atomic import atomic_write_file, atomic_write_json, atomic_write_text
 from tlsync.errors import TlsyncError
 from tlsync.format import Box, Item
 
-from .report import draw_boxes, save_atomic
+from .draw import draw_boxes
 
 SHEET_IMAGES = 24
 SHEET_COLUMNS = 6
@@ -105,5 +105,5 @@ def contact_sheet(path: Path, items: Sequence[Item], image_paths: Sequence[Path]
     sheet = Image.new("RGB", (cols * (THUMB + 4), rows_ * (THUMB + 4)), (255, 255, 255))
     for i, thumb in enumerate(thumbs):
         sheet.paste(thumb, ((i % cols) * (THUMB + 4), (i // cols) * (THUMB + 4)))
-    save_atomic(path, lambda tmp: sheet.save(tmp, format="PNG"))
+    atomic_write_file(path, lambda tmp: sheet.save(tmp, format="PNG"))
     return shown
