@@ -21,9 +21,10 @@ from tlsync.hookspecs import hookimpl
 from tlsync.http import HttpClient
 from tlsync.secrets import get_secret
 from tlsync.sources import PullContext, Source
-from tlsync.targets import Target
+from tlsync.targets import Selection, Target
 
 from .nucleus_api import MAX_PREDICTIONS_PER_REQUEST, NucleusAPI
+from .nucleus_select import send_to_slice
 
 URL_KEYS = ("processed_url", "image_url", "original_image_url")
 UNUSED_KINDS = ("line", "keypoints", "cuboid", "category", "multicategory")
@@ -167,8 +168,27 @@ class NucleusTarget(Target):
                      default=MAX_PREDICTIONS_PER_REQUEST, show_default=True, help="Boxes per upload request."),
     ]
 
+    selection_options = [
+        click.Option(["--dataset-id"], required=True, help="Nucleus dataset id (ds_...) the pool's items belong to."),
+        click.Option(["--slice-name"], required=True,
+                     help="Slice to create (or complete, if one of this name exists) with the selected items."),
+        click.Option(["--with-predictions"], is_flag=True,
+                     help="Also upload the run's boxes for the selected items, as the Nucleus model tlsync-<run>."),
+    ]
+
     def __init__(self, http: HttpClient | None = None):
         self.http = http or HttpClient()
+
+    def send_selection(self, selection: Selection, run: dict[str, Any], dataset_id: str = "", slice_name: str = "",
+                       with_predictions: bool = False, **_: Any) -> dict[str, Any]:
+        """The selection as a slice (see ``nucleus_select``); with predictions, pushed as a model (``update``,
+        so a re-run replaces rather than duplicates them)."""
+        summary = send_to_slice(_api(self.http), dataset_id, slice_name, [item.id for item in selection.items])
+        if with_predictions:
+            pushed = self.push(iter(selection.items), run, dataset_id=dataset_id, model_name=f"tlsync-{run['name']}",
+                               update=True)
+            summary.update({"model_id": pushed["model_id"], "boxes": pushed["boxes"]})
+        return summary
 
     def item_filter(self, slice_id: str | None = None, **_: Any) -> Callable[[Item], bool] | None:
         """With ``--slice``: only the slice's items are predicted (reference ids paged from Nucleus)."""

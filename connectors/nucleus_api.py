@@ -19,6 +19,7 @@ from tlsync.http import HttpClient, HttpError
 
 DEFAULT_ENDPOINT = "https://api.scale.com/v1/nucleus"
 MAX_PREDICTIONS_PER_REQUEST = 5000  # the server's limit per uploadPredictions call
+MAX_SLICE_IDS_PER_REQUEST = 10_000  # the server's limit per create_slice / append call
 KINDS = ("slice", "dataset")
 
 
@@ -146,3 +147,29 @@ class NucleusAPI:
         if not isinstance(answer, dict):
             raise SourceError(f"Nucleus: POST {self.endpoint}/{route} returned {type(answer).__name__}, not an object")
         return int(answer.get("predictions_processed", 0)), int(answer.get("predictions_ignored", 0))
+
+    def create_slice(self, dataset_id: str, name: str, reference_ids: list[str]) -> str:
+        """``POST dataset/{id}/create_slice`` with at most ``MAX_SLICE_IDS_PER_REQUEST`` ids; returns the slice id."""
+        if len(reference_ids) > MAX_SLICE_IDS_PER_REQUEST:
+            raise ValueError(f"at most {MAX_SLICE_IDS_PER_REQUEST} reference ids per request")
+        route = f"dataset/{dataset_id}/create_slice"
+        answer = self.call("POST", route, {"name": name, "reference_ids": reference_ids},
+                           not_found=f"dataset {dataset_id} not found")
+        if not isinstance(answer, dict) or not isinstance(answer.get("slice_id"), str):
+            raise SourceError(f"Nucleus: POST {self.endpoint}/{route} returned no slice_id")
+        return answer["slice_id"]
+
+    def append_to_slice(self, slice_id: str, reference_ids: list[str]) -> None:
+        """``POST slice/{id}/append`` (at most ``MAX_SLICE_IDS_PER_REQUEST`` ids), as ``Slice.append`` sends it."""
+        if len(reference_ids) > MAX_SLICE_IDS_PER_REQUEST:
+            raise ValueError(f"at most {MAX_SLICE_IDS_PER_REQUEST} reference ids per request")
+        self.call("POST", f"slice/{slice_id}/append", {"reference_ids": reference_ids},
+                  not_found=f"slice {slice_id} not found")
+
+    def slice_ids(self, dataset_id: str) -> list[str]:
+        """``GET dataset/{id}/slices``: the ids of the dataset's slices (``Dataset.slices``)."""
+        answer = self.call("GET", f"dataset/{dataset_id}/slices", not_found=f"dataset {dataset_id} not found")
+        if not isinstance(answer, list):
+            raise SourceError(f"Nucleus: GET {self.endpoint}/dataset/{dataset_id}/slices returned "
+                              f"{type(answer).__name__}, not a list")
+        return [s if isinstance(s, str) else str((s or {}).get("id") or (s or {}).get("slice_id")) for s in answer]

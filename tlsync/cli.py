@@ -34,6 +34,7 @@ LAZY_COMMANDS = {
     "compare": "tlsync.trainer.cli_eval:compare",
     "weights": "tlsync.trainer.cli_weights:weights",
     "push": "tlsync.trainer.push:push",
+    "select": "tlsync.trainer.cli_select:select",
     "datasets": "tlsync.cli_datasets:datasets",
     "export": "tlsync.cli_datasets:export",
 }
@@ -141,6 +142,7 @@ class PluginOptionsCommand(click.Command):
     """
 
     kind = "source"
+    options_attr = "options"  # which of the plugin object's option lists this command grows
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         name = _peek_option(args, f"--{self.kind}")
@@ -152,7 +154,7 @@ class PluginOptionsCommand(click.Command):
             # The plugin's options join only this parse (which also renders --help): the
             # command object is shared, and must not keep options from an earlier call.
             own = self.params
-            self.params = [*own, *chosen.options]
+            self.params = [*own, *getattr(chosen, self.options_attr)]
             try:
                 return super().parse_args(ctx, args)
             finally:

@@ -47,6 +47,11 @@ def tlsync_register_targets(register: Callable[[Target], None]) -> None:
 
     Call ``register(target)`` with a ``tlsync.targets.Target`` instance; its ``push``
     receives the run's categories and config and an iterator of predicted ``Item``s.
+    A target that also overrides ``send_selection(selection, run, **options)`` can
+    receive ``tlsync select --target NAME``: a ``tlsync.targets.Selection`` of the
+    images picked for labelling (best first, with the run's predicted boxes), with
+    the target's ``selection_options`` as keyword arguments. It must send only what
+    the platform lacks, so a re-run after a failure completes the job.
     """
 
 

@@ -31,6 +31,7 @@ DEFAULT_PLUGINS = (
     "tlsync.connectors.synthetic",
     "tlsync.connectors.roboflow",
     "tlsync.connectors.nucleus",
+    "tlsync.connectors.images",
     "tlsync.trainer.zoo",
     "tlsync.trainer.loggers",
 )

@@ -300,7 +300,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         self.server.app._serve(self)
 
-    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _handle
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _handle
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: the request log is the record."""
