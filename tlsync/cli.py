@@ -29,6 +29,7 @@ LAZY_COMMANDS = {
     "push": ("tlsync.cli_push:push", "Send a run's predictions to a target (e.g. Nucleus)."),
     "datasets": ("tlsync.cli_datasets:datasets", "List, show and remove local datasets."),
     "export": ("tlsync.cli_datasets:export", "Write a dataset version out as COCO JSON + images."),
+    "export-model": ("tlsync.trainer.cli_export:export_model", "Export a run to ONNX/TorchScript, parity-checked."),
 }
 
 
