@@ -58,6 +58,7 @@ def eval_command(run: Path | None, model_file: Path | None, dataset: str | None,
         from .eval_exported import eval_exported
 
         return eval_exported(model_file, dataset, split, conf, batch_size)
+    assert run is not None
 
     from .checkpoint import load_model, resolve_checkpoint
     from .evaluate import evaluate_split
@@ -132,12 +133,13 @@ def predict(run: Path | None, model_file: Path | None, sources: tuple[str, ...],
         from .exported import file_format
 
         file_format(model_file)  # a checkpoint given as --model is a mistake worth naming
-    run = run or model_file
-    if not run.exists():
-        raise TlsyncError(f"'{run}' not found")
+    path = run or model_file
+    assert path is not None
+    if not path.exists():
+        raise TlsyncError(f"'{path}' not found")
     dev = "cpu" if model_file else resolve_device(device)  # exported files run on onnxruntime/torch.jit CPU
     with progress("predict", unit="images") as update:
-        result = predict_run(run, list(sources), out, conf, dev, progress=update)
+        result = predict_run(path, list(sources), out, conf, dev, progress=update)
     for path, reason in result["skipped"].items():
         info(f"skipped {path}: {reason}")
     counts = ", ".join(f"{name} {n}" for name, n in result["per_class"].items()) or "none"

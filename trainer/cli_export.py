@@ -9,8 +9,9 @@ script never ships an unchecked model by accident. ``--check FILE`` re-runs the 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 import torch
@@ -19,7 +20,16 @@ from tlsync.console import info, progress
 from tlsync.errors import TlsyncError
 
 from . import parity
-from .export_model import DEFAULT_OPSET, claim, describe, export_file, file_entry, file_name, update_entry, write_sidecar
+from .export_model import (
+    DEFAULT_OPSET,
+    claim,
+    describe,
+    export_file,
+    file_entry,
+    file_name,
+    update_entry,
+    write_sidecar,
+)
 from .exported import load_exported, read_sidecar, sha256
 
 
@@ -51,6 +61,7 @@ def export_model(run: Path | None, check_file: Path | None, fmt: str, weights: s
     if check_file is not None:
         checked = [recheck(check_file, run, dataset, check_images, max_map_drop)]
     else:
+        assert run is not None
         if quantize and fmt != "onnx":
             raise TlsyncError("--quantize int8 writes an ONNX model; use it with --format onnx")
         checked = export_run(run, fmt, weights, img_size, opset, quantize, check_images, max_map_drop,
@@ -135,7 +146,8 @@ def _same_source(folder: Path, meta: dict[str, Any], exist_ok: bool) -> None:
             old = read_sidecar_any(sidecar)
         except TlsyncError:
             return
-        if old.get("checkpoint_sha256") != meta["checkpoint_sha256"] and any((folder / f).is_file() for f in old["files"]):
+        others = any((folder / f).is_file() for f in old["files"])
+        if old.get("checkpoint_sha256") != meta["checkpoint_sha256"] and others:
             raise TlsyncError(f"{folder} holds exports of another checkpoint; use --out another folder or --exist-ok")
 
 
@@ -178,8 +190,9 @@ def check(path: Path, original: Callable[[torch.Tensor], parity.Outputs], versio
     exported = load_exported(path)
     quantized = exported.meta["files"][path.name].get("precision") == "int8"
     with progress(f"parity check {path.name}", unit="images") as update:
-        result = parity.compare(original, exported.run_one, version, "val", categories, limit, progress=update)
-    limits = parity.probe_shapes(original, exported.run_one, result.pop("probe_image"))
+        result = parity.compare(original, exported.run_one, version, parity.check_split(version), categories,
+                                limit, progress=update)
+    limits = parity.probe_shapes(original, exported.run_one, result.pop("probe_image"), quantized)
     verified, why = parity.verdict(result, quantized, max_map_drop)
     if quantized:
         result["max_map_drop"] = max_map_drop

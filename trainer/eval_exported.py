@@ -9,6 +9,7 @@ them; a file copied elsewhere gets ``<its folder>/eval/<file>-<dataset>-<split>/
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, cast
 
 import click
 
@@ -26,7 +27,7 @@ def eval_exported(model_file: Path, dataset: str | None, split: str | None, conf
     from .report import write_report
 
     file_format(model_file)
-    model = load_exported(model_file)
+    model = load_exported(model_file)  # quacks like a detector module: eval(), train(), called on a list
     ref = dataset or model.meta.get("dataset")
     if not ref:
         raise TlsyncError(f"{model_file.parent / 'model.json'} names no dataset; pass --dataset NAME@VERSION")
@@ -36,7 +37,7 @@ def eval_exported(model_file: Path, dataset: str | None, split: str | None, conf
     in_run = (run / "config.json").is_file() and (run / "weights").is_dir()
     out = (run / "eval" if in_run else model_file.parent / "eval") / f"{model_file.name}-{version.ref}-{split}"
     with progress(f"eval {model_file.name} on {version.ref} {split}", unit="images") as update:
-        metrics = evaluate_split(model, version, split, model.categories, "cpu", out, conf=conf, progress=update,
+        metrics = evaluate_split(cast(Any, model), version, split, model.categories, "cpu", out, conf=conf, progress=update,
                                  batch_size=batch_size)
     print_metrics(metrics, f"{model_file} ({model.format}, {model.meta['files'][model_file.name]['precision']})")
     click.echo(f"eval files: {out}")

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import json
 import warnings
+from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from tlsync.atomic import atomic_write_file, atomic_write_json
 from tlsync.errors import TlsyncError
@@ -30,8 +32,6 @@ from tlsync.errors import TlsyncError
 from .exported import EXTRA, FORMAT, ONNX_SUFFIX, ORT_OPTIMISATION, SIDECAR, TORCHSCRIPT_SUFFIX, sha256
 
 DEFAULT_OPSET = 17
-# Models the exporter cannot trace, with the reason (measured with torch 2.14 / torchvision 0.29).
-UNSUPPORTED: dict[str, dict[str, str]] = {"onnx": {}, "torchscript": {}}
 
 
 class SingleImage(nn.Module):
@@ -44,6 +44,40 @@ class SingleImage(nn.Module):
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         out = self.model([image])[0]
         return out["boxes"], out["labels"], out["scores"]
+
+
+def traceable(model: nn.Module) -> nn.Module:
+    """The model, or a copy of it whose input-size arithmetic the tracer records instead of freezing.
+
+    EfficientNet-Lite's TensorFlow-style "same" padding computes ``math.ceil(height / stride)``
+    in Python: traced, that part becomes a constant while ``- height`` stays live, so an image
+    of another shape is padded by tens of pixels (measured: every box lost at 128x96 after a
+    128x128 trace). The copy's convolutions use the same formula in integer arithmetic, which
+    traces. The original model is left alone: it is what the parity check compares against.
+    """
+    try:
+        from efficientnet_lite_pytorch.utils import Conv2dDynamicSamePadding
+    except ImportError:
+        return model
+    if not any(type(m) is Conv2dDynamicSamePadding for m in model.modules()):
+        return model
+
+    class TracedSamePadding(Conv2dDynamicSamePadding):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            pads = []
+            for i, k, s, d in ((x.shape[-1], self.weight.shape[-1], self.stride[1], self.dilation[1]),
+                               (x.shape[-2], self.weight.shape[-2], self.stride[0], self.dilation[0])):
+                pad = ((i + s - 1) // s - 1) * s + (k - 1) * d + 1 - i  # never negative when (k - 1) d + 1 >= s
+                pads += [pad // 2, pad - pad // 2]
+            return F.conv2d(F.pad(x, pads), self.weight, self.bias, self.stride, self.padding, self.dilation,
+                            self.groups)
+
+    copy = deepcopy(model)
+    for module in copy.modules():
+        if type(module) is Conv2dDynamicSamePadding and all(
+                (k - 1) * d + 1 >= s for k, s, d in zip(module.kernel_size, module.stride, module.dilation)):
+            module.__class__ = TracedSamePadding
+    return copy
 
 
 def file_name(fmt: str, quantized: bool = False) -> str:
@@ -59,9 +93,7 @@ def claim(path: Path, exist_ok: bool) -> None:
 def export_file(model: nn.Module, fmt: str, example: torch.Tensor, path: Path, opset: int = DEFAULT_OPSET) -> None:
     """Trace ``model`` on ``example`` and write the file atomically; a one-line error names what failed."""
     name = getattr(model, "tlsync_build", {}).get("model", type(model).__name__)
-    if name in UNSUPPORTED[fmt]:
-        raise TlsyncError(f"model '{name}' cannot be exported to {fmt}: {UNSUPPORTED[fmt][name]}")
-    wrapper = SingleImage(model).eval()
+    wrapper = SingleImage(traceable(model)).eval()
 
     def write(tmp: str) -> None:
         with warnings.catch_warnings(), torch.no_grad():
@@ -95,8 +127,21 @@ def _onnx_export(wrapper: nn.Module, example: torch.Tensor, path: str, opset: in
 
 
 def describe(model: nn.Module, categories: list[str], config: dict[str, Any], checkpoint: Path) -> dict[str, Any]:
-    """What a consumer needs to feed the graph and read its outputs, taken from the model itself."""
-    transform = model.transform
+    """What a consumer needs to feed the graph and read its outputs, taken from the model itself.
+
+    Only torchvision-style detectors qualify: the graph must carry the model's own resize and
+    normalisation (``GeneralizedRCNNTransform``) and its score threshold, or model.json could
+    not say what to feed it.
+    """
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+    build: dict[str, Any] = getattr(model, "tlsync_build", {})
+    name = build.get("model", type(model).__name__)
+    transform = getattr(model, "transform", None)
+    head: Any = getattr(model, "roi_heads", model)
+    if not isinstance(transform, GeneralizedRCNNTransform) or not hasattr(head, "score_thresh"):
+        raise TlsyncError(f"model '{name}' cannot be exported: it is a {type(model).__name__}, not a torchvision-style "
+                          "detector with a GeneralizedRCNNTransform (.transform) and a score threshold for the graph")
     fixed = getattr(transform, "fixed_size", None)
     mean, std = [float(v) for v in transform.image_mean], [float(v) for v in transform.image_std]
     if fixed:
@@ -104,18 +149,17 @@ def describe(model: nn.Module, categories: list[str], config: dict[str, Any], ch
     else:
         size_rule = (f"any height and width; the graph scales the image so its short side is {transform.min_size[0]} "
                      f"px, capped so its long side is at most {transform.max_size} px (aspect kept)")
-    head = getattr(model, "roi_heads", model)
     lite = [round(m * 255, 3) for m in mean] == [127.0] * 3 and [round(s * 255, 3) for s in std] == [128.0] * 3
     return {
         "tlsync_export": FORMAT,
-        "model": model.tlsync_build["model"],
+        "model": name,
         "dataset": config.get("dataset"),
         "checkpoint": checkpoint.name,
         "checkpoint_sha256": sha256(checkpoint),
         "classes": ["__background__", *categories],
         "background_index": 0,
         "input": {"name": "image", "layout": "CHW", "dtype": "float32", "range": [0.0, 1.0], "channels": "RGB",
-                  "batch": 1, "img_size": model.tlsync_build["img_size"], "size_rule": size_rule},
+                  "batch": 1, "img_size": build.get("img_size"), "size_rule": size_rule},
         "normalisation": {"inside_graph": True, "mean": mean, "std": std,
                           "formula": "(pixel - 127) / 128 on 0..255 pixels (EfficientNet-Lite0)" if lite
                           else "(x - mean) / std on 0..1 pixels (ImageNet statistics)"},

@@ -14,8 +14,10 @@ products can saturate the AVX2 int16 accumulators and cost accuracy.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -26,7 +28,8 @@ from tlsync.store import DatasetVersion
 from .exported import EXTRA
 
 OPS = ["Conv", "Gemm", "MatMul"]
-KEEP_FLOAT = ("box_predictor", "cls_logits", "bbox_reg", "regression_head", "classification_head")
+KEEP_FLOAT = ("box_predictor", "rpn/head/cls_logits", "rpn/head/bbox_pred", "cls_logits", "bbox_reg",
+              "regression_head", "classification_head")
 
 
 class _Calibration:
@@ -77,7 +80,13 @@ def quantize(source: Path, target: Path, version: DatasetVersion, calibration: i
                                weight_type=q.QuantType.QInt8, nodes_to_exclude=keep)
             how.update(method="dynamic", why_not_static=f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
 
-    atomic_write_file(target, write)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the tooling logs advice on the root logger at WARNING for every call
+    try:
+        atomic_write_file(target, write)
+    finally:
+        root.setLevel(level)
     how.update(quantized_ops=OPS, kept_float=sorted(keep), weights="int8 per channel, 7-bit range",
                activations="uint8")
     return how
