@@ -56,7 +56,7 @@ def pull(dataset: str, size: int) -> str:
             raise SystemExit(f"thermal dataset not found at {THERMAL}")
         cli("pull", "--source", "roboflow", "--path", THERMAL, "--dataset", "bench")
     else:
-        cli("pull", "--source", "synthetic", "--dataset", "bench", "--items", 32, "--size", size,
+        cli("pull", "--source", "synthetic", "--dataset", "bench", "--items", 24, "--size", size,
             "--split-ratios", "0.75,0.25,0")
     return "bench@1"
 
@@ -157,7 +157,7 @@ def measure(model: str, run: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
-    lines = [f"Dataset {args.dataset} ({'32 generated shapes images' if args.dataset == 'synthetic' else 'thermal'}), "
+    lines = [f"Dataset {args.dataset} ({'24 generated shapes images' if args.dataset == 'synthetic' else 'thermal'}), "
              f"`tlsync train --epochs {args.epochs} --img-size {args.img_size} --batch-size 4` "
              f"(mobilenet from scratch: no COCO weights offline; Lite0 from its ImageNet weights), batch 1, "
              f"{args.threads} threads for torch and onnxruntime, {args.images} val images x {args.rounds} "

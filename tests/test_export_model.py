@@ -78,11 +78,11 @@ def export(run_cli, run: Path, *args: object):
     return run_cli("export-model", "--run", run, *args)
 
 
-def onnx_file(run_cli, run: Path) -> Path:
-    """The run's ONNX export (made by an earlier test, or now when this test runs alone)."""
-    path = run / "export" / "model.onnx"
+def exported_file(run_cli, run: Path, fmt: str = "onnx") -> Path:
+    """The run's export in ``fmt`` (made by an earlier test, or now when this test runs alone)."""
+    path = run / "export" / ("model.onnx" if fmt == "onnx" else "model.torchscript.pt")
     if not path.exists():
-        assert export(run_cli, run, "--format", "onnx", "--check-images", 1).exit_code == 0
+        assert export(run_cli, run, "--format", fmt, "--check-images", 1).exit_code == 0
     return path
 
 
@@ -128,7 +128,7 @@ def predictions(folder: Path) -> list[dict]:
 def test_predict_and_eval_with_model_equal_the_run(here, workspace, run_cli) -> None:
     run = workspace[2]
     for fmt in ("onnx", "torchscript"):
-        assert export(run_cli, run, "--format", fmt, "--exist-ok").exit_code == 0
+        exported_file(run_cli, run, fmt)
     images = str(here / "home" / "images")  # every image of the dataset, in sub-folders
     by_run = run_cli("predict", "--run", run, images, "--conf", "0.05", "--out", "preds-run", "--device", "cpu")
     assert by_run.exit_code == 0, by_run.stderr
@@ -148,7 +148,7 @@ def test_predict_and_eval_with_model_equal_the_run(here, workspace, run_cli) -> 
             (here / "preds-run" / "images.json").read_text())
 
     assert run_cli("eval", "--run", run, "--split", "val", "--device", "cpu").exit_code == 0
-    original = json.loads((run / "eval" / "shapes@1-val" / "metrics.json").read_text())
+    original = json.loads((run / "eval" / "metrics.json").read_text())  # val is the run's default: no test split
     result = run_cli("eval", "--model", run / "export" / "model.onnx", "--split", "val")
     assert result.exit_code == 0, result.stderr
     assert "mAP50-95" in result.stdout and "(onnx, fp32)" in result.stdout
@@ -210,7 +210,7 @@ def test_untrained_architectures_export_to_both_formats_and_match(here, run_cli,
 
 
 def test_predict_with_an_onnx_model_never_imports_torchvision(here, workspace, run_cli) -> None:
-    model = onnx_file(run_cli, workspace[2])
+    model = exported_file(run_cli, workspace[2])
     image = next(p for p in (here / "home").rglob("*.png"))
     code = ("import sys\nfrom tlsync.cli import main\n"
             "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
@@ -224,7 +224,7 @@ def test_predict_with_an_onnx_model_never_imports_torchvision(here, workspace, r
 
 def test_a_tampered_file_or_a_missing_model_json_is_refused(here, workspace, run_cli, tmp_path: Path) -> None:
     run = workspace[2]
-    source = onnx_file(run_cli, run)
+    source = exported_file(run_cli, run)
     image = str(next(p for p in (here / "home").rglob("*.png")))
     copy = tmp_path / "copy"
     copy.mkdir()

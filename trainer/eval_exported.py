@@ -37,8 +37,8 @@ def eval_exported(model_file: Path, dataset: str | None, split: str | None, conf
     in_run = (run / "config.json").is_file() and (run / "weights").is_dir()
     out = (run / "eval" if in_run else model_file.parent / "eval") / f"{model_file.name}-{version.ref}-{split}"
     with progress(f"eval {model_file.name} on {version.ref} {split}", unit="images") as update:
-        metrics = evaluate_split(cast(Any, model), version, split, model.categories, "cpu", out, conf=conf, progress=update,
-                                 batch_size=batch_size)
+        metrics = evaluate_split(cast(Any, model), version, split, model.categories, "cpu", out, conf=conf,
+                                 progress=update, batch_size=batch_size)
     print_metrics(metrics, f"{model_file} ({model.format}, {model.meta['files'][model_file.name]['precision']})")
     click.echo(f"eval files: {out}")
     if in_run:

@@ -74,8 +74,10 @@ def traceable(model: nn.Module) -> nn.Module:
 
     copy = deepcopy(model)
     for module in copy.modules():
-        if type(module) is Conv2dDynamicSamePadding and all(
-                (k - 1) * d + 1 >= s for k, s, d in zip(module.kernel_size, module.stride, module.dilation)):
+        if type(module) is not Conv2dDynamicSamePadding:
+            continue
+        shape: Any = zip(module.kernel_size, module.stride, module.dilation, strict=True)
+        if all((k - 1) * d + 1 >= s for k, s, d in shape):
             module.__class__ = TracedSamePadding
     return copy
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +115,9 @@ class ExportedModel:
             import torchvision  # noqa: F401  (registers torchvision::nms and roi_align, which the graph calls)
 
             try:
-                self.module = torch.jit.load(str(path), map_location="cpu").eval()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", FutureWarning)  # torch 2.9+ flags TorchScript as deprecated
+                    self.module = torch.jit.load(str(path), map_location="cpu").eval()
             except RuntimeError as e:
                 raise TlsyncError(f"{path}: not a loadable TorchScript file ({str(e).splitlines()[0]})") from None
 
