@@ -170,6 +170,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
             ratio = f"{row['ratio']:.2f}x ({row['ratio_min']:.2f}-{row['ratio_max']:.2f})"
             size = f"{row['mb']:.1f}" if row["mb"] else "-"
             lines.append(f"| {result['model']} | {row['runtime']} | {speed} | {ratio} | {row['map']:.4f} | {size} |")
+    lines += ["", target_line(results)]
     lines += ["", "Where onnxruntime spends its time (share of node time by op type, one profiled pass):", ""]
     for result in results:
         for name, ops in result["profiles"].items():
@@ -178,6 +179,19 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines.append("Parity verdicts (model.json `verified`): " + "; ".join(
         f"{r['model']}: " + ", ".join(f"{k} {v}" for k, v in r["verified"].items()) for r in results))
     return "\n".join(lines)
+
+
+def target_line(results: list[dict[str, Any]]) -> str:
+    """The issue's bar: int8 at least 1.5x torch eager, losing at most 0.01 val mAP50-95, for one model."""
+    best = []
+    for result in results:
+        rows = {row["runtime"]: row for row in result["rows"]}
+        drop = rows["torch eager"]["map"] - rows["ORT int8"]["map"]
+        best.append((rows["ORT int8"]["ratio"], drop, result["model"]))
+    met = any(ratio >= 1.5 and drop <= 0.01 for ratio, drop, _ in best)
+    ratio, drop, model = max(best)
+    return (f"Target int8 >= 1.5x torch eager within 0.01 mAP50-95 (one model): {'met' if met else 'NOT met'} "
+            f"(fastest int8: {model}, {ratio:.2f}x eager, mAP50-95 cost {drop:.4f}).")
 
 
 def main() -> None:

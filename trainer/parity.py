@@ -133,7 +133,7 @@ def verdict(result: dict[str, Any], quantized: bool, max_map_drop: float) -> tup
     """``(verified, why)``: the rule the file is held to, stated with the numbers."""
     mdiff = result["map50_95_diff"]
     if quantized:
-        drop = -mdiff
+        drop = 0.0 - mdiff  # 0.0 - x, not -x: a zero cost prints as 0.0000, not -0.0000
         if drop > max_map_drop:
             return False, f"int8 costs {drop:.4f} val mAP50-95, more than --max-map-drop {max_map_drop:g}"
         return True, f"int8 costs {drop:.4f} val mAP50-95 (allowed {max_map_drop:g})"
