@@ -204,9 +204,22 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--calibration", type=int, default=16)
     parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--run", type=Path, help="Time this already exported run (onnx, int8, torchscript in "
+                        "RUN/export) instead of training new ones; TLSYNC_HOME must hold its data.")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     started = time.time()
+    if args.run:
+        meta = json.loads((args.run / "export" / "model.json").read_text())
+        results = [measure(meta["model"], args.run.resolve(), args, meta["dataset"])]
+        body = (f"Existing run `{args.run.name}` ({meta['model']}, dataset {meta['dataset']}, img size "
+                f"{meta['input']['img_size']}), batch 1, {args.threads} threads, {results[0]['images']} val images x "
+                f"{args.rounds} alternating rounds.\n\n" + report(results, args).split("\n", 2)[2])
+        print(body)
+        update_section("export_speed", "Exported model speed: eager vs ONNX fp32 / int8 vs TorchScript (CPU, batch 1)",
+                       body + f"\n\nWall time {time.time() - started:.0f} s.",
+                       "python benchmarks/export_speed.py " + " ".join(sys.argv[1:]))
+        return
     with tempfile.TemporaryDirectory(prefix="tlsync-export-bench-") as tmp:
         os.environ["TLSYNC_HOME"] = str(Path(tmp) / "home")
         os.chdir(tmp)
