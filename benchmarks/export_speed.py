@@ -125,12 +125,12 @@ def op_profile(path: Path, images: list[torch.Tensor], threads: int) -> list[tup
     return sorted(((op, t / total) for op, t in per_op.items()), key=lambda kv: -kv[1])
 
 
-def measure(model: str, run: Path, args: argparse.Namespace) -> dict[str, Any]:
+def measure(model: str, run: Path, args: argparse.Namespace, dataset: str = "bench@1") -> dict[str, Any]:
     from tlsync.trainer.predict import image_tensor, load_image
 
     from tlsync.store import Store
 
-    version = Store().open("bench@1")
+    version = Store().open(dataset)
     items = list(version.items("val"))[:args.images]
     images = [image_tensor(load_image(version.image_path(item))) for item in items]
     rates = time_rounds(runtimes(run, args.threads), images, args.rounds)
