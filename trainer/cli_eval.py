@@ -16,13 +16,7 @@ from tlsync.errors import TlsyncError
 from tlsync.format import SPLITS
 
 from .report import fmt
-
-
-def resolve_device(device: str) -> Any:
-    """Imported when called: ``predict --model x.onnx`` must not import torchvision (train.py does)."""
-    from .train import resolve_device as resolve
-
-    return resolve(device)
+from .device import resolve_device
 
 
 def run_dir(path: Path) -> Path:
