@@ -37,6 +37,7 @@ from bench_report import update_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 THERMAL = ROOT.parent / "shared" / "datasets" / "thermal-dogs-people-yolo"
+MIN_MAP = 0.05
 MODELS = {"fasterrcnn_mobilenet_v3_large_320_fpn": "none", "fasterrcnn_efficientnet_lite0_fpn": "imagenet"}
 
 
@@ -188,10 +189,13 @@ def target_line(results: list[dict[str, Any]]) -> str:
         rows = {row["runtime"]: row for row in result["rows"]}
         drop = rows["torch eager"]["map"] - rows["ORT int8"]["map"]
         best.append((rows["ORT int8"]["ratio"], drop, result["model"]))
-    met = any(ratio >= 1.5 and drop <= 0.01 for ratio, drop, _ in best)
+    # An mAP cost is only evidence on a model that detects something.
+    trained = {r["model"] for r in results if r["rows"][0]["map"] >= MIN_MAP}
+    met = any(ratio >= 1.5 and drop <= 0.01 and model in trained for ratio, drop, model in best)
     ratio, drop, model = max(best)
+    untested = "" if trained else f"; accuracy untested: eager val mAP50-95 below {MIN_MAP}"
     return (f"Target int8 >= 1.5x torch eager within 0.01 mAP50-95 (one model): {'met' if met else 'NOT met'} "
-            f"(fastest int8: {model}, {ratio:.2f}x eager, mAP50-95 cost {drop:.4f}).")
+            f"(fastest int8: {model}, {ratio:.2f}x eager, mAP50-95 cost {drop:.4f}{untested}).")
 
 
 def main() -> None:
