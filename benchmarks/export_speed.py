@@ -127,9 +127,8 @@ def op_profile(path: Path, images: list[torch.Tensor], threads: int) -> list[tup
 
 
 def measure(model: str, run: Path, args: argparse.Namespace, dataset: str = "bench@1") -> dict[str, Any]:
-    from tlsync.trainer.predict import image_tensor, load_image
-
     from tlsync.store import Store
+    from tlsync.trainer.predict import image_tensor, load_image
 
     version = Store().open(dataset)
     items = list(version.items("val"))[:args.images]
