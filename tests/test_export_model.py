@@ -61,10 +61,10 @@ def untrained_run(folder: Path, model_name: str, spread_scores: bool = False, we
     training would, and keeps RetinaNet's background column off as training does.
     """
     import torch
-    from tlsync.trainer.checkpoint import save_checkpoint
-    from tlsync.trainer.zoo import build_model
 
     from tlsync.store import Store
+    from tlsync.trainer.checkpoint import save_checkpoint
+    from tlsync.trainer.zoo import build_model
 
     version = Store().open("shapes")
     torch.manual_seed(0)

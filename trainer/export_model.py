@@ -76,8 +76,8 @@ def traceable(model: nn.Module) -> nn.Module:
     for module in copy.modules():
         if type(module) is not Conv2dDynamicSamePadding:
             continue
-        shape: Any = zip(module.kernel_size, module.stride, module.dilation, strict=True)
-        if all((k - 1) * d + 1 >= s for k, s, d in shape):
+        conv: Any = module
+        if all((k - 1) * d + 1 >= s for k, s, d in zip(conv.kernel_size, conv.stride, conv.dilation, strict=True)):
             module.__class__ = TracedSamePadding
     return copy
 
