@@ -37,6 +37,7 @@ LAZY_COMMANDS = {
     "select": "tlsync.trainer.cli_select:select",
     "datasets": "tlsync.cli_datasets:datasets",
     "export": "tlsync.cli_datasets:export",
+    "export-model": "tlsync.trainer.cli_export:export_model",
 }
 SHORT_HELP_LIMIT = 70  # what click's own command list uses
 

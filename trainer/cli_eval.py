@@ -31,7 +31,9 @@ DEVICE = click.option("--device", default="auto", show_default=True, help="auto,
 
 
 @click.command(name="eval")
-@click.option("--run", "run", required=True, type=click.Path(path_type=Path), help="The run directory.")
+@click.option("--run", "run", default=None, type=click.Path(path_type=Path), help="The run directory.")
+@click.option("--model", "model_file", default=None, type=click.Path(path_type=Path),
+              help="Evaluate an exported model file (tlsync export-model) instead of a run's checkpoint.")
 @click.option("--dataset", default=None, help="Dataset (name or name@version) to evaluate on; default: the run's.")
 @click.option("--split", type=click.Choice(SPLITS), default=None,
               help="Split to evaluate; default: test if the dataset has test items, else val.")
@@ -39,10 +41,18 @@ DEVICE = click.option("--device", default="auto", show_default=True, help="auto,
               help="Also report precision, recall and F1 at this confidence.")
 @click.option("--batch-size", type=click.IntRange(1, 256), default=4, show_default=True)
 @DEVICE
-def eval_command(run: Path, dataset: str | None, split: str | None, conf: float | None, batch_size: int,
-                 device: str) -> None:
+def eval_command(run: Path | None, model_file: Path | None, dataset: str | None, split: str | None,
+                 conf: float | None, batch_size: int, device: str) -> None:
     """Evaluate a run's best weights: mAP50-95, mAP50, per-class AP, P/R/F1; refresh its report."""
     from tlsync.store import Store
+
+    if (run is None) == (model_file is None):
+        raise TlsyncError("give --run RUN or --model FILE (an exported model)")
+    if model_file is not None:
+        from .eval_exported import eval_exported
+
+        return eval_exported(model_file, dataset, split, conf, batch_size)
+    assert run is not None
 
     from .checkpoint import load_model, resolve_checkpoint
     from .evaluate import evaluate_split
@@ -96,22 +106,34 @@ def print_metrics(m: dict[str, Any], what: str) -> None:
 
 
 @click.command()
-@click.option("--run", "run", required=True, type=click.Path(path_type=Path),
+@click.option("--run", "run", default=None, type=click.Path(path_type=Path),
               help="A run directory (uses weights/best.pt) or a checkpoint file.")
+@click.option("--model", "model_file", default=None, type=click.Path(path_type=Path),
+              help="An exported model file (tlsync export-model), run by onnxruntime or torch.jit.")
 @click.argument("sources", nargs=-1, required=True)
 @click.option("--conf", type=click.FloatRange(0, 1), default=0.25, show_default=True,
               help="Keep boxes at least this confident.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("preds"), show_default=True,
               help="Folder for predictions.json, images.json and the drawn images.")
 @DEVICE
-def predict(run: Path, sources: tuple[str, ...], conf: float, out: Path, device: str) -> None:
+def predict(run: Path | None, model_file: Path | None, sources: tuple[str, ...], conf: float, out: Path,
+            device: str) -> None:
     """Run a trained model on images, folders or globs (SOURCES); write COCO JSON and drawn images."""
     from .predict import predict_run
 
-    if not run.exists():
-        raise TlsyncError(f"run '{run}' not found")
+    if (run is None) == (model_file is None):
+        raise TlsyncError("give --run RUN or --model FILE (an exported model)")
+    if model_file is not None:
+        from .exported import file_format
+
+        file_format(model_file)  # a checkpoint given as --model is a mistake worth naming
+    path = run or model_file
+    assert path is not None
+    if not path.exists():
+        raise TlsyncError(f"'{path}' not found")
+    dev = "cpu" if model_file else resolve_device(device)  # exported files run on onnxruntime/torch.jit CPU
     with progress("predict", unit="images") as update:
-        result = predict_run(run, list(sources), out, conf, resolve_device(device), progress=update)
+        result = predict_run(path, list(sources), out, conf, dev, progress=update)
     for path, reason in result["skipped"].items():
         info(f"skipped {path}: {reason}")
     counts = ", ".join(f"{name} {n}" for name, n in result["per_class"].items()) or "none"

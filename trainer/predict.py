@@ -38,6 +38,17 @@ def load_image(path: Path) -> Any:
         raise TlsyncError(f"{path}: cannot decode image ({type(e).__name__})") from None
 
 
+def image_tensor(picture: Any) -> torch.Tensor:
+    """An RGB PIL image as a 0..1 float CHW tensor, as torchvision's ``to_tensor`` makes it.
+
+    Written out so that predicting with an exported ONNX model never imports torchvision.
+    """
+    import numpy as np
+
+    array = torch.from_numpy(np.array(picture, dtype=np.uint8, copy=True))
+    return array.permute(2, 0, 1).contiguous().to(torch.float32).div(255)
+
+
 def predict_items(model: torch.nn.Module, items: Iterable[Item], image_path: Callable[[Item], Path],
                   categories: list[str], device: str | torch.device = "cpu", batch_size: int = 4,
                   conf: float = 0.0) -> Iterator[Item]:
@@ -55,8 +66,6 @@ def _predict(model: torch.nn.Module, items: Iterable[Item], image_path: Callable
              categories: list[str], device: str | torch.device, batch_size: int,
              conf: float) -> Iterator[tuple[Item, Any, list[Box]]]:
     """``(item, decoded picture, boxes)``: the picture too, so ``predict_run`` draws without decoding twice."""
-    from torchvision.transforms.functional import to_tensor
-
     device = torch.device(device)
     was_training = model.training
     model.eval()
@@ -64,7 +73,7 @@ def _predict(model: torch.nn.Module, items: Iterable[Item], image_path: Callable
         iterator = iter(items)
         while batch := list(islice(iterator, batch_size)):
             pictures = [load_image(image_path(item)) for item in batch]
-            tensors = [to_tensor(p).to(device, non_blocking=True) for p in pictures]
+            tensors = [image_tensor(p).to(device, non_blocking=True) for p in pictures]
             with torch.inference_mode():
                 outputs = model(tensors)
             for item, picture, output in zip(batch, pictures, outputs):
@@ -119,10 +128,8 @@ def predict_run(run: str | Path, sources: list[str], out: Path, conf: float, dev
     A file that is not a readable image is skipped and reported, not fatal: folders often
     hold a stray thumbnail database or text file.
     """
-    from .checkpoint import load_model
-
     paths = expand_sources(sources)
-    model, categories, _config = load_model(run, device=device)
+    model, categories = _load(run, device)
     items, skipped = [], {}
     from tlsync.images import check_complete_image  # not just the header: bombs and cut-off files are skipped
 
@@ -154,6 +161,19 @@ def predict_run(run: str | Path, sources: list[str], out: Path, conf: float, dev
     atomic_write_json(out / "predictions.json", coco_results(predictions, categories, image_ids))
     return {"images": len(predictions), "boxes": sum(len(p.annotations) for p in predictions),
             "per_class": _count_labels(predictions, categories), "skipped": skipped, "out": out}
+
+
+def _load(run: str | Path, device: str | torch.device) -> tuple[Any, list[str]]:
+    """A run's checkpoint, or an exported file (``tlsync export-model``) run by onnxruntime / torch.jit."""
+    from .exported import is_exported, load_exported
+
+    if is_exported(run):
+        exported = load_exported(run)
+        return exported, exported.categories
+    from .checkpoint import load_model
+
+    model, categories, _config = load_model(run, device=device)
+    return model, categories
 
 
 def _unique_name(path: Path, taken: set[str]) -> str:

@@ -1,0 +1,299 @@
+"""``tlsync export-model``: exported files predict what the checkpoint predicts, and say so honestly.
+
+One 6-image synthetic dataset (4 train, 2 val) and one EfficientNet-Lite0 run (ImageNet
+backbone, fresh head) are made once for the module. The checkpoints are untrained: what the
+check needs is a model whose boxes and scores vary, and an exported graph that computes the
+same function; accuracy is the benchmark's business (benchmarks/export_speed.py trains).
+Images are 128 px to keep every export and parity check short.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("onnxruntime")
+
+SIZE = 128
+LITE0 = "fasterrcnn_efficientnet_lite0_fpn"
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory):
+    """(folder, store home, Lite0 run): the dataset and the run every test here shares."""
+    from click.testing import CliRunner
+
+    from tlsync import cli
+
+    root = tmp_path_factory.mktemp("export")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TLSYNC_HOME", str(root / "home"))
+        mp.setenv("TLSYNC_LOAD_PLUGINS", "")
+        mp.setenv("TLSYNC_CONFIG", str(root / "no-config.json"))
+        mp.chdir(root)
+        result = CliRunner().invoke(cli.cli, ["pull", "--source", "synthetic", "--dataset", "shapes", "--items", "6",
+                                              "--size", str(SIZE), "--split-ratios", "0.5,0.5,0"])
+        assert result.exit_code == 0, result.output
+        run = untrained_run(root / "runs" / "lite0", LITE0, weights="imagenet", checkpoint="best.pt")
+    return root, root / "home", run
+
+
+@pytest.fixture
+def here(workspace, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root, home, _ = workspace
+    monkeypatch.setenv("TLSYNC_HOME", str(home))
+    monkeypatch.chdir(root)
+    return root
+
+
+def untrained_run(folder: Path, model_name: str, spread_scores: bool = False, weights: str = "none",
+                  checkpoint: str = "last.pt") -> Path:
+    """A run directory around an untrained model.
+
+    An untrained head scores every anchor (nearly) alike: RetinaNet's prior puts all at 0.01, below
+    the threshold, and SSDLite's at ~1/classes, so the top-k cut and NMS order are ties that any
+    float rounding reorders. ``spread_scores`` gives each anchor's class logits a distinct bias, as
+    training would, and keeps RetinaNet's background column off as training does.
+    """
+    import torch
+
+    from tlsync.store import Store
+    from tlsync.trainer.checkpoint import save_checkpoint
+    from tlsync.trainer.zoo import build_model
+
+    version = Store().open("shapes")
+    torch.manual_seed(0)
+    model = build_model(model_name, len(version.categories), weights, SIZE)
+    if spread_scores:
+        with torch.no_grad():
+            for layer, (anchors, _) in model.tlsync_class_layers.items():
+                bias = model.get_submodule(layer).bias
+                bias.normal_(-2.0, 1.5)
+                if model_name.startswith("retinanet"):
+                    bias.view(anchors, -1)[:, 0] = -20.0
+    config = {"model": model_name, "img_size": SIZE, "weights": weights, "dataset": version.ref,
+              "categories": version.categories}
+    save_checkpoint(folder / "weights" / checkpoint, model, version.categories, config, epoch=1)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def export(run_cli, run: Path, *args: object):
+    return run_cli("export-model", "--run", run, *args)
+
+
+def exported_file(run_cli, run: Path, fmt: str = "onnx") -> Path:
+    """The run's export in ``fmt`` (made by an earlier test, or now when this test runs alone)."""
+    path = run / "export" / ("model.onnx" if fmt == "onnx" else "model.torchscript.pt")
+    if not path.exists():
+        assert export(run_cli, run, "--format", fmt, "--check-images", 1).exit_code == 0
+    return path
+
+
+def sidecar(run: Path) -> dict:
+    return json.loads((run / "export" / "model.json").read_text())
+
+
+def test_lite0_exports_to_both_formats_verified_with_a_full_model_json(here, workspace, run_cli) -> None:
+    run = workspace[2]
+    for fmt, name in (("onnx", "model.onnx"), ("torchscript", "model.torchscript.pt")):
+        result = export(run_cli, run, "--format", fmt, "--exist-ok")
+        assert result.exit_code == 0, result.stderr
+        assert re.search(rf"{re.escape(name)}: verified on 2 val images of shapes@1: mAP50-95 [\d.]+ -> [\d.]+, "
+                         r"(\d+)/\1 boxes match", result.stdout), result.stdout
+    meta = sidecar(run)
+    assert meta["classes"] == ["__background__", "circle", "square", "triangle"]
+    assert meta["normalisation"]["formula"].startswith("(pixel - 127) / 128")
+    assert meta["normalisation"]["mean"] == pytest.approx([127 / 255] * 3)
+    assert (meta["dataset"], meta["input"]["layout"], meta["input"]["range"]) == ("shapes@1", "CHW", [0.0, 1.0])
+    assert (meta["score_threshold"], meta["detections_per_image"]) == (0.05, 100)
+    assert {"tlsync", "torch", "torchvision", "onnx", "onnxruntime"} <= set(meta["versions"])
+    import hashlib
+
+    assert meta["checkpoint_sha256"] == hashlib.sha256((run / "weights" / meta["checkpoint"]).read_bytes()).hexdigest()
+    for name in ("model.onnx", "model.torchscript.pt"):
+        entry = meta["files"][name]
+        parity = entry["parity"]
+        assert entry["verified"] is True, entry["why"]
+        assert parity["boxes"] > 0 and parity["matched_share"] >= 0.99
+        assert abs(parity["map50_95_exported"] - parity["map50_95_original"]) <= 0.005
+        # Limits are measured: other aspect ratios and sizes than the one traced still match.
+        assert entry["limits"]["batch"] == 1 and entry["limits"]["any_shape"], entry["limits"]
+        assert [96, 128] in [s["shape"] for s in entry["limits"]["input_shapes_ok"]]
+
+    again = export(run_cli, run, "--format", "onnx")
+    assert again.exit_code == 1 and "model.onnx already exists; pass --exist-ok" in again.stderr
+
+
+def predictions(folder: Path) -> list[dict]:
+    return sorted(json.loads((folder / "predictions.json").read_text()), key=lambda p: (p["image_id"], -p["score"]))
+
+
+def test_predict_and_eval_with_model_equal_the_run(here, workspace, run_cli) -> None:
+    run = workspace[2]
+    for fmt in ("onnx", "torchscript"):
+        exported_file(run_cli, run, fmt)
+    images = str(here / "home" / "images")  # every image of the dataset, in sub-folders
+    by_run = run_cli("predict", "--run", run, images, "--conf", "0.05", "--out", "preds-run", "--device", "cpu")
+    assert by_run.exit_code == 0, by_run.stderr
+    reference = predictions(here / "preds-run")
+    assert reference, "the run predicts boxes at conf 0.05, so there is something to compare"
+    for name in ("model.onnx", "model.torchscript.pt"):
+        out = f"preds-{name}"
+        result = run_cli("predict", "--model", run / "export" / name, images, "--conf", "0.05", "--out", out)
+        assert result.exit_code == 0, result.stderr
+        assert result.stdout.splitlines()[0] == by_run.stdout.splitlines()[0]  # same images, boxes, per-class counts
+        got = predictions(here / out)
+        assert [(p["image_id"], p["category_id"]) for p in got] == [
+            (p["image_id"], p["category_id"]) for p in reference]
+        for a, b in zip(got, reference, strict=True):
+            assert a["bbox"] == pytest.approx(b["bbox"], abs=0.05) and a["score"] == pytest.approx(b["score"], abs=1e-4)
+        assert json.loads((here / out / "images.json").read_text()) == json.loads(
+            (here / "preds-run" / "images.json").read_text())
+
+    assert run_cli("eval", "--run", run, "--split", "val", "--device", "cpu").exit_code == 0
+    original = json.loads((run / "eval" / "metrics.json").read_text())  # val is the run's default: no test split
+    result = run_cli("eval", "--model", run / "export" / "model.onnx", "--split", "val")
+    assert result.exit_code == 0, result.stderr
+    assert "mAP50-95" in result.stdout and "(onnx, fp32)" in result.stdout
+    exported = json.loads((run / "eval" / "model.onnx-shapes@1-val" / "metrics.json").read_text())
+    assert exported["map50_95"] == pytest.approx(original["map50_95"], abs=0.005)
+    assert (run / "eval" / "model.onnx-shapes@1-val" / "predictions.json").exists()
+
+
+def test_int8_is_smaller_and_reports_its_map_cost(here, workspace, run_cli) -> None:
+    run = workspace[2]
+    result = export(run_cli, run, "--format", "onnx", "--quantize", "int8", "--calibration-images", 2, "--exist-ok",
+                    "--max-map-drop", "1")
+    assert result.exit_code == 0, result.stderr
+    assert re.search(r"model\.int8\.onnx \([\d.]+ MB, static int8; [\d.]+x smaller\)", result.stdout)
+    entry = sidecar(run)["files"]["model.int8.onnx"]
+    assert entry["precision"] == "int8" and entry["quantization"]["method"] == "static"
+    assert entry["bytes"] < sidecar(run)["files"]["model.onnx"]["bytes"] / 3
+    cost = entry["parity"]["map50_95_original"] - entry["parity"]["map50_95_exported"]
+    stated = re.fullmatch(r"int8 costs (-?[\d.]+) val mAP50-95 \(allowed 1\)", entry["why"])
+    assert stated and float(stated.group(1)) == pytest.approx(cost, abs=1e-4), entry["why"]
+    assert entry["verified"] is True
+
+    # --check re-runs it; a budget below the cost fails loudly but keeps the file, marked unverified.
+    checked = run_cli("export-model", "--check", run / "export" / "model.int8.onnx", "--max-map-drop", 0)
+    if cost > 0:
+        assert checked.exit_code == 1 and "model.int8.onnx is UNVERIFIED (int8 costs" in checked.stderr
+        assert sidecar(run)["files"]["model.int8.onnx"]["verified"] is False
+        assert (run / "export" / "model.int8.onnx").exists()
+    else:
+        assert checked.exit_code == 0, checked.stderr
+
+
+def test_the_verdict_rules() -> None:
+    from tlsync.trainer.parity import verdict
+
+    exact = {"map50_95_diff": 0.0, "matched_share": 1.0, "max_score_diff": 1e-6}
+    assert verdict(exact, quantized=False, max_map_drop=0.01)[0]
+    assert verdict({**exact, "matched_share": 0.98}, False, 0.01) == (
+        False, "only 98.0% of boxes match (IoU >= 0.99, same class; need 99%)")
+    assert not verdict({**exact, "map50_95_diff": -0.006}, False, 0.01)[0]
+    assert verdict({**exact, "map50_95_diff": -0.02, "matched_share": 0.5}, True, 0.01) == (
+        False, "int8 costs 0.0200 val mAP50-95, more than --max-map-drop 0.01")
+    assert verdict({**exact, "map50_95_diff": -0.005, "matched_share": 0.5}, True, 0.01)[0]
+
+
+SSDLITE_ONNX = pytest.mark.xfail(strict=True, reason=(
+    "known, flagged by the parity check: SSDLite's ONNX graph reproduces ~96% of the eager boxes on untrained "
+    "weights (300 detections per image at score threshold 0.001); cause not yet found"))
+
+
+@pytest.mark.parametrize("model_name,fmt", [
+    ("fasterrcnn_mobilenet_v3_large_320_fpn", "onnx"), ("fasterrcnn_mobilenet_v3_large_320_fpn", "torchscript"),
+    pytest.param("ssdlite320_mobilenet_v3_large", "onnx", marks=SSDLITE_ONNX),
+    ("ssdlite320_mobilenet_v3_large", "torchscript"),
+    ("retinanet_resnet50_fpn", "onnx"), ("retinanet_resnet50_fpn", "torchscript")])
+def test_untrained_architectures_export_and_match(here, run_cli, model_name: str, fmt: str) -> None:
+    run = untrained_run(here / "runs" / f"{model_name}-{fmt}", model_name,
+                        spread_scores=not model_name.startswith("faster"))
+    result = export(run_cli, run, "--format", fmt, "--check-images", 2)
+    assert result.exit_code == 0, result.stderr
+    meta = sidecar(run)
+    assert meta["model"] == model_name and meta["checkpoint"] == "last.pt"
+    (entry,) = meta["files"].values()
+    assert entry["verified"] is True and entry["parity"]["images"] == 2
+    assert entry["parity"]["boxes"] > 0, "the check must compare boxes, not two empty lists"
+    if model_name.startswith("ssd"):
+        assert "resizes to 128x128 (aspect not kept)" in meta["input"]["size_rule"]
+
+
+def test_predict_with_an_onnx_model_never_imports_torchvision(here, workspace, run_cli) -> None:
+    model = exported_file(run_cli, workspace[2])
+    image = next(p for p in (here / "home").rglob("*.png"))
+    code = ("import sys\nfrom tlsync.cli import main\n"
+            "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "print('LOADED', sorted(m for m in sys.modules if m.split('.')[0] == 'torchvision'))\n")
+    proc = subprocess.run([sys.executable, "-c", code, "predict", "--model", str(model), str(image), "--out",
+                           str(here / "preds-sub")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "LOADED []" in proc.stdout, proc.stdout
+    assert (here / "preds-sub" / "predictions.json").exists()
+
+
+def test_a_tampered_file_or_a_missing_model_json_is_refused(here, workspace, run_cli, tmp_path: Path) -> None:
+    run = workspace[2]
+    source = exported_file(run_cli, run)
+    image = str(next(p for p in (here / "home").rglob("*.png")))
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "model.onnx").write_bytes(source.read_bytes())
+
+    alone = run_cli("predict", "--model", copy / "model.onnx", image, "--out", tmp_path / "p1")
+    assert alone.exit_code == 1 and len(alone.stderr.strip().splitlines()) == 1
+    assert "model.onnx: no model.json beside it" in alone.stderr
+
+    (copy / "model.json").write_text((run / "export" / "model.json").read_text())
+    data = bytearray((copy / "model.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy / "model.onnx").write_bytes(bytes(data))
+    for command in (("predict", "--model", copy / "model.onnx", image, "--out", tmp_path / "p2"),
+                    ("eval", "--model", copy / "model.onnx")):
+        tampered = run_cli(*command)
+        assert tampered.exit_code == 1 and len(tampered.stderr.strip().splitlines()) == 1
+        assert "does not match model.json" in tampered.stderr and "changed after export" in tampered.stderr
+    assert not (tmp_path / "p2").exists()
+
+
+def test_a_model_the_exporter_cannot_handle_is_a_one_line_error(here, run_cli) -> None:
+    import torch
+
+    from tlsync import plugins
+    from tlsync.hookspecs import hookimpl
+    from tlsync.models import ModelSpec
+
+    class Boxes(torch.nn.Module):
+        """A detector without torchvision's transform: nothing says what its graph expects."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+
+        def forward(self, images):  # pragma: no cover  (never reached: refused before tracing)
+            return [{"boxes": self.conv(i[None])[0, :, :1, :4].reshape(-1, 4)} for i in images]
+
+    class Plugin:
+        @hookimpl
+        def tlsync_register_models(self, register):
+            register(ModelSpec("plain_boxes", lambda num_classes, weights, img_size: Boxes(), "test model"))
+
+    plugins.load_plugins()
+    plugin = Plugin()
+    plugins.pm.register(plugin, name="test-export-plugin")
+    try:
+        run = untrained_run(here / "runs" / "plain", "plain_boxes")
+        result = export(run_cli, run, "--format", "onnx")
+    finally:
+        plugins.pm.unregister(plugin)
+    assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert "model 'plain_boxes' cannot be exported: it is a Boxes, not a torchvision-style detector" in result.stderr
+    assert not (run / "export" / "model.onnx").exists()
