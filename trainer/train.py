@@ -29,7 +29,7 @@ from tlsync.errors import TlsyncError
 from tlsync.models import WEIGHTS
 from tlsync.store import DatasetVersion, Store
 
-from . import runs
+from . import precise_bn, runs
 from .checkpoint import load_checkpoint, rebuild_model, resolve_checkpoint, save_checkpoint, transfer_weights
 from .data import DetectionDataset, make_loader, start_epoch, train_transforms
 from .engine import (NonFiniteLoss, amp_settings, build_optimizer, build_scheduler, rng_state, set_rng_state,
@@ -83,6 +83,9 @@ class TrainConfig:
     sync_bn: bool = False  # batch-norm statistics over the global batch (CUDA, several processes)
     compile: bool = False  # torch.compile the model (speeds up models it can capture; costs start-up time)
     seed: int = 0
+    # Batch-norm statistics recomputed over this many seeded, un-augmented train batches before every
+    # val evaluation and checkpoint (precise BN, see precise_bn.py); 0: keep the moving averages.
+    precise_bn_batches: int = precise_bn.DEFAULT_BATCHES
     time_limit: float | None = None  # seconds; stop after the epoch that passes it (quickstart)
     name: str | None = None  # run folder name; default <dataset>-N
     project: str = "runs"
@@ -321,6 +324,9 @@ def _fit(run: Path, config: dict[str, Any], version: DatasetVersion, model: nn.M
             info(f"warning: skipped {len(result.failures)} image(s) that failed to decode "
                  f"(first: item '{first.item_id}': {first.reason})")
         result.losses = runtime.average(result.losses)
+        # Batch-norm statistics that match the weights, for the val evaluation and the checkpoints (issue 12).
+        precise_bn.recompute(model, dataset, cfg.precise_bn_batches, cfg.batch_size, cfg.seed, device,
+                             config["workers"])
         val = runtime.evaluate(model.eval(), version, "val", categories, device, None) if has_val else {}
         state.epoch, state.elapsed = epoch + 1, state.elapsed + time.perf_counter() - started
         improved = not has_val or val["map50_95"] > state.best
