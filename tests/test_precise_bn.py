@@ -115,13 +115,15 @@ def test_frozen_batch_norm_is_left_alone() -> None:
     assert not any(m in heads for m in model.backbone.modules())
 
 
-def recompute_job(home: str, *, runtime: Any) -> dict[str, torch.Tensor]:
-    """This rank's share of the recompute (module level, so that spawned workers can import it)."""
+def recompute_job(home: str, *, runtime: Any) -> dict[str, list[float]]:
+    """This rank's share of the recompute (module level, so that spawned workers can import it).
+
+    Plain lists go back: tensors would travel as shared memory that dies with the worker."""
     from tlsync.trainer.precise_bn import recompute
 
     model = scratch(SSDLITE)
     recompute(model, train_dataset(Path(home), 64), batches=4, batch_size=2, seed=0, device=runtime.device)
-    return bn_stats(model)
+    return {k: v.tolist() for k, v in bn_stats(model).items()}
 
 
 def test_two_processes_end_with_the_single_process_statistics(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -133,7 +135,8 @@ def test_two_processes_end_with_the_single_process_statistics(home: Path, monkey
     model = scratch(SSDLITE)
     recompute(model, train_dataset(home, 64), batches=4, batch_size=2, seed=0, device=torch.device("cpu"))
     single = bn_stats(model)
-    for stats in ranks:
+    for plain in ranks:
+        stats = {k: torch.tensor(v) for k, v in plain.items()}
         assert stats.keys() == single.keys()
         assert all(torch.allclose(stats[k], single[k], rtol=1e-4, atol=1e-5) for k in single)
     # ...and the shares really differ: without the all-reduce each rank would hold its own half's mean.

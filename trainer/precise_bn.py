@@ -149,8 +149,8 @@ def fix_checkpoint(path: Path, store: Any, device: torch.device) -> tuple[Path, 
 
     target = path.with_name(f"{path.stem}-bn{path.suffix}")
     if target.exists():
-        raise TlsyncError(f"{target} exists (statistics recomputed earlier); evaluate it with --run {target}, "
-                          f"or delete it to recompute")
+        raise TlsyncError(f"{target} exists (written by an earlier --recompute-bn); it is never overwritten: "
+                          f"delete it to recompute")
     checkpoint = load_checkpoint(path)
     config = checkpoint["config"]
     model = rebuild_model(checkpoint)
