@@ -143,3 +143,72 @@ def test_two_processes_end_with_the_single_process_statistics(home: Path, monkey
     own = scratch(SSDLITE)
     recompute(own, train_dataset(home, 64), batches=2, batch_size=2, seed=0, device=torch.device("cpu"))
     assert any(not torch.allclose(v, single[k], rtol=1e-4, atol=1e-5) for k, v in bn_stats(own).items())
+
+
+# -- scratch runs that learn --------------------------------------------------------------------
+
+EPOCHS = 6
+
+
+def predictions(model: torch.nn.Module, home: Path) -> list[dict[str, torch.Tensor]]:
+    from tlsync.store import Store
+    from tlsync.trainer.predict import load_image
+    from torchvision.transforms.functional import to_tensor
+
+    version = Store(home).open("shapes")
+    images = [to_tensor(load_image(version.image_path(item))) for item in version.items("val")]
+    with torch.no_grad():
+        return model.eval()(images)
+
+
+@pytest.mark.parametrize("name", [LITE0, MOBILENET, SSDLITE])
+def test_a_scratch_run_learns_without_collapsing_and_saves_statistics_of_its_weights(
+        name: str, home: Path, tmp_path: Path) -> None:
+    from tlsync.trainer.checkpoint import load_checkpoint, load_model
+    from tlsync.trainer.precise_bn import recompute_for_run
+
+    run = train_run(home, tmp_path, name, precise=25, epochs=EPOCHS)
+    losses, map50 = val_curve(run)
+    assert losses[-1] < 0.8 * losses[0], losses
+    assert max(map50) > 0.1, f"scratch {name} never got above val mAP50 0.1: {map50}"
+    late = map50[EPOCHS // 2:]
+    assert min(late) > 0.5 * max(map50[: EPOCHS // 2 + 1]), f"val mAP50 collapsed: {map50}"
+
+    model, _, config = load_model(run / "weights" / "last.pt")
+    again, _, _ = load_model(run / "weights" / "last.pt")
+    recompute_for_run(again, train_dataset(home, config["img_size"]), config, torch.device("cpu"))
+    assert all(torch.equal(a, b) for a, b in zip(bn_stats(model).values(), bn_stats(again).values(), strict=True))
+    for a, b in zip(predictions(model, home), predictions(again, home), strict=True):
+        assert a["boxes"].shape[0] > 0 and all(torch.equal(a[k], b[k]) for k in a)
+    assert load_checkpoint(run / "weights" / "best.pt")["epoch"] >= EPOCHS // 2
+
+
+def test_precise_bn_leaves_training_alone_and_eval_recompute_bn_fixes_an_old_run(
+        home: Path, tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run without precise BN (as before) has the same weights; ``--recompute-bn`` gives it the right statistics."""
+    from tlsync.store import Store
+    from tlsync.trainer.checkpoint import load_checkpoint
+    from tlsync.trainer.precise_bn import fix_checkpoint
+
+    old = train_run(home, tmp_path, SSDLITE, precise=0, epochs=3)
+    new = train_run(home, tmp_path, SSDLITE, precise=25, epochs=3)
+    a, b = load_checkpoint(old / "weights" / "last.pt")["model"], load_checkpoint(new / "weights" / "last.pt")["model"]
+    stats = [k for k in a if k.endswith(("running_mean", "running_var"))]
+    assert all(torch.equal(a[k], b[k]) for k in a if k not in stats), "precise BN changed the training itself"
+    assert not all(torch.equal(a[k], b[k]) for k in stats)
+
+    fixed, layers, images = fix_checkpoint(old / "weights" / "last.pt", Store(home), torch.device("cpu"))
+    assert fixed == old / "weights" / "last-bn.pt" and layers > 0 and images == 16
+    c = torch.load(fixed, weights_only=True)
+    assert all(torch.allclose(b[k], c["model"][k]) for k in b), "the fix equals what precise BN training saves"
+
+    monkeypatch.setenv("TLSYNC_HOME", str(home))
+    best = (old / "weights" / "best.pt").read_bytes()
+    result = run_cli("eval", "--run", old, "--device", "cpu", "--recompute-bn")
+    assert result.exit_code == 0, result.stderr
+    assert f"batch-norm layer(s) over 16 train image(s) of shapes@1: wrote {old / 'weights' / 'best-bn.pt'}" \
+        in result.stdout
+    assert "(best-bn.pt)" in result.stdout and (old / "eval-recomputed-bn" / "metrics.json").exists()
+    assert (old / "weights" / "best.pt").read_bytes() == best, "the original checkpoint is never touched"
+    again = run_cli("eval", "--run", old, "--device", "cpu", "--recompute-bn")
+    assert again.exit_code == 1 and "best-bn.pt exists" in again.stderr and "never overwritten" in again.stderr
