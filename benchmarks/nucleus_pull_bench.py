@@ -2,7 +2,7 @@
 
     python benchmarks/nucleus_pull_bench.py [--items 500] [--latency 0.02] [--big 100000]
 
-A fake Nucleus API on 127.0.0.1 (``tlsync.testing.fake_nucleus``) answers every request
+A fake Nucleus API on 127.0.0.1 (``tests/fake_nucleus.py``) answers every request
 after ``--latency`` seconds, like a remote API and CDN would. The baseline does what users
 of the official ``scale-nucleus`` client do: ``slice.items_and_annotations()`` (one unpaged
 ``exportForTraining`` request) and then one ``requests.get`` per image, in order. tlsync
@@ -24,9 +24,9 @@ from pathlib import Path
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the fake API is a test double
 from bench_report import update_section  # noqa: E402
-
-from tlsync.testing.fake_nucleus import FakeNucleus  # noqa: E402
+from fake_nucleus import FakeNucleus  # noqa: E402
 
 SLICE = "slc_bench"
 

@@ -34,6 +34,7 @@ from filelock import FileLock, Timeout
 
 from .errors import TlsyncError
 from .format import Item
+from .images import EXTENSIONS, check_complete_image, image_info  # noqa: F401  (re-exported)
 from .manifest import INFO, ITEMS, atomic_write_json, read_info, read_items
 
 LAST_PULL = "last-pull.json"
@@ -55,30 +56,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "BMP": ".bmp", "GIF": ".gif", "TIFF": ".tif", "WEBP": ".webp"}
-
-
-def image_info(path: Path) -> tuple[int, int, str]:
-    """``(width, height, extension)`` of an image file, reading only its header.
-
-    EXIF orientation is applied to the size, since training decodes with it applied.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            fmt = im.format or ""
-            width, height = im.size
-            orientation = im.getexif().get(0x0112, 1)
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise TlsyncError(f"not a readable image ({type(e).__name__})") from None
-    if orientation in (5, 6, 7, 8):
-        width, height = height, width
-    if fmt not in EXTENSIONS:
-        raise TlsyncError(f"unsupported image format {fmt or 'unknown'}")
-    return width, height, EXTENSIONS[fmt]
 
 
 def default_home() -> Path:
@@ -150,7 +127,7 @@ class Store:
         return f"images/{sha256[:2]}/{sha256}{ext}"
 
     def add_image(self, write: Callable[[BinaryIO], None]) -> tuple[str, str, int, int]:
-        """Let ``write`` fill a temp file, check it is an image, move it to its content address.
+        """Let ``write`` fill a temp file, check it is a whole image, move it to its content address.
 
         Returns ``(relative path, sha256, width, height)``. Bytes land in ``images/.tmp``
         first (named after this process), so a killed pull leaves no partial image under a
@@ -164,7 +141,7 @@ class Store:
                 write(f)
             with open(tmp, "rb") as f:
                 sha256 = _sha256(f)
-            width, height, ext = image_info(Path(tmp))
+            width, height, ext = check_complete_image(Path(tmp))
             rel = self.image_relpath(sha256, ext)
             dest = self.home / rel
             if dest.exists():

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from .server import Faults, LoopbackServer, Request, Response
+from tlsync.testing.server import Faults, LoopbackServer, Request, Response
 
 API = "/v1/nucleus"
 LABELS = ("horse", "person", "dog")
@@ -108,7 +108,8 @@ class FakeNucleus:
         ref_ids = []
         for i in range(start, start + n):
             ref = f"{prefix}_{i:06d}"
-            boxes = [(LABELS[i % len(LABELS)], 1.0, 2.0, w / 2, h / 2), (LABELS[(i + 1) % len(LABELS)], w / 4, h / 4, w / 3, h / 3)]
+            boxes = [(LABELS[i % len(LABELS)], 1.0, 2.0, w / 2, h / 2),
+                     (LABELS[(i + 1) % len(LABELS)], w / 4, h / 4, w / 3, h / 3)]
             dataset.items[ref] = FakeItem(ref, boxes)
             ref_ids.append(ref)
         if slice_id:
@@ -131,7 +132,8 @@ class FakeNucleus:
 
     def row(self, dataset_id: str, item: FakeItem, export: int) -> dict[str, Any]:
         """The export row of one item, as ``exportForTraining(Page)`` returns it."""
-        url = f"{self.server.url}/images/{dataset_id}/{item.ref_id}.png?X-Amz-Expires=3600&X-Amz-Signature=s{export:08x}"
+        url = (f"{self.server.url}/images/{dataset_id}/{item.ref_id}.png"
+               f"?X-Amz-Expires=3600&X-Amz-Signature=s{export:08x}")
         row: dict[str, Any] = {
             "item": {"reference_id": item.ref_id, "processed_url": url, "metadata": {"source": "fake"}},
             "box": [
