@@ -1,7 +1,7 @@
 """Scale Nucleus: pull slices or whole datasets, push a run's predictions back as a model.
 
 Pull streams the export page by page and hands each row to the core as an ``Item``; the
-core's pull engine downloads the images (16 at a time by default) into the store. Each
+core's pull engine downloads the images (64 at a time by default) into the store. Each
 image's cache key is the item's reference id plus its URL without the query string:
 Nucleus signs image URLs afresh on every export, so keying on the full URL would
 re-download an unchanged slice every time.
@@ -10,7 +10,8 @@ re-download an unchanged slice every time.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import click
 
@@ -20,9 +21,10 @@ from tlsync.hookspecs import hookimpl
 from tlsync.http import HttpClient
 from tlsync.secrets import get_secret
 from tlsync.sources import PullContext, Source
-from tlsync.targets import Target
+from tlsync.targets import Selection, Target
 
 from .nucleus_api import MAX_PREDICTIONS_PER_REQUEST, NucleusAPI
+from .nucleus_select import send_to_slice
 
 URL_KEYS = ("processed_url", "image_url", "original_image_url")
 UNUSED_KINDS = ("line", "keypoints", "cuboid", "category", "multicategory")
@@ -80,7 +82,8 @@ def row_to_item(row: Any, n: int, ctx: PullContext, polygons_as_boxes: bool = Fa
         ctx.bad(f"item '{ref}': no image URL (none of {', '.join(URL_KEYS)})")
         return None
     if not url.startswith(("http://", "https://")):
-        ctx.bad(f"item '{ref}': image URL {url.split('?')[0]} is not http(s); tlsync downloads Nucleus images over HTTP")
+        ctx.bad(f"item '{ref}': image URL {url.split('?')[0]} is not http(s); "
+                f"tlsync downloads Nucleus images over HTTP")
         return None
     boxes = [_box(ann, ref, ctx) for ann in row.get("box") or ()]
     polygons = row.get("polygon") or []
@@ -104,7 +107,7 @@ class NucleusSource(Source):
 
     name = "nucleus"
     description = "Scale Nucleus slices or datasets over the REST API (key: NUCLEUS_API_KEY)."
-    concurrency = 16
+    concurrency = 64  # measured: see BENCHMARKS.md (Nucleus pull); 429s hold back every thread
     options = [
         click.Option(["--slice", "slice_id"], help="Nucleus slice id (slc_...) to pull."),
         click.Option(["--dataset-id"], help="Nucleus dataset id (ds_...) to pull whole, instead of a slice."),
@@ -122,10 +125,11 @@ class NucleusSource(Source):
             raise TlsyncError("nucleus: give exactly one of --slice slc_... or --dataset-id ds_...")
         kind, object_id = ("slice", slice_id) if slice_id else ("dataset", dataset_id)
         api = _api(self.http)
+        rows = api.export_rows(kind, object_id, page_size)  # its first page loads while we ask for the info
         info = api.info(kind, object_id)
         where = f" of dataset {info['dataset_id']}" if kind == "slice" and info.get("dataset_id") else ""
         ctx.note(f"Nucleus {kind} '{info.get('name', object_id)}' ({object_id}){where}")
-        for n, row in enumerate(api.export_rows(kind, object_id, page_size), 1):
+        for n, row in enumerate(rows, 1):
             item = row_to_item(row, n, ctx, polygons_as_boxes)
             if item is not None:
                 yield item
@@ -164,8 +168,27 @@ class NucleusTarget(Target):
                      default=MAX_PREDICTIONS_PER_REQUEST, show_default=True, help="Boxes per upload request."),
     ]
 
+    selection_options = [
+        click.Option(["--dataset-id"], required=True, help="Nucleus dataset id (ds_...) the pool's items belong to."),
+        click.Option(["--slice-name"], required=True,
+                     help="Slice to create (or complete, if one of this name exists) with the selected items."),
+        click.Option(["--with-predictions"], is_flag=True,
+                     help="Also upload the run's boxes for the selected items, as the Nucleus model tlsync-<run>."),
+    ]
+
     def __init__(self, http: HttpClient | None = None):
         self.http = http or HttpClient()
+
+    def send_selection(self, selection: Selection, run: dict[str, Any], dataset_id: str = "", slice_name: str = "",
+                       with_predictions: bool = False, **_: Any) -> dict[str, Any]:
+        """The selection as a slice (see ``nucleus_select``); with predictions, pushed as a model (``update``,
+        so a re-run replaces rather than duplicates them)."""
+        summary = send_to_slice(_api(self.http), dataset_id, slice_name, [item.id for item in selection.items])
+        if with_predictions:
+            pushed = self.push(iter(selection.items), run, dataset_id=dataset_id, model_name=f"tlsync-{run['name']}",
+                               update=True)
+            summary.update({"model_id": pushed["model_id"], "boxes": pushed["boxes"]})
+        return summary
 
     def item_filter(self, slice_id: str | None = None, **_: Any) -> Callable[[Item], bool] | None:
         """With ``--slice``: only the slice's items are predicted (reference ids paged from Nucleus)."""

@@ -14,10 +14,11 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import time
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import click
@@ -136,6 +137,7 @@ class RoboflowSource(Source):
         ALLOW_OUTSIDE_OPTION,
     ]
     poll_interval: float = 1.0
+    clock: Callable[[], float] = staticmethod(time.monotonic)  # what --export-timeout is measured on
 
     def __init__(self, http: HttpClient | None = None):
         self._http = http
@@ -240,8 +242,12 @@ class RoboflowSource(Source):
         return export
 
     def export_link(self, url: str, key: str, ref: str, timeout: float) -> str:
-        """Ask for the export and poll while Roboflow prepares it (HTTP 202); its zip's URL."""
-        waited = 0.0
+        """Ask for the export and poll while Roboflow prepares it (HTTP 202); its zip's URL.
+
+        ``--export-timeout`` counts wall time, the requests (and their retries) included:
+        a slow API must not stretch the wait the user asked for.
+        """
+        started = self.clock()
         with progress(f"Roboflow export {ref}", total=100, unit="%") as update:
             while True:
                 response = self.http.request("GET", url, what=f"Roboflow export {ref}",
@@ -258,11 +264,11 @@ class RoboflowSource(Source):
                 fraction = body.get("progress")
                 if isinstance(fraction, (int, float)):
                     update(max(0.0, min(1.0, float(fraction))) * 100)
+                waited = self.clock() - started
                 if waited >= timeout:
-                    raise SourceError(f"Roboflow export {ref}: still being prepared after {waited:g}s; "
+                    raise SourceError(f"Roboflow export {ref}: still being prepared after {waited:.0f}s; "
                                       f"try again later or raise --export-timeout")
-                self.http.sleep(self.poll_interval)
-                waited += self.poll_interval
+                self.http.sleep(min(self.poll_interval, timeout - waited))
 
     def download(self, link: str, part: Path, ref: str) -> None:
         """Stream the export zip to ``part``; the core client retries and checks the length."""

@@ -34,6 +34,7 @@ LAZY_COMMANDS = {
     "compare": "tlsync.trainer.cli_eval:compare",
     "weights": "tlsync.trainer.cli_weights:weights",
     "push": "tlsync.trainer.push:push",
+    "select": "tlsync.trainer.cli_select:select",
     "datasets": "tlsync.cli_datasets:datasets",
     "export": "tlsync.cli_datasets:export",
 }
@@ -141,6 +142,7 @@ class PluginOptionsCommand(click.Command):
     """
 
     kind = "source"
+    options_attr = "options"  # which of the plugin object's option lists this command grows
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         name = _peek_option(args, f"--{self.kind}")
@@ -152,7 +154,7 @@ class PluginOptionsCommand(click.Command):
             # The plugin's options join only this parse (which also renders --help): the
             # command object is shared, and must not keep options from an earlier call.
             own = self.params
-            self.params = [*own, *chosen.options]
+            self.params = [*own, *getattr(chosen, self.options_attr)]
             try:
                 return super().parse_args(ctx, args)
             finally:
@@ -191,19 +193,27 @@ def _peek_option(args: list[str], flag: str) -> str | None:
 @click.option("--concurrency", type=click.IntRange(1, 256), default=None, help="Parallel image fetches.")
 @click.option("--reread", is_flag=True,
               help="Read the source even if its files are unchanged since the last pull.")
+@click.option("--max-image-bytes", default="256MB", show_default=True,
+              help="Refuse (or, with --on-error skip, skip) an image larger than this.")
+@click.option("--download-timeout", type=click.FloatRange(0, min_open=True), default=300.0, show_default=True,
+              help="Seconds of wall time one image download may take, retries included.")
 @click.pass_context
 def pull(ctx: click.Context, source_name: str, dataset: str, split_ratios: str, on_error: str,
-         concurrency: int | None, reread: bool, **source_options: Any) -> None:
+         concurrency: int | None, reread: bool, max_image_bytes: str, download_timeout: float,
+         **source_options: Any) -> None:
     """Pull items and boxes from a source into a local, versioned dataset."""
+    from .archives import parse_size
     from .console import progress
+    from .pull import Limits
     from .pull import pull as run_pull
     from .splits import parse_ratios
     from .store import Store
 
     source = ctx.meta["tlsync.source"]
+    limits = Limits(parse_size(max_image_bytes, "--max-image-bytes"), download_timeout)
     with progress(f"pull {source_name} -> {dataset}", unit="items") as update:
         result = run_pull(Store(), source, source_options, dataset, on_error, parse_ratios(split_ratios),
-                          concurrency, progress=update, reread=reread)
+                          concurrency, progress=update, reread=reread, limits=limits)
     print_pull_summary(result)
 
 

@@ -47,4 +47,26 @@ def tlsync_register_targets(register: Callable[[Target], None]) -> None:
 
     Call ``register(target)`` with a ``tlsync.targets.Target`` instance; its ``push``
     receives the run's categories and config and an iterator of predicted ``Item``s.
+    A target that also overrides ``send_selection(selection, run, **options)`` can
+    receive ``tlsync select --target NAME``: a ``tlsync.targets.Selection`` of the
+    images picked for labelling (best first, with the run's predicted boxes), with
+    the target's ``selection_options`` as keyword arguments. It must send only what
+    the platform lacks, so a re-run after a failure completes the job.
+    """
+
+
+@hookspec
+def tlsync_register_callbacks(register, config):
+    """Register objects that receive a training run's events (trackers, notifiers).
+
+    Called once per run, on rank 0 only, before the first epoch (and again for ``--resume``
+    and for each ``tlsync curve`` point, which are runs too). ``config`` is the run's
+    resolved settings with secrets removed, including ``log`` (the ``--log`` tracker names)
+    and ``dataset`` (name@version); register nothing to stay out of this run. Call
+    ``register(callback)`` with a ``tlsync.events.TrainingCallback`` whose methods
+    ``on_run_start``, ``on_epoch_end``, ``on_eval_end``, ``on_checkpoint_saved`` and
+    ``on_run_end`` each receive one event dataclass of plain data (see ``tlsync.events``).
+    A callback that raises is reported once, as a warning naming the plugin, and training
+    goes on; it cannot change what is trained. Raise ``tlsync.errors.TlsyncError`` from
+    this hook only to refuse the run (say, a tracker that was asked for is not installed).
     """

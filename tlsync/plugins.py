@@ -31,7 +31,9 @@ DEFAULT_PLUGINS = (
     "tlsync.connectors.synthetic",
     "tlsync.connectors.roboflow",
     "tlsync.connectors.nucleus",
+    "tlsync.connectors.images",
     "tlsync.trainer.zoo",
+    "tlsync.trainer.loggers",
 )
 
 

@@ -1,4 +1,5 @@
-"""What a target is: somewhere ``tlsync push`` sends a run's predictions (e.g. Nucleus).
+"""What a target is: somewhere ``tlsync push`` sends a run's predictions (e.g. Nucleus), and
+where ``tlsync select`` sends the images picked for labelling.
 
 The core runs the model (through the trainer) and hands the target plain ``Item``s whose
 boxes carry ``confidence``; a target never imports the trainer.
@@ -7,7 +8,10 @@ boxes carry ``confidence``; a target never imports the trainer.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Callable, ClassVar, Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
 
 import click
 
@@ -15,10 +19,33 @@ from .errors import TlsyncError
 from .format import Item
 
 
+@dataclass
+class Selection:
+    """The images ``tlsync select`` picked, best first, as a target receives them.
+
+    ``items`` are the pool's items with the run's predicted boxes as ``annotations``
+    (``confidence`` set), in rank order; ``scores`` holds each one's selection score, in
+    the same order. ``image_path`` gives the stored file of an item (for uploading);
+    ``folder`` is the local ``selections/<name>/`` already written, where a target may
+    note what it sent.
+    """
+
+    name: str
+    items: list[Item]
+    scores: list[float]
+    pool: str
+    strategy: str
+    folder: Path
+    image_path: Callable[[Item], Path]
+
+
 class Target(ABC):
     name: ClassVar[str]
     description: ClassVar[str] = ""
     options: ClassVar[list[click.Option]] = []
+    # The options of ``tlsync select --target NAME``: receiving a selection usually needs
+    # other settings (a slice name, a project) than pushing predictions does.
+    selection_options: ClassVar[list[click.Option]] = []
 
     @abstractmethod
     def push(self, predictions: Iterator[Item], run: dict[str, Any], **options: Any) -> dict[str, Any]:
@@ -35,6 +62,15 @@ class Target(ABC):
         after they were predicted.
         """
         return None
+
+    def send_selection(self, selection: Selection, run: dict[str, Any], **options: Any) -> dict[str, Any]:
+        """Queue the selected images for labelling on the platform; returns a summary to print.
+
+        Must be idempotent: a re-run with the same selection sends only what the platform
+        does not hold yet. On failure raise ``TlsyncError`` saying how many items were and
+        were not sent; the local selection is already written and stays.
+        """
+        raise TlsyncError(f"target '{self.name}' cannot receive a selection (it only supports tlsync push)")
 
 
 def check_target(obj: Any, plugin: str) -> Target:

@@ -18,6 +18,7 @@ from click.core import ParameterSource
 
 from tlsync.errors import TlsyncError
 
+from .loggers import check_trackers, parse_trackers
 from .settings import TrainConfig
 
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
@@ -32,6 +33,13 @@ def option(*decls: str, **kwargs: Any) -> Any:
         kwargs["default"] = DEFAULTS[name]
         kwargs.setdefault("show_default", DEFAULTS[name] is not None)
     return click.option(*decls, **kwargs)
+
+
+def trackers_option(value: str | None) -> tuple[str, ...]:
+    try:
+        return parse_trackers(value)
+    except TlsyncError as e:
+        raise click.BadParameter(str(e).removeprefix(f"--log {value}: ")) from None
 
 
 @click.command()
@@ -73,6 +81,11 @@ def option(*decls: str, **kwargs: Any) -> Any:
 @option("--name", help="Run folder name; default <dataset>-N (the first free N).")
 @option("--project", help="Folder that holds the runs.")
 @option("--exist-ok", is_flag=True, help="Allow writing into an existing --name folder.")
+@option("--log", default=None, callback=lambda ctx, param, value: trackers_option(value), metavar="TRACKERS",
+        help="Send each epoch to trackers: tensorboard (RUN/tensorboard/), mlflow (MLFLOW_TRACKING_URI), "
+             "or tensorboard,mlflow. Other trackers come as plugins (docs/plugins.md).")
+@option("--log-images", is_flag=True, help="Also send the val image grid (pictures of your data) to the trackers.")
+@option("--mlflow-experiment", help="MLflow experiment; default the dataset name.")
 @option("--resume", type=click.Path(path_type=Path), default=None,
         help="Continue an interrupted run from its last finished epoch (with --device/--workers only).")
 @click.pass_context
@@ -87,6 +100,7 @@ def train(ctx: click.Context, resume: Path | None, **options: Any) -> None:
         if not options["dataset"]:
             raise TlsyncError("give --dataset NAME (or --resume RUN)")
         cfg = TrainConfig(**options)
+        check_trackers(cfg.log)  # a missing extra fails here, before a run folder exists
         run = launcher.run(partial(training.train, cfg), cfg.devices, cfg.device, cfg.sync_bn)
     if distributed.is_main():  # under torchrun every rank gets here; one prints
         click.echo(f"run: {run}")

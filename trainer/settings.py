@@ -68,6 +68,9 @@ class TrainConfig:
     name: str | None = None  # run folder name; default <dataset>-N
     project: str = "runs"
     exist_ok: bool = False
+    log: tuple[str, ...] = ()  # trackers fed each epoch: tensorboard, mlflow (events.py; loggers.py)
+    log_images: bool = False  # also send the val image grid (pictures of the data) to the trackers
+    mlflow_experiment: str | None = None  # default: the dataset name
 
     def resolved_lr(self, world_size: int = 1) -> float:
         """``--lr``, else the base rate scaled to the global batch of ``world_size`` processes."""

@@ -32,7 +32,7 @@ from tlsync.format import Item
 from tlsync.models import WEIGHTS
 from tlsync.store import DatasetVersion, Store
 
-from . import precise_bn, runs
+from . import events, precise_bn, runs
 from .checkpoint import load_checkpoint, rebuild_model, resolve_checkpoint, save_checkpoint, transfer_weights
 from .data import DetectionDataset, make_loader, start_epoch, train_transforms
 from .device import resolve_device
@@ -169,7 +169,8 @@ def train(cfg: TrainConfig, store: Store | None = None, runtime: Runtime | None 
         weights_source=weights_source, world_size=runtime.world_size, device=str(runtime.device),
         versions=runs.environment())
     run = runtime.from_main(lambda: start_run(settings, version, data, runtime))
-    return fit(run, settings, version, data, model, runtime, RunState(), None)
+    with events.session(run, settings.as_config(), version, runtime.is_main):
+        return fit(run, settings, version, data, model, runtime, RunState(), None)
 
 
 def start_run(settings: RunSettings, version: DatasetVersion, data: TrainData, runtime: Runtime) -> Path:
@@ -212,7 +213,8 @@ def resume(run: Path, store: Store | None = None, device: str | None = None, wor
     if runtime.is_main:
         runs.MetricsLog(run).truncate(state.epoch)
         info(f"resuming {run} after epoch {state.epoch} of {settings.epochs}")
-    return fit(run, settings, version, TrainData.read(version), model, runtime, state, checkpoint)
+    with events.session(run, settings.as_config(), version, runtime.is_main, resumed_after=state.epoch):
+        return fit(run, settings, version, TrainData.read(version), model, runtime, state, checkpoint)
 
 
 def fit(run: Path, settings: RunSettings, version: DatasetVersion, data: TrainData, model: nn.Module,
@@ -317,6 +319,7 @@ def end_of_epoch(loop: Fit, state: RunState, epoch: int, result: EpochResult, st
         loop.metrics_log.append({"epoch": state.epoch, "seconds": seconds, "train_seconds": result.seconds,
                                  "lr": result.lr, "loss": sum(result.losses.values()), **result.losses,
                                  **{k: val[k] for k in VAL_METRICS if k in val}})
+        events.epoch_end(state.epoch, result.losses, result.lr, val, seconds)
         save_state(loop, state, improved, bool(reason))
         info(summary_line(epoch_label(loop, epoch), result.losses, val, seconds, improved and loop.has_val))
     return reason
@@ -359,10 +362,12 @@ def save_state(loop: Fit, state: RunState, best: bool, stopped: bool) -> None:
     if best:
         save_checkpoint(loop.weights / "best.pt", loop.model, categories, config, epoch=state.epoch,
                         best=state.best, elapsed=state.elapsed)
+        events.checkpoint_saved(loop.weights / "best.pt", True, state.epoch)
     extra = dict(optimizer=loop.optimizer.state_dict(), scheduler=loop.scheduler.state_dict(),
                  scaler=loop.scaler.state_dict(), epoch=state.epoch, best=state.best, best_epoch=state.best_epoch,
                  elapsed=state.elapsed, rng=rng_state(), stopped=stopped)
     save_checkpoint(loop.weights / "last.pt", loop.model, categories, config, **extra)
+    events.checkpoint_saved(loop.weights / "last.pt", False, state.epoch)
 
 
 def end_of_training(loop: Fit, state: RunState, stop_reason: str) -> None:
@@ -377,6 +382,8 @@ def end_of_training(loop: Fit, state: RunState, stop_reason: str) -> None:
         loop.model.load_state_dict(best["model"])
         metrics = evaluate_split(loop.model.eval(), loop.version, "val", loop.settings.categories,
                                  loop.runtime.device, loop.run / "eval")
+        events.eval_end(loop.run / "eval", metrics)
         info(f"best epoch {best['epoch']}: val mAP50-95 {metrics['map50_95']:.3f}, mAP50 {metrics['map50']:.3f}, "
              f"P {metrics['precision']:.3f}, R {metrics['recall']:.3f}, F1 {metrics['f1']:.3f}")
     write_report(loop.run)
+    events.run_end(loop.run, loop.run / "report.html", {**dataclasses.asdict(state), "stop_reason": stop_reason})

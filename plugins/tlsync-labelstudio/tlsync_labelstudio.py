@@ -241,3 +241,10 @@ def _is_number(value: Any) -> bool:
 @hookimpl
 def tlsync_register_sources(register: Any) -> None:
     register(LabelStudioSource())
+
+
+@hookimpl
+def tlsync_register_targets(register: Any) -> None:
+    from tlsync_labelstudio_target import LabelStudioTarget
+
+    register(LabelStudioTarget())

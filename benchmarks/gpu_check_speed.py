@@ -1,0 +1,157 @@
+"""The speed half of ``gpu_check.py``: tlsync vs a bare loop, and the loader vs the GPU.
+
+Apart from ``gpu_check.py`` only to keep each file small; run ``gpu_check.py``, not this.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from typing import Any
+
+from bench_report import update_section
+from gpu_check import CHESS, SPEED_MODELS, Context, Result
+from train_overhead import TutorialDataset
+
+TARGET_RATIO = 1.10  # tlsync's train time over the bare loop's, as in train_overhead.py
+
+
+def collate(batch: list[Any]) -> tuple[Any, ...]:
+    return tuple(zip(*batch, strict=True))
+
+
+def tlsync_ips(ctx: Context, model: str, version: Any, tag: str) -> float:
+    """Train images/s of ``tlsync train`` itself: its best epoch after the first (cudnn autotuning)."""
+    from tlsync.trainer.train import TrainConfig, train
+
+    from tlsync.store import Store
+
+    plan = ctx.plan
+    cfg = TrainConfig(dataset=version.ref, model=model, weights="none", epochs=plan.speed_epochs, batch_size=plan.batch,
+                      img_size=plan.img_size, patience=0, device=plan.device, project=str(ctx.work / "speed"),
+                      name=f"{model}-{tag}")
+    run = train(cfg, Store(ctx.work / "home"))
+    with open(run / "metrics.csv", newline="") as f:
+        seconds = [float(row["train_seconds"]) for row in csv.DictReader(f)]
+    return plan.speed_images / min(seconds[1:] or seconds)
+
+
+def bare_ips(ctx: Context, model: str, version: Any) -> float:
+    """The torchvision fine-tuning tutorial's loop on the same GPU, AMP, workers and RoI sampling."""
+    import torch
+    from tlsync.trainer.engine import amp_settings
+    from tlsync.trainer.train import TrainConfig, default_workers
+    from tlsync.trainer.zoo import build_model
+
+    plan, device = ctx.plan, torch.device(ctx.plan.device)
+    torch.manual_seed(0)
+    net = build_model(model, len(version.categories), "none", plan.img_size).to(device).train()
+    sampler = getattr(getattr(net, "roi_heads", None), "fg_bg_sampler", None)
+    if sampler is not None:
+        sampler.batch_size_per_image = TrainConfig.rois_per_image
+    loader = torch.utils.data.DataLoader(TutorialDataset(version, version.categories), batch_size=plan.batch,
+                                         shuffle=True, num_workers=default_workers(), collate_fn=collate,
+                                         pin_memory=device.type == "cuda", persistent_workers=default_workers() > 0)
+    optimizer = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.005, momentum=0.9)
+    amp_dtype, scaler = amp_settings(device)
+    seconds = []
+    for _ in range(plan.speed_epochs):
+        started = time.perf_counter()
+        for images, targets in loader:
+            images = [i.to(device, non_blocking=True) for i in images]
+            targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                loss = sum(net(images, targets).values())
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - started)
+    return plan.speed_images / min(seconds[1:] or seconds)
+
+
+def check_throughput(ctx: Context) -> list[Result]:
+    """Alternating rounds (tlsync, bare; then bare, tlsync) so drift in clocks or heat hits both alike."""
+    plan = ctx.plan
+    version = ctx.dataset("speed", plan.speed_images, plan.img_size)
+    out = []
+    for model in SPEED_MODELS:
+        ours: list[float] = []
+        bare: list[float] = []
+        for r in range(plan.rounds):
+            order = [("tlsync", ours), ("bare", bare)][:: 1 if r % 2 == 0 else -1]
+            for kind, into in order:
+                ips = tlsync_ips(ctx, model, version, str(r)) if kind == "tlsync" else bare_ips(ctx, model, version)
+                into.append(ips)
+        ratio = max(bare) / max(ours)
+        judged = "" if plan.smoke else (" (target <= 1.10)" if ratio <= TARGET_RATIO else " OVER the 1.10 target")
+        out.append(Result(f"throughput {model}", plan.smoke or ratio <= TARGET_RATIO,
+                          f"tlsync {max(ours):.1f} img/s, bare loop {max(bare):.1f} img/s at {plan.img_size} px, "
+                          f"batch {plan.batch}: overhead ratio {ratio:.2f}{judged} "
+                          f"(best epoch after warm-up, {plan.rounds} round(s) each: "
+                          f"tlsync {', '.join(f'{v:.1f}' for v in ours)}; bare {', '.join(f'{v:.1f}' for v in bare)})",
+                          {"tlsync_ips": max(ours), "bare_ips": max(bare), "ratio": ratio, "model": model}))
+    return out
+
+
+def chess_version(ctx: Context) -> Any:
+    """The chess export's train folder (valid/ for a smoke run: fewer images to pull), via the coco source."""
+    from tlsync.plugins import get_source
+    from tlsync.pull import pull
+    from tlsync.store import Store
+
+    assert CHESS is not None
+    store = Store(ctx.work / "home")
+    folder = CHESS / ("valid" if ctx.plan.smoke else "train")
+    pull(store, get_source("coco"), {"path": folder, "split": "train"}, "chess", on_error="skip")
+    return store.open("chess")
+
+
+def loader_ips(ctx: Context, version: Any) -> tuple[float, int, int]:
+    """(images/s, workers, images) of ``make_loader`` over the train items, second pass (warm page cache)."""
+    import torch
+    from tlsync.trainer.data import DetectionDataset, make_loader, start_epoch, train_transforms
+    from tlsync.trainer.train import default_workers
+
+    items = list(version.items("train"))[: ctx.plan.loader_images]
+    dataset = DetectionDataset(items, [version.image_path(i) for i in items], version.categories,
+                               train_transforms(640), 640)
+    workers, gpu = default_workers(), torch.cuda.is_available() and ctx.plan.device == "cuda"
+    loader = make_loader(dataset, ctx.plan.batch, workers, 0, pin_memory=gpu, persistent_workers=gpu and workers > 0)
+    seconds = 0.0
+    for epoch in range(2):
+        start_epoch(loader, epoch, 0)
+        started = time.perf_counter()
+        seen = sum(len(batch) for batch, _, _ in loader)
+        seconds = time.perf_counter() - started
+        assert seen == len(items), f"the loader gave {seen} of {len(items)} images"
+    return len(items) / seconds, workers, len(items)
+
+
+def check_loader(ctx: Context) -> list[Result]:
+    if CHESS is None:
+        return [Result("loader", None, "skipped: ../shared/datasets/chess-pieces-coco not found")]
+    ips, workers, n = loader_ips(ctx, chess_version(ctx))
+    consumed = [r.figures for r in ctx.results if "tlsync_ips" in r.figures]
+    verdicts = []
+    for figures in consumed:
+        need = figures["tlsync_ips"]
+        verdicts.append(f"{figures['model']} trains {need:.1f} img/s: " +
+                        (f"the LOADER LIMITS it by {need / ips:.1f}x" if ips < need else f"{ips / need:.1f}x headroom"))
+    compared = "; ".join(verdicts) if verdicts else "no GPU figure to compare (run with the throughput check)"
+    return [Result("loader", True, f"{ips:.1f} img/s decoding + augmenting {n} chess JPEGs (2048x1371) with "
+                   f"{workers} worker(s) (the default); {compared}", {"loader_ips": ips, "workers": workers})]
+
+
+def write_section(results: list[Result], command: str) -> None:
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    failed = [r.name for r in results if r.ok is False]
+    body = (f"On {gpu} (torch {torch.__version__}, CUDA {torch.version.cuda}); models from random weights.\n\n"
+            + "\n".join(f"- `{r.line()}`" for r in results)
+            + f"\n\n{len(results) - len(failed)} of {len(results)} checks passed"
+            + (f"; failed: {', '.join(failed)}." if failed else "."))
+    update_section("gpu-check", "GPU check: AMP, DDP + SyncBatchNorm, compile, checkpoints, speed", body, command)
