@@ -1,19 +1,20 @@
-"""The seed experiment: does transfer learning train faster and end more accurate than scratch?
+"""The seed experiment: transfer learning vs training from scratch, at equal epochs and equal wall time.
 
-    python benchmarks/transfer_vs_scratch.py [--epochs 5] [--more-epochs 3] [--keep DIR]
+    python benchmarks/transfer_vs_scratch.py [--datasets chess,thermal] [--seeds 0,1] [--epochs 4]
+        [--img-size 320] [--train-images 60] [--keep DIR]
     python benchmarks/transfer_vs_scratch.py --table-only DIR     # the table again, from runs kept in DIR
 
-chess-pieces-coco (../shared/datasets, pulled through the roboflow source) at 416 px with
-fasterrcnn_efficientnet_lite0_fpn, whose ImageNet weights ship in a pip package:
+For each dataset (../shared/datasets, pulled through the roboflow source) and each seed,
+fasterrcnn_efficientnet_lite0_fpn trains twice for the same epochs: from its ImageNet
+weights (shipped in a pip package, so offline) and from scratch (``--weights none``, with
+precise batch norm, tlsync's default). The train split can be cut to its first
+``--train-images`` images (by id) to fit a CPU budget.
 
-- chess@1 holds half of the train split (the first 101 of 202 images by id) plus val and test;
-  (a) trains from ImageNet weights, (b) from scratch, for the same ``--epochs``.
-- chess@2 adds the other 101 train images; (c) continues from (a), (d) starts from ImageNet
-  weights again, both for the same ``--more-epochs``.
-
-Every run's best checkpoint (by val mAP50-95) is scored on the test split, which both
-versions share. The defaults (5 + 3 epochs) keep the script to about 45 minutes on 2 CPU
-cores; more epochs give every run more accuracy but leave the comparison's shape alone.
+The runs' val split *is* the dataset's test split, so the per-epoch "val" figures that
+training logs are test mAP after each epoch, with no model selection on them (no early
+stopping, the last epoch is reported). That gives the learning curves for free and the
+comparison at equal wall time: each start's test mAP after the last epoch it finished
+within the other's whole wall time.
 """
 
 from __future__ import annotations
@@ -22,120 +23,170 @@ import argparse
 import csv
 import json
 import os
+import statistics
 import sys
 import tempfile
-from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_report import update_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-CHESS = ROOT.parent / "shared" / "datasets" / "chess-pieces-coco"
+DATASETS = {"chess": ROOT.parent / "shared" / "datasets" / "chess-pieces-coco",
+            "thermal": ROOT.parent / "shared" / "datasets" / "thermal-dogs-people-yolo"}
 MODEL = "fasterrcnn_efficientnet_lite0_fpn"
-SIZE = 416
+STARTS = ("imagenet", "none")
 
 
-def versions(store: Any) -> Any:
-    """chess@1 (half the train split, all of val and test), then chess@2 (everything)."""
+def version(store: Any, name: str, train_images: int) -> Any:
+    """``name``: the first ``train_images`` train images (0: all), and the test split as val and test."""
     from tlsync import plugins
     from tlsync.pull import pull
     from tlsync.sources import PullContext, Source
 
-    pull(store, plugins.get_source("roboflow"), {"path": CHESS}, "chess-all")
-    full = store.open("chess-all")
+    pull(store, plugins.get_source("roboflow"), {"path": DATASETS[name]}, f"{name}-all")
+    full = store.open(f"{name}-all")
     train_ids = sorted(item.id for item in full.items("train"))
-    first_half = set(train_ids[: len(train_ids) // 2])
+    kept = set(train_ids[:train_images] if train_images else train_ids)
 
     class FromStore(Source):
         """Items of the full pull, re-pulled from the store's own image files."""
 
-        name = "chess-subset"
+        name = "bench-subset"
 
-        def items(self, ctx: PullContext, keep_all: bool = False, **_: Any) -> Iterator:
+        def items(self, ctx: PullContext, **_: Any) -> Iterator:
             ctx.set_categories(full.categories)
             for item in full.items():
-                if keep_all or item.split != "train" or item.id in first_half:
-                    item.image.uri = str(full.image_path(item))
+                item.image.uri = str(full.image_path(item))
+                if item.split == "train" and item.id in kept:
                     yield item
+                elif item.split == "test":
+                    yield item
+                    val = type(item)(f"{item.id}#val", item.image, item.annotations, "val", dict(item.metadata))
+                    yield val
 
-    for keep_all in (False, True):
-        pull(store, FromStore(), {"keep_all": keep_all}, "chess")
-    return store.open("chess@1"), store.open("chess@2")
+    pull(store, FromStore(), {}, name)
+    return store.open(name)
 
 
-def run_and_test(label: str, dataset: str, weights: str, epochs: int, project: Path, test_version: Any) -> Path:
-    """Train one run, then score its best checkpoint on the test split into ``run/test/``."""
-    from tlsync.trainer.checkpoint import load_model
-    from tlsync.trainer.evaluate import evaluate_split
+def run_one(dataset: str, weights: str, seed: int, args: argparse.Namespace, project: Path) -> Path:
     from tlsync.trainer.train import TrainConfig, train
 
-    print(f"--- ({label}) {dataset} from {weights}, {epochs} epochs", flush=True)
-    run = train(TrainConfig(dataset=dataset, model=MODEL, weights=weights, img_size=SIZE, epochs=epochs,
-                            device="cpu", patience=0, project=str(project), name=label))
-    model, categories, _ = load_model(run)
-    evaluate_split(model, test_version, "test", categories, "cpu", run / "test")
-    return run
+    print(f"--- {dataset} from {weights}, seed {seed}, {args.epochs} epochs", flush=True)
+    return train(TrainConfig(dataset=dataset, model=MODEL, weights=weights, img_size=args.img_size,
+                             epochs=args.epochs, batch_size=4, device="cpu", patience=0, seed=seed,
+                             project=str(project), name=f"{dataset.split('@')[0]}-{weights}-s{seed}"))
 
 
-def summarise(run: Path) -> dict[str, Any]:
-    """One table row, from the run's files alone: config.json, metrics.csv, test/metrics.json."""
+def curve(run: Path) -> dict[str, Any]:
+    """Per-epoch test mAP, loss and cumulative wall seconds, from the run's own files."""
     config = json.loads((run / "config.json").read_text())
-    test = json.loads((run / "test" / "metrics.json").read_text())
     with open(run / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
-    clock = [sum(float(r["seconds"]) for r in rows[: i + 1]) for i in range(len(rows))]
-    best = max(range(len(rows)), key=lambda i: (float(rows[i]["map50_95"]), -i))
-    start = "run (a)" if config["weights"] not in ("imagenet", "none") else config["weights"]
-    return {"label": run.name, "dataset": config["dataset"], "start": start, "epochs": len(rows),
-            "threads": config.get("versions", {}).get("torch_threads"),
-            "map50": test["map50"], "map50_95": test["map50_95"], "test_images": test["images"],
-            "val_map50_95": float(rows[best]["map50_95"]), "best_epoch": best + 1, "to_best": clock[best],
-            "wall": clock[-1]}
+    clock, total = [], 0.0
+    for r in rows:
+        total += float(r["seconds"])
+        clock.append(total)
+    return {"dataset": config["dataset"].split("@")[0], "weights": config["weights"], "seed": config["seed"],
+            "img_size": config["img_size"], "threads": config.get("versions", {}).get("torch_threads"),
+            "clock": clock, "outside_training": [float(r["seconds"]) - float(r["train_seconds"]) for r in rows],
+            "train_seconds": [float(r["train_seconds"]) for r in rows], "loss": [float(r["loss"]) for r in rows],
+            "map50": [float(r["map50"]) for r in rows], "map50_95": [float(r["map50_95"]) for r in rows]}
 
 
-def write_table(runs: list[Path]) -> None:
-    a, b, c, d = (summarise(run) for run in runs)
-    # From the first run's start to the last test evaluation: the whole experiment's wall time.
-    first = datetime.fromisoformat(json.loads((runs[0] / "config.json").read_text())["created"])
-    minutes = ((runs[-1] / "test" / "metrics.json").stat().st_mtime - first.timestamp()) / 60
-    rows = "\n".join(
-        f"| ({r['label']}) | {r['dataset']} | {r['start']} | {r['epochs']} | {r['map50']:.3f} | {r['map50_95']:.3f} | "
-        f"{r['val_map50_95']:.3f} (epoch {r['best_epoch']}) | {r['to_best'] / 60:.1f} min | {r['wall'] / 60:.1f} min |"
-        for r in (a, b, c, d))
-    threads = f", {a['threads']} torch thread(s)" if a["threads"] else ""
-    body = f"""
-{MODEL} at {SIZE} px on chess-pieces-coco, batch 4, tlsync's default SGD schedule; {a['epochs']} epochs on
-chess@1 (101 train images), then {c['epochs']} more on chess@2 (202). Test split: {a['test_images']} images, in
-both versions. All four runs with their evaluations: {minutes:.0f} min{threads}.
+def within(c: dict[str, Any], seconds: float, key: str) -> float:
+    """Test ``key`` after the last epoch that finished within ``seconds`` (0 if none did)."""
+    done = [v for t, v in zip(c["clock"], c[key], strict=True) if t <= seconds + 1e-6]
+    return done[-1] if done else 0.0
 
-| run | data | start | epochs | test mAP50 | test mAP50-95 | best val mAP50-95 | wall to best | wall |
-|---|---|---|---|---|---|---|---|---|
-{rows}
 
-Transfer vs scratch on chess@1, same epochs: test mAP50 {a['map50']:.3f} vs {b['map50']:.3f}. With more data,
-continuing (c) vs restarting from ImageNet (d), same epochs: {c['map50']:.3f} vs {d['map50']:.3f} (mAP50-95
-{c['map50_95']:.3f} vs {d['map50_95']:.3f}); (c)'s wall time excludes the {a['wall'] / 60:.1f} min (a) took before it.
+def spread(values: list[float]) -> str:
+    mean = statistics.fmean(values)
+    return f"{mean:.3f} ± {statistics.stdev(values):.3f}" if len(values) > 1 else f"{mean:.3f}"
+
+
+def dataset_section(curves: list[dict[str, Any]], name: str) -> str:
+    t = [c for c in curves if c["dataset"] == name and c["weights"] == "imagenet"]
+    s = [c for c in curves if c["dataset"] == name and c["weights"] == "none"]
+    pairs = list(zip(sorted(t, key=lambda c: c["seed"]), sorted(s, key=lambda c: c["seed"]), strict=True))
+    rows = []
+    for label, pick in (("equal epochs (both their last epoch)", lambda a, b: (a["map50"][-1], a["map50_95"][-1],
+                                                                              b["map50"][-1], b["map50_95"][-1])),
+                        ("equal wall: scratch within transfer's wall", lambda a, b: (
+                            a["map50"][-1], a["map50_95"][-1], within(b, a["clock"][-1], "map50"),
+                            within(b, a["clock"][-1], "map50_95"))),
+                        ("equal wall: transfer within scratch's wall", lambda a, b: (
+                            within(a, b["clock"][-1], "map50"), within(a, b["clock"][-1], "map50_95"),
+                            b["map50"][-1], b["map50_95"][-1]))):
+        cols = list(zip(*(pick(a, b) for a, b in pairs), strict=True))
+        rows.append(f"| {label} | " + " | ".join(spread(list(col)) for col in cols) + " |")
+    epochs = len(s[0]["map50"])
+    walls = (spread([c["clock"][-1] / 60 for c in t]), spread([c["clock"][-1] / 60 for c in s]))
+    # Seconds per epoch outside the training steps (val eval, checkpoints, and for scratch precise BN): the
+    # difference between the starts is precise BN's cost, as the pretrained start has no trainable batch norm.
+    extra = [statistics.fmean(b["outside_training"]) - statistics.fmean(a["outside_training"]) for a, b in pairs]
+    steps = statistics.fmean(x for c in s for x in c["train_seconds"])
+    cost = (f"Precise BN's cost: {spread(extra)} s per epoch (scratch's seconds outside the training steps minus "
+            f"transfer's, whose frozen batch norm needs none), against {steps:.1f} s of training steps per epoch.")
+    head = f"{name}: {len(pairs)} seeds ({', '.join(str(c['seed']) for c in s)}), {epochs} epochs each"
+    curve_rows = "\n".join(
+        f"| {e + 1} | {spread([c['loss'][e] for c in s])} | {spread([c['map50'][e] for c in s])} | "
+        f"{spread([c['map50_95'][e] for c in s])} | {spread([c['map50'][e] for c in t])} |" for e in range(epochs))
+    return f"""
+### {head}; wall per run: transfer {walls[0]} min, scratch {walls[1]} min
+
+| comparison | transfer mAP50 | transfer mAP50-95 | scratch mAP50 | scratch mAP50-95 |
+|---|---|---|---|---|
+{chr(10).join(rows)}
+
+Scratch learning curve (test split after each epoch; transfer's mAP50 beside it):
+
+| epoch | scratch loss | scratch mAP50 | scratch mAP50-95 | transfer mAP50 |
+|---|---|---|---|---|
+{curve_rows}
+
+{cost}
 """
+
+
+def write_table(runs: list[Path], args: argparse.Namespace) -> None:
+    curves = [curve(run) for run in runs]
+    names = list(dict.fromkeys(c["dataset"] for c in curves))
+    first = curves[0]
+    threads = f", {first['threads']} torch thread(s)" if first["threads"] else ""
+    body = f"""
+{MODEL} at {first['img_size']} px, batch 4, tlsync's default SGD schedule (warm-up 1 epoch, cosine), precise
+batch norm on (the default); transfer = `--weights imagenet`, scratch = `--weights none`. Train split: the
+first {args.train_images or 'all'} train images by id; every figure is the test split's mAP after that epoch
+(the runs' val split is the test split; no model selection). Mean ± standard deviation over the seeds{threads}.
+{''.join(dataset_section(curves, name) for name in names)}"""
     print(body)
-    update_section("transfer_vs_scratch", "Transfer learning vs scratch (chess)", body,
-                   f"python benchmarks/transfer_vs_scratch.py --epochs {a['epochs']} --more-epochs {c['epochs']}")
+    command = (f"python benchmarks/transfer_vs_scratch.py --datasets {','.join(names)} --seeds {args.seeds} "
+               f"--epochs {len(first['map50'])} --img-size {first['img_size']} --train-images {args.train_images}")
+    update_section("transfer_vs_scratch", f"Transfer learning vs scratch ({', '.join(names)})", body, command)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=5, help="Epochs of (a) and (b) on chess@1.")
-    parser.add_argument("--more-epochs", type=int, default=3, help="Epochs of (c) and (d) on chess@2.")
+    parser.add_argument("--datasets", default="chess,thermal", help="Comma-separated: chess, thermal.")
+    parser.add_argument("--seeds", default="0,1", help="Comma-separated seeds (2 or more give a spread).")
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--img-size", type=int, default=320)
+    parser.add_argument("--train-images", type=int, default=60, help="First N train images by id (0: all).")
     parser.add_argument("--keep", type=Path, default=None, help="Keep the runs here (for `tlsync compare`).")
     parser.add_argument("--table-only", type=Path, default=None, metavar="DIR",
                         help="Rebuild the table from runs kept earlier with --keep DIR; train nothing.")
     args = parser.parse_args()
+    names = [n for n in args.datasets.split(",") if n]
+    seeds = [int(s) for s in args.seeds.split(",") if s]
     if args.table_only:
-        write_table([args.table_only / label for label in "abcd"])
+        write_table(sorted(p for p in args.table_only.iterdir() if (p / "metrics.csv").exists()), args)
         return
-    if not CHESS.exists():
-        sys.exit(f"shared dataset not found at {CHESS}")
+    for name in names:
+        if name not in DATASETS or not DATASETS[name].exists():
+            sys.exit(f"unknown dataset {name!r} or shared dataset missing ({', '.join(DATASETS)})")
 
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["TLSYNC_HOME"] = str(Path(tmp) / "home")
@@ -143,12 +194,14 @@ def main() -> None:
         from tlsync.store import Store
 
         project = args.keep or Path(tmp) / "runs"
-        v1, v2 = versions(Store())
-        a = run_and_test("a", v1.ref, "imagenet", args.epochs, project, v2)
-        b = run_and_test("b", v1.ref, "none", args.epochs, project, v2)
-        c = run_and_test("c", v2.ref, str(a), args.more_epochs, project, v2)
-        d = run_and_test("d", v2.ref, "imagenet", args.more_epochs, project, v2)
-        write_table([a, b, c, d])
+        store = Store()
+        runs = []
+        for name in names:
+            dataset = version(store, name, args.train_images).ref
+            # Alternate the starts seed by seed, so a machine that slows down mid-way hurts both alike.
+            for seed in seeds:
+                runs += [run_one(dataset, weights, seed, args, project) for weights in STARTS]
+        write_table(runs, args)
 
 
 if __name__ == "__main__":

@@ -71,6 +71,9 @@ def trackers_option(value: str | None) -> tuple[str, ...]:
         help="Train with N processes on this machine (DistributedDataParallel), one per GPU; with --device cpu, "
              "N CPU processes. Under torchrun, torchrun decides.")
 @option("--sync-bn", is_flag=True, help="Synchronise batch-norm statistics across GPUs (SyncBatchNorm; CUDA only).")
+@option("--precise-bn-batches", type=click.IntRange(0),
+        help="Before each val eval and checkpoint, recompute batch-norm statistics over N seeded, un-augmented "
+             "train batches (precise BN; only models with trainable batch norm; 0: off).")
 @option("--compile", is_flag=True, help="torch.compile the model (faster steps where it can capture the model).")
 @option("--seed", type=int)
 @option("--time-limit", type=click.FloatRange(0, min_open=True),

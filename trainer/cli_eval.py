@@ -40,9 +40,12 @@ DEVICE = click.option("--device", default="auto", show_default=True, help="auto,
 @click.option("--conf", type=click.FloatRange(0, 1), default=None,
               help="Also report precision, recall and F1 at this confidence.")
 @click.option("--batch-size", type=click.IntRange(1, 256), default=4, show_default=True)
+@click.option("--recompute-bn", is_flag=True,
+              help="Recompute the batch-norm statistics over the run's train split first (for runs trained before "
+                   "precise BN); writes weights/best-bn.pt beside best.pt and evaluates that.")
 @DEVICE
 def eval_command(run: Path | None, model_file: Path | None, dataset: str | None, split: str | None,
-                 conf: float | None, batch_size: int, device: str) -> None:
+                 conf: float | None, batch_size: int, recompute_bn: bool, device: str) -> None:
     """Evaluate a run's best weights: mAP50-95, mAP50, per-class AP, P/R/F1; refresh its report."""
     from tlsync.store import Store
 
@@ -73,7 +76,14 @@ def eval_command(run: Path | None, model_file: Path | None, dataset: str | None,
 
     dev = resolve_device(device)
     checkpoint = resolve_checkpoint(run)
-    model, categories, _ = load_model(run, device=dev)
+    if recompute_bn:  # issue 12: an old run's stale batch-norm statistics, fixed in a new file beside it
+        from .precise_bn import fix_checkpoint
+
+        checkpoint, layers, images = fix_checkpoint(checkpoint, Store(), dev)
+        click.echo(f"recomputed the statistics of {layers} batch-norm layer(s) over {images} train image(s) "
+                   f"of {trained_on}: wrote {checkpoint}")
+        out = out.with_name(out.name + "-recomputed-bn")
+    model, categories, _ = load_model(checkpoint, device=dev)
     with progress(f"eval {checkpoint.name} on {version.ref} {split}", unit="images") as update:
         metrics = evaluate_split(model, version, split, categories, dev, out, conf=conf, progress=update,
                                  batch_size=batch_size)

@@ -138,6 +138,27 @@ def sync_buffers(model: nn.Module) -> None:
             _collective(lambda b=buffer: dist.broadcast(b, src=0))
 
 
+def all_reduce_mean_stats(layers: list[nn.modules.batchnorm._BatchNorm], batches: int) -> None:
+    """Precise BN under DDP: each layer's running mean/var averaged over every rank's ``batches``.
+
+    Each rank holds the mean over its own batches; weighting by the counts gives the mean
+    over all of them, what one process forwarding every batch computes. One all-reduce.
+    """
+    if not is_initialized() or world_size() == 1 or not layers:
+        return
+    stats = [t for m in layers for t in (m.running_mean, m.running_var)]
+    flat = torch.cat([t.detach().float().reshape(-1) * batches for t in stats]  # type: ignore[union-attr]
+                     + [torch.tensor([float(batches)], device=stats[0].device)])  # type: ignore[union-attr]
+    _collective(lambda: dist.all_reduce(flat))
+    total = flat[-1].item()
+    if total > 0:
+        offset = 0
+        for t in stats:
+            n = t.numel()  # type: ignore[union-attr]
+            t.copy_((flat[offset:offset + n] / total).reshape(t.shape))  # type: ignore[union-attr]
+            offset += n
+
+
 def weights_digest(model: nn.Module) -> str:
     """SHA-256 of every parameter and buffer: equal on two ranks iff their weights are."""
     digest = hashlib.sha256()

@@ -61,6 +61,9 @@ class TrainConfig:
     sync_bn: bool = False  # batch-norm statistics over the global batch (CUDA, several processes)
     compile: bool = False  # torch.compile the model (speeds up models it can capture; costs start-up time)
     seed: int = 0
+    # Batch-norm statistics recomputed over this many seeded, un-augmented train batches before every
+    # val evaluation and checkpoint (precise BN, see precise_bn.py); 0: keep the moving averages.
+    precise_bn_batches: int = 25
     time_limit: float | None = None  # seconds; stop after the epoch that passes it (quickstart)
     name: str | None = None  # run folder name; default <dataset>-N
     project: str = "runs"

@@ -32,7 +32,7 @@ from tlsync.format import Item
 from tlsync.models import WEIGHTS
 from tlsync.store import DatasetVersion, Store
 
-from . import events, runs
+from . import events, precise_bn, runs
 from .checkpoint import load_checkpoint, rebuild_model, resolve_checkpoint, save_checkpoint, transfer_weights
 from .data import DetectionDataset, make_loader, start_epoch, train_transforms
 from .device import resolve_device
@@ -304,6 +304,9 @@ def end_of_epoch(loop: Fit, state: RunState, epoch: int, result: EpochResult, st
 
     Every rank calls it (val evaluation is shared under DDP); only rank 0 writes.
     """
+    # Batch-norm statistics that match the weights, for the val evaluation and the checkpoints (issue 12).
+    precise_bn.recompute(loop.model, loop.loader.dataset, loop.settings.precise_bn_batches,  # type: ignore[arg-type]
+                         loop.settings.batch_size, loop.settings.seed, loop.runtime.device, loop.settings.workers)
     val = loop.runtime.evaluate(loop.model.eval(), loop.version, "val", loop.settings.categories,
                                 loop.runtime.device, None) if loop.has_val else {}
     state.epoch, state.elapsed = epoch + 1, state.elapsed + time.perf_counter() - started
