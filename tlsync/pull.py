@@ -24,7 +24,7 @@ from .format import Item
 from .manifest import INFO, ManifestWriter, atomic_write_json
 from .secrets import redact
 from .sources import PullContext, Source, local_path
-from .splits import DEFAULT_RATIOS, assign_split
+from .splits import DEFAULT_RATIOS, SplitGrouper
 from .store import Store, parse_ref
 
 
@@ -244,6 +244,7 @@ def _read_and_publish(store: Store, source: Source, ctx: PullContext, options: d
     """Read every item, fetch what the store lacks, and publish ``name@N+1`` if it differs."""
     fetcher = _Fetcher(store, source)
     seen: set[str] = set()
+    splits = SplitGrouper(split_ratios)
     with store.staging(name) as staging:
         store.clean_tmp()
         writer = ManifestWriter(staging)
@@ -254,8 +255,7 @@ def _read_and_publish(store: Store, source: Source, ctx: PullContext, options: d
                     ctx.bad(str(result))
                     continue
                 _check_boxes(result, ctx)
-                if result.split is None:
-                    result.split = assign_split(result.group, split_ratios)
+                splits.assign(result)
                 writer.write(result)
                 if progress:
                     progress(writer.items)
@@ -263,6 +263,8 @@ def _read_and_publish(store: Store, source: Source, ctx: PullContext, options: d
             writer.close()
         if writer.items == 0:
             raise TlsyncError(f"source '{source.name}' gave no items" + (f" ({sum(ctx.skipped.values())} skipped)" if ctx.skipped else ""))
+        if warning := splits.warning():
+            ctx.note(warning)
         categories = list(ctx.categories or [])
         categories += sorted(writer.labels_seen - set(categories))
         content_hash = writer.content_hash(categories)
