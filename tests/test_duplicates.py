@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO
 
 from tlsync.connectors.synthetic import render
+
 from tlsync.duplicates import check, hamming, leak_warning, phash
 from tlsync.format import Box, ImageRef, Item
 from tlsync.pull import pull

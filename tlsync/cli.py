@@ -25,6 +25,7 @@ LAZY_COMMANDS = {
     "eval": ("tlsync.trainer.cli_eval:eval_command", "Evaluate a run: mAP50-95, mAP50, per-class AP, P/R/F1."),
     "predict": ("tlsync.trainer.cli_eval:predict", "Run a trained model on images, folders or globs."),
     "compare": ("tlsync.trainer.cli_eval:compare", "Compare runs: the transfer-vs-scratch table and curves."),
+    "curve": ("tlsync.trainer.cli_curve:curve", "Learning curve: what more labels buy (nested subsets, fit, forecast)."),
     "weights": ("tlsync.trainer.cli_weights:weights", "Where pretrained weights live, for offline machines."),
     "push": ("tlsync.cli_push:push", "Send a run's predictions to a target (e.g. Nucleus)."),
     "datasets": ("tlsync.cli_datasets:datasets", "List, show and remove local datasets."),

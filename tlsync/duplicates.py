@@ -185,12 +185,22 @@ def _close_pairs(values: np.ndarray, threshold: int, block: int = 2048) -> list[
     pairs = []
     for start in range(0, len(values), block):
         chunk = values[start:start + block]
-        distances = np.bitwise_count(chunk[:, None] ^ values[None, :])
+        distances = _popcount(chunk[:, None] ^ values[None, :])
         rows, cols = np.nonzero(distances <= threshold)
-        for r, c in zip(rows.tolist(), cols.tolist()):
+        for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
             if start + r < c:
                 pairs.append((start + r, c, int(distances[r, c])))
     return pairs
+
+
+_BITS = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+def _popcount(x: np.ndarray) -> np.ndarray:
+    """Set bits per uint64 (``np.bitwise_count`` where numpy has it, >= 2.0; a byte table before)."""
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(x)
+    return _BITS[x.view(np.uint8).reshape(*x.shape, 8)].sum(axis=-1)
 
 
 def _find(parent: list[int], i: int) -> int:

@@ -70,6 +70,9 @@ def option(*decls: str, **kwargs: Any) -> Any:
 @option("--name", help="Run folder name; default <dataset>-N (the first free N).")
 @option("--project", help="Folder that holds the runs.")
 @option("--exist-ok", is_flag=True, help="Allow writing into an existing --name folder.")
+@option("--forget-check", type=click.Choice(["on", "off"]),
+        help="Continuing a run: also score the new model on the parent's evaluation data (forgetting.json).")
+@option("--forget-tolerance", type=click.FloatRange(0, 1), help="Warn when a class's AP50 drops by more than this.")
 @option("--resume", type=click.Path(path_type=Path), default=None,
         help="Continue an interrupted run from its last finished epoch (with --device/--workers only).")
 @click.pass_context

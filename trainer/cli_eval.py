@@ -42,6 +42,7 @@ DEVICE = click.option("--device", default="auto", show_default=True, help="auto,
 def eval_command(run: Path, dataset: str | None, split: str | None, conf: float | None, batch_size: int,
                  device: str) -> None:
     """Evaluate a run's best weights: mAP50-95, mAP50, per-class AP, P/R/F1; refresh its report."""
+    from tlsync.duplicates import leak_warning
     from tlsync.store import Store
 
     from .checkpoint import load_model, resolve_checkpoint
@@ -60,6 +61,8 @@ def eval_command(run: Path, dataset: str | None, split: str | None, conf: float 
     # The run's own data and default split is "the" evaluation, shown by the report; others sit beside it.
     is_default = version.ref == trained_on and split == default_split
     out = run / "eval" if is_default else run / "eval" / f"{version.ref}-{split}"
+    if warning := leak_warning(version, split):  # copies of train images make the score optimistic
+        info(warning)
 
     dev = resolve_device(device)
     checkpoint = resolve_checkpoint(run)

@@ -35,6 +35,7 @@ from .data import DetectionDataset, make_loader, start_epoch, train_transforms
 from .engine import (NonFiniteLoss, amp_settings, build_optimizer, build_scheduler, rng_state, set_rng_state,
                      short, train_one_epoch)
 from .evaluate import evaluate_split
+from .forgetting import check_forgetting
 from .report import write_report
 from .zoo import build_model, freeze
 
@@ -87,6 +88,8 @@ class TrainConfig:
     name: str | None = None  # run folder name; default <dataset>-N
     project: str = "runs"
     exist_ok: bool = False
+    forget_check: str = "on"  # on | off: score a continued run on its parent's evaluation data (forgetting.py)
+    forget_tolerance: float = 0.05  # warn when a shared class's AP50 drops by more than this
 
     def resolved_lr(self, world_size: int = 1) -> float:
         """``--lr``, else the base rate scaled to the global batch of ``world_size`` processes."""
@@ -389,4 +392,5 @@ def finish(run: Path, config: dict[str, Any], version: DatasetVersion, model: nn
         metrics = evaluate_split(model.eval(), version, "val", config["categories"], device, run / "eval")
         info(f"best epoch {best['epoch']}: val mAP50-95 {metrics['map50_95']:.3f}, mAP50 {metrics['map50']:.3f}, "
              f"P {metrics['precision']:.3f}, R {metrics['recall']:.3f}, F1 {metrics['f1']:.3f}")
+    check_forgetting(run, config, model, device, version.store)  # continued runs: scored on the parent's data
     write_report(run)
