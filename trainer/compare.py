@@ -27,8 +27,8 @@ class RunSummary:
     epochs: str
     wall_seconds: float
     seconds_to_best: float
-    map50_95: float
-    map50: float
+    map50_95: float | None  # None: no val split and no eval yet
+    map50: float | None
     precision: float | None
     recall: float | None
     f1: float | None
@@ -60,7 +60,7 @@ def summarise(run: Path, label: str | None = None) -> RunSummary:
         label=label or run.name, weights=str(config.get("weights", "?")), dataset=str(config.get("dataset", "?")),
         epochs=f"{len(rows)}/{planned}" if planned else str(len(rows)),
         wall_seconds=elapsed[-1], seconds_to_best=elapsed[best],
-        map50_95=final["map50_95"], map50=final["map50"],
+        map50_95=final.get("map50_95"), map50=final.get("map50"),
         precision=final.get("precision"), recall=final.get("recall"), f1=final.get("f1"),
         evaluated_on=final["evaluated_on"],
         epoch_axis=[row.get("epoch", i + 1) for i, row in enumerate(rows)], seconds_axis=elapsed, map_curve=maps,
