@@ -72,7 +72,7 @@ def rm(ref: str, yes: bool) -> None:
 @click.argument("ref")
 @click.option("--threshold", type=click.IntRange(0, 64), default=None,
               help="Near duplicates: at most this many of the 64 perceptual-hash bits differ "
-                   "[default: 10; resized or re-encoded copies measure 0-6, unrelated images ~32].")
+                   "[default: 6; resized or re-encoded copies measure 0-4, unrelated images ~32].")
 @click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Also write the full report (every group and its items) to this JSON file.")
 @click.option("--show", type=click.IntRange(0), default=10, show_default=True, help="Groups listed per kind.")
