@@ -86,8 +86,7 @@ def check(ref: str, threshold: int | None, json_out: Path | None, show: int) -> 
     ds = Store().open(ref)
     report = find_duplicates(ds, DEFAULT_THRESHOLD if threshold is None else threshold)
     for kind, groups in (("exact", report.exact), (f"near (<= {report.threshold} bits)", report.near)):
-        crossing = [g for g in groups if g.crosses]
-        click.echo(f"{kind} duplicates: {len(groups)} group(s), {len(crossing)} crossing splits")
+        click.echo(f"{kind} duplicates: {len(groups)} group(s), {sum(g.crosses for g in groups)} crossing splits")
         for group in sorted(groups, key=lambda g: not g.crosses)[:show]:
             mark = "CROSSES " + "/".join(group.splits) if group.crosses else group.splits[0]
             copies = ", ".join(f"{c.item_id} ({c.split})" for c in group.copies)
@@ -99,7 +98,7 @@ def check(ref: str, threshold: int | None, json_out: Path | None, show: int) -> 
     if json_out:
         atomic_write_json(json_out, report.to_dict())
         click.echo(f"report: {json_out}")
-    crossing = sum(g.crosses for g in report.exact) + sum(g.crosses for g in report.near)
+    crossing = sum(g.crosses for g in [*report.exact, *report.near])
     click.echo(f"{ds.ref}: {report.items} items, {len(report.exact)} exact and {len(report.near)} near duplicate "
                f"group(s); {crossing} cross splits" + (" (test scores may be optimistic)" if crossing else ""))
 
