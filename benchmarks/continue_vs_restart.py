@@ -161,7 +161,8 @@ def main() -> None:
     text = (f"{MODEL} from its bundled ImageNet weights, {args.img_size} px, batch 4, {args.epochs} epochs per run, "
             f"first {args.train} train (parent: half) and {args.val} val images by id, all of test; "
             f"{args.seeds} seeds; {minutes:.0f} min in all on a shared CPU. cont-old: full peak lr, 1-epoch "
-            f"warm-up (the default); cont-new: peak lr x{CANDIDATE_LR_FACTOR:g}, {CANDIDATE_WARMUP:g}-epoch warm-up.\n\n{body}\n")
+            f"warm-up (the default); cont-new: peak lr x{CANDIDATE_LR_FACTOR:g}, "
+            f"{CANDIDATE_WARMUP:g}-epoch warm-up.\n\n{body}\n")
     print(text)
     if not args.no_write:
         update_section("continue_vs_restart", "Continuing from the last model vs restarting from ImageNet", text,
