@@ -154,9 +154,20 @@ def test_resume_skips_finished_points(store, tmp_path: Path, monkeypatch: pytest
     assert (plan.folder / "curve.png").is_file()
 
 
+class FixedSplits(SyntheticSource):
+    """Synthetic shapes with splits by position: 8 train, 2 val, 2 test."""
+
+    name = "fixed-splits"
+
+    def items(self, ctx, **options):
+        for n, item in enumerate(super().items(ctx, **options)):
+            item.split = "train" if n < 8 else "val" if n < 10 else "test"
+            yield item
+
+
 def test_a_real_curve_through_the_cli(store, run_cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    synthetic(store, items=20)
+    pull(store, FixedSplits(), {"items": 12, "size": 64, "seed": 0}, "shapes")
     result = run_cli("curve", "--dataset", "shapes", "--fractions", "0.5,1", "--seeds", "1", "--epochs", "1",
                      "--target-map", "0.5", *SMALL)
     assert result.exit_code == 0, result.stderr
@@ -164,8 +175,7 @@ def test_a_real_curve_through_the_cli(store, run_cli, tmp_path: Path, monkeypatc
     data = json.loads((folder / CURVE).read_text())
     assert data["finished"] and [p["fraction"] for p in data["points"]] == [0.5, 1.0]
     assert data["split"] == "test"
-    sizes = [p["train_images"] for p in data["points"]]
-    assert sizes[0] < sizes[1]
+    assert [p["train_images"] for p in data["points"]] == [4, 8]
     for p in data["points"]:
         run = Path(p["run"])
         metrics = json.loads((run / "eval" / "metrics.json").read_text())
