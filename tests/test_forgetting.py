@@ -54,6 +54,10 @@ def test_a_child_that_forgets_a_class_is_warned_about_by_name(store, run_cli, tm
     options = {"items": 8, "size": 128, "seed": 0}
     pull(store, Seen(), options, "v1")
     pull(store, Seen(drop="triangle"), options, "v2")
+    # Caveat (measured 2026-12-01): at --lr 0.04 the child loses every class on the parent's data
+    # (AP50 0.66/0.92/0.38 -> 0 for circle/square/triangle), so this checks the warning, files and
+    # figures, not that only the dropped class falls; at the default lr, on data this small, the
+    # dropped class did not fall (triangle +0.12, the others -0.55/-0.71): noise dominates.
     parent, _ = train(run_cli, "--dataset", "v1", *LITE0, *SMALL, "--epochs", "8", "--lr", "0.02")
     child, result = train(run_cli, "--dataset", "v2", "--weights", parent, *SMALL, "--epochs", "6", "--lr", "0.04")
     forgetting = json.loads((child / "forgetting.json").read_text())
