@@ -1,8 +1,8 @@
 """What ``tlsync train`` costs over a bare training loop, and whether data loading keeps up.
 
-    python benchmarks/train_overhead.py [--rounds 2] [--batch-size 4] [--threads N] [--workers 1]
+    python benchmarks/train_overhead.py [--rounds 2] [--batch-size 4] [--threads N] [--workers 1] [--size 416]
 
-Both loops train the same model (fasterrcnn_mobilenet_v3_large_320_fpn, weights none, 416 px)
+Both loops train the same model (fasterrcnn_mobilenet_v3_large_320_fpn, weights none, ``--size`` px)
 on the same data (thermal-dogs-people-yolo's 142 train images, pulled through the roboflow
 source into a temporary store), with the same batch size, thread count, worker count and
 RoI sampling. The bare loop is the one of torchvision's object-detection fine-tuning
@@ -33,7 +33,7 @@ from bench_report import update_section  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 THERMAL = ROOT.parent / "shared" / "datasets" / "thermal-dogs-people-yolo"
 MODEL = "fasterrcnn_mobilenet_v3_large_320_fpn"
-SIZE = 416
+SIZE = 416  # image size, set from --size
 
 
 class TutorialDataset(torch.utils.data.Dataset):
@@ -69,7 +69,8 @@ def bare_loop(version, epochs: int, batch_size: int, workers: int, rois: int) ->
     model = build_model(MODEL, len(version.categories), "none", SIZE)
     model.roi_heads.fg_bg_sampler.batch_size_per_image = rois
     loader = torch.utils.data.DataLoader(TutorialDataset(version, version.categories), batch_size=batch_size,
-                                         shuffle=True, num_workers=workers, collate_fn=lambda b: tuple(zip(*b)))
+                                         shuffle=True, num_workers=workers,
+                                         collate_fn=lambda b: tuple(zip(*b, strict=True)))
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.005, momentum=0.9,
                                 weight_decay=1e-4)
     seconds = []
@@ -116,13 +117,16 @@ def listed(values) -> str:
 
 
 def main() -> None:
+    global SIZE
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=2, help="Alternating rounds of one epoch of each loop.")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--rois", type=int, default=128, help="RoIs sampled per image (tlsync's default).")
+    parser.add_argument("--size", type=int, default=SIZE, help="Image size of both loops (smaller: a quicker run).")
     args = parser.parse_args()
+    SIZE = args.size
     if not THERMAL.exists():
         sys.exit(f"shared dataset not found at {THERMAL}")
     torch.set_num_threads(args.threads)
@@ -176,7 +180,7 @@ Pipeline / model = {pipeline / model_rate:.1f}x (target >= 5x: {"met" if pipelin
 """
     print(body)
     update_section("train_overhead", "Training loop overhead", body, "python benchmarks/train_overhead.py "
-                   f"--threads {args.threads} --workers {args.workers} --rounds {args.rounds}")
+                   f"--threads {args.threads} --workers {args.workers} --rounds {args.rounds} --size {SIZE}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import orjson
 from tlsync.errors import InvalidItem, SourceError
 from tlsync.format import SPLITS, Box, ImageRef, Item
 from tlsync.hookspecs import hookimpl
+from tlsync.paths import ALLOW_OUTSIDE_OPTION, ExportRoot
 from tlsync.sources import PullContext, Source, files_fingerprint
 
 
@@ -60,7 +61,8 @@ def coco_categories(path: Path, categories: list[Any], drop_supercategory: bool 
             raise SourceError(f"{path}: duplicate category id {cat['id']}")
         names[cat["id"]] = cat["name"]
     if drop_supercategory:
-        parents = {c.get("supercategory") for c in categories if c.get("supercategory") not in (None, "none")}
+        parents = {c.get("supercategory") for c in categories
+                   if isinstance(c.get("supercategory"), str) and c.get("supercategory") != "none"}
         for cat in categories:
             if cat.get("supercategory") == "none" and cat["name"] in parents:
                 del names[cat["id"]]
@@ -72,32 +74,61 @@ def coco_categories(path: Path, categories: list[Any], drop_supercategory: bool 
     return dict(sorted(names.items()))
 
 
+def _is_id(value: Any) -> bool:
+    """COCO ids are integers (some tools write strings); anything else cannot key a lookup."""
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
 def read_coco(ctx: PullContext, annotations: Path, images: Path, split: str | None = None,
-              drop_supercategory: bool = False) -> Iterator[Item]:
-    """Yield one item per COCO image, with its boxes; bad entries go through ``ctx.bad``."""
+              drop_supercategory: bool = False, root: ExportRoot | None = None) -> Iterator[Item]:
+    """Yield one item per COCO image, with its boxes; bad entries go through ``ctx.bad``.
+
+    Every ``file_name`` must resolve inside ``root`` (default: the image folder).
+    """
     data = load_json(annotations)
     categories = coco_categories(annotations, data["categories"], drop_supercategory)
     ctx.set_categories(list(categories.values()))
+    root = root or ExportRoot(images)
+    valid = list(_valid_images(ctx, annotations, data["images"]))
+    image_ids = {img["id"] for _, img in valid}
     boxes: dict[Any, list[Box]] = {}
     seen_ann: set[Any] = set()
-    image_ids = {img.get("id") for img in data["images"] if isinstance(img, dict)}
     file = str(annotations)  # formatted once: 'where' is built for every annotation
     for i, ann in enumerate(data["annotations"]):
         where = f"{file}: annotation {ann.get('id', f'#{i}') if isinstance(ann, dict) else f'#{i}'}"
         box = _box(ctx, ann, where, categories, image_ids, seen_ann)
         if box is not None:
             boxes.setdefault(ann["image_id"], []).append(box)
-    seen_img: set[Any] = set()
-    for i, img in enumerate(data["images"]):
-        if not isinstance(img, dict) or "id" not in img or not isinstance(img.get("file_name"), str):
-            ctx.bad(f"{annotations}: images[{i}] needs an 'id' and a string 'file_name'")
-            continue
-        if img["id"] in seen_img:
-            ctx.bad(f"{annotations}: duplicate image id {img['id']}")
-            continue
-        seen_img.add(img["id"])
+    for i, img in valid:
+        image = root.check(images / img["file_name"], f"{annotations}: images[{i}] field 'file_name'")
         item_split = split or (img.get("split") if img.get("split") in SPLITS else None)
-        yield Item(img["file_name"], ImageRef(str((images / img["file_name"]).absolute())), boxes.get(img["id"], []), item_split)
+        yield Item(img["file_name"], ImageRef(str(image.absolute())), boxes.get(img["id"], []), item_split)
+
+
+def _valid_images(ctx: PullContext, annotations: Path, entries: list[Any]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(index, entry)`` of each usable ``images[]`` entry; checked before annotations refer to them."""
+    seen: set[Any] = set()
+    for i, img in enumerate(entries):
+        problem = _image_problem(img)
+        if problem:
+            ctx.bad(f"{annotations}: images[{i}] {problem}")
+        elif img["id"] in seen:
+            ctx.bad(f"{annotations}: duplicate image id {img['id']}")
+        else:
+            seen.add(img["id"])
+            yield i, img
+
+
+def _image_problem(img: Any) -> str | None:
+    """What is wrong with one ``images[]`` entry, or None."""
+    if not isinstance(img, dict) or "id" not in img or not isinstance(img.get("file_name"), str):
+        return "needs an 'id' and a string 'file_name'"
+    if not _is_id(img["id"]):
+        return f"field 'id' must be an integer or a string (got {type(img['id']).__name__})"
+    name = img["file_name"]
+    if not name.strip() or "\x00" in name:
+        return "field 'file_name' is empty or holds a NUL byte"
+    return None
 
 
 def _box(ctx: PullContext, ann: Any, where: str, categories: dict[int, str], image_ids: set[Any],
@@ -109,7 +140,14 @@ def _box(ctx: PullContext, ann: Any, where: str, categories: dict[int, str], ima
     if missing:
         ctx.bad(f"{where}: missing key '{missing[0]}'")
         return None
+    for key in ("image_id", "category_id"):
+        if not _is_id(ann[key]):
+            ctx.bad(f"{where}: field '{key}' must be an integer or a string (got {type(ann[key]).__name__})")
+            return None
     if ann.get("id") is not None:
+        if not _is_id(ann["id"]):
+            ctx.bad(f"{where}: field 'id' must be an integer or a string (got {type(ann['id']).__name__})")
+            return None
         if ann["id"] in seen:
             ctx.bad(f"{where}: duplicate annotation id")
             return None
@@ -142,15 +180,18 @@ class CocoSource(Source):
         click.Option(["--annotations"], type=click.Path(path_type=Path), help="The COCO JSON file (with --images)."),
         click.Option(["--images"], type=click.Path(path_type=Path), help="Image folder (default: beside the JSON)."),
         click.Option(["--split"], type=click.Choice(SPLITS), help="Put every item in this split."),
+        ALLOW_OUTSIDE_OPTION,
     ]
 
     def items(self, ctx: PullContext, path: Path | None = None, annotations: Path | None = None,
-              images: Path | None = None, split: str | None = None, **_: Any) -> Iterator[Item]:
+              images: Path | None = None, split: str | None = None, allow_outside_root: bool = False,
+              **_: Any) -> Iterator[Item]:
         if annotations is None:
             if path is None:
                 raise SourceError("coco: give --path FOLDER, or --annotations FILE [--images DIR]")
             annotations = find_annotations(path)
-        yield from read_coco(ctx, annotations, images or annotations.parent, split)
+        folder = images or annotations.parent
+        yield from read_coco(ctx, annotations, folder, split, root=ExportRoot(folder, allow_outside_root))
 
     def fingerprint(self, ctx: PullContext, path: Path | None = None, annotations: Path | None = None,
                     images: Path | None = None, **_: Any) -> str | None:

@@ -1,7 +1,7 @@
 """Scale Nucleus: pull slices or whole datasets, push a run's predictions back as a model.
 
 Pull streams the export page by page and hands each row to the core as an ``Item``; the
-core's pull engine downloads the images (16 at a time by default) into the store. Each
+core's pull engine downloads the images (64 at a time by default) into the store. Each
 image's cache key is the item's reference id plus its URL without the query string:
 Nucleus signs image URLs afresh on every export, so keying on the full URL would
 re-download an unchanged slice every time.
@@ -10,7 +10,8 @@ re-download an unchanged slice every time.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import click
 
@@ -80,7 +81,8 @@ def row_to_item(row: Any, n: int, ctx: PullContext, polygons_as_boxes: bool = Fa
         ctx.bad(f"item '{ref}': no image URL (none of {', '.join(URL_KEYS)})")
         return None
     if not url.startswith(("http://", "https://")):
-        ctx.bad(f"item '{ref}': image URL {url.split('?')[0]} is not http(s); tlsync downloads Nucleus images over HTTP")
+        ctx.bad(f"item '{ref}': image URL {url.split('?')[0]} is not http(s); "
+                f"tlsync downloads Nucleus images over HTTP")
         return None
     boxes = [_box(ann, ref, ctx) for ann in row.get("box") or ()]
     polygons = row.get("polygon") or []
@@ -104,7 +106,7 @@ class NucleusSource(Source):
 
     name = "nucleus"
     description = "Scale Nucleus slices or datasets over the REST API (key: NUCLEUS_API_KEY)."
-    concurrency = 16
+    concurrency = 64  # measured: see BENCHMARKS.md (Nucleus pull); 429s hold back every thread
     options = [
         click.Option(["--slice", "slice_id"], help="Nucleus slice id (slc_...) to pull."),
         click.Option(["--dataset-id"], help="Nucleus dataset id (ds_...) to pull whole, instead of a slice."),
@@ -122,10 +124,11 @@ class NucleusSource(Source):
             raise TlsyncError("nucleus: give exactly one of --slice slc_... or --dataset-id ds_...")
         kind, object_id = ("slice", slice_id) if slice_id else ("dataset", dataset_id)
         api = _api(self.http)
+        rows = api.export_rows(kind, object_id, page_size)  # its first page loads while we ask for the info
         info = api.info(kind, object_id)
         where = f" of dataset {info['dataset_id']}" if kind == "slice" and info.get("dataset_id") else ""
         ctx.note(f"Nucleus {kind} '{info.get('name', object_id)}' ({object_id}){where}")
-        for n, row in enumerate(api.export_rows(kind, object_id, page_size), 1):
+        for n, row in enumerate(rows, 1):
             item = row_to_item(row, n, ctx, polygons_as_boxes)
             if item is not None:
                 yield item

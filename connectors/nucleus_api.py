@@ -10,8 +10,9 @@ messages a user can act on ("invalid Nucleus API key", "slice slc_... not found"
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterator
+from typing import Any
 
 from tlsync.errors import SourceError
 from tlsync.http import HttpClient, HttpError
@@ -62,15 +63,22 @@ class NucleusAPI:
     def export_rows(self, kind: str, object_id: str, page_size: int) -> Iterator[dict[str, Any]]:
         """Every export row (item + annotations) of a slice or dataset, streamed page by page.
 
-        The next page is requested while this one's rows are being used, so image downloads
-        do not stall on page requests; at most two pages are in memory.
+        The first page is requested as soon as this is called (the caller can ask for the
+        slice's info meanwhile), and each next page while this one's rows are being used,
+        so image downloads do not stall on page requests; at most two pages are in memory.
         """
         pages = self._pages(kind, object_id, page_size)
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="nucleus-pages") as pool:
-            upcoming = pool.submit(next, pages, None)
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nucleus-pages")
+        return self._prefetched(pool, pages, pool.submit(next, pages, None))
+
+    @staticmethod
+    def _prefetched(pool: ThreadPoolExecutor, pages: Iterator[list[Any]], upcoming: Any) -> Iterator[dict[str, Any]]:
+        try:
             while (page := upcoming.result()) is not None:
                 upcoming = pool.submit(next, pages, None)
                 yield from page
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def _pages(self, kind: str, object_id: str, page_size: int) -> Iterator[list[Any]]:
         """The export's pages, following ``nextPageToken``.
@@ -81,6 +89,7 @@ class NucleusAPI:
         route = f"{kind}/{object_id}/exportForTrainingPage"
         token: str | None = None
         first = True
+        seen: set[str] = set()
         while True:
             try:
                 page = self.call("POST", route, {"pageToken": token, "pageSize": page_size})
@@ -94,6 +103,14 @@ class NucleusAPI:
             yield rows
             if not token:
                 return
+            # A server that hands back a token it gave before, or an empty page that says
+            # "more to come", would be asked forever.
+            if token in seen or not rows:
+                why = "repeated a nextPageToken it had already given" if token in seen else \
+                    "returned an empty page that still has a nextPageToken"
+                raise SourceError(f"Nucleus: POST {self.endpoint}/{route} {why} (after {len(seen) + 1} pages); "
+                                  f"stopping instead of paging forever")
+            seen.add(token)
 
     def _page(self, page: Any, route: str) -> tuple[list[Any], str | None]:
         if not isinstance(page, dict) or not isinstance(page.get("data"), list):

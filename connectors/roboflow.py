@@ -14,22 +14,24 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import time
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import click
 from filelock import FileLock, Timeout
 
-from tlsync.archives import clean_leftovers, default_max_total, extract_zip, parse_size
+from tlsync.archives import DEFAULT_MAX_ENTRIES, clean_leftovers, default_max_total, extract_zip, parse_size
 from tlsync.console import progress
 from tlsync.errors import SourceError
 from tlsync.format import Item
 from tlsync.hookspecs import hookimpl
 from tlsync.http import HttpClient, HttpError
 from tlsync.manifest import atomic_write_text
+from tlsync.paths import ALLOW_OUTSIDE_OPTION, ExportRoot
 from tlsync.secrets import get_secret
 from tlsync.sources import PullContext, Source, files_fingerprint
 
@@ -74,15 +76,16 @@ def coco_folders(root: Path) -> list[tuple[str | None, Path]]:
     return [(None, root)] if (root / COCO_JSON).is_file() or len(list(root.glob("*.json"))) == 1 else []
 
 
-def read_roboflow_coco(ctx: PullContext, root: Path) -> Iterator[Item]:
+def read_roboflow_coco(ctx: PullContext, root: Path, export: ExportRoot | None = None) -> Iterator[Item]:
     """Every split's COCO JSON through the shared reader, minus Roboflow's super-category."""
+    export = export or ExportRoot(root)
     folders = coco_folders(root)
     if not folders:
         raise SourceError(f"{root}: no {COCO_JSON} here or in train/, valid/, test/")
     categories: list[str] = []
     for split, folder in folders:
         annotations = folder / COCO_JSON if (folder / COCO_JSON).is_file() else find_annotations(folder)
-        yield from read_coco(ctx, annotations, folder, split, drop_supercategory=True)
+        yield from read_coco(ctx, annotations, folder, split, drop_supercategory=True, root=export)
         categories += [c for c in ctx.categories or [] if c not in categories]
     ctx.set_categories(categories)  # each split's read_coco replaced the list; keep the union
 
@@ -128,8 +131,13 @@ class RoboflowSource(Source):
                      help=f"API: seconds to wait for Roboflow to prepare the export (default {EXPORT_TIMEOUT:g})."),
         click.Option(["--max-extract-size"],
                      help="Refuse zips that unpack to more than this (default 20GB or $TLSYNC_MAX_EXTRACT_SIZE)."),
+        click.Option(["--max-extract-entries"], type=click.IntRange(1),
+                     help=f"Refuse zips with more entries than this (default {DEFAULT_MAX_ENTRIES:,} "
+                          f"or $TLSYNC_MAX_EXTRACT_ENTRIES)."),
+        ALLOW_OUTSIDE_OPTION,
     ]
     poll_interval: float = 1.0
+    clock: Callable[[], float] = staticmethod(time.monotonic)  # what --export-timeout is measured on
 
     def __init__(self, http: HttpClient | None = None):
         self._http = http
@@ -137,8 +145,10 @@ class RoboflowSource(Source):
     def items(self, ctx: PullContext, path: Path | None = None, format: str | None = None,
               workspace: str | None = None, project: str | None = None, version: int | None = None,
               refresh: bool = False, export_timeout: float | None = None, max_extract_size: str | None = None,
+              max_extract_entries: int | None = None, allow_outside_root: bool = False,
               **_: Any) -> Iterator[Item]:
         limit = parse_size(max_extract_size, "--max-extract-size") if max_extract_size else default_max_total()
+        self._max_entries = max_extract_entries  # read by local_export/api_export of this pull
         api = (workspace, project, version)
         if path is not None and any(v is not None for v in api):
             raise SourceError("roboflow: give --path, or --workspace/--project/--version, not both")
@@ -150,14 +160,16 @@ class RoboflowSource(Source):
             folder = self.api_export(ctx, workspace, project, version, format, refresh, timeout, limit)
         else:
             raise SourceError("roboflow: give --path EXPORT (folder or .zip), or --workspace W --project P --version N")
+        # Only a folder the user named may point elsewhere; an unpacked zip or download never.
+        export = ExportRoot(folder, allow_outside_root, archive=path is None or not path.is_dir())
         root, fmt = export_root(folder, format)
-        for item in READERS[fmt](ctx, root):
+        for item in READERS[fmt](ctx, root, export):
             item.metadata.update(photo_metadata(item.id))
             yield item
 
     def fingerprint(self, ctx: PullContext, path: Path | None = None, format: str | None = None,
                     workspace: str | None = None, project: str | None = None, version: int | None = None,
-                    refresh: bool = False, **_: Any) -> str | None:
+                    refresh: bool = False, allow_outside_root: bool = False, **_: Any) -> str | None:
         """The files a pull would read: a folder's export, a zip itself, or a cached API export.
 
         A zip's unpacked copy is tlsync's own, so the zip file alone stands for it.
@@ -169,7 +181,8 @@ class RoboflowSource(Source):
             if not path.is_dir():
                 return files_fingerprint(path)
             root, fmt = export_root(path, format)
-            return files_fingerprint(*(read_folders(root) if fmt == "yolo" else [root]))
+            inside = ExportRoot(path, allow_outside_root)
+            return files_fingerprint(*(read_folders(root, inside) if fmt == "yolo" else [root]))
         if workspace and project and version:
             export = api_slot(ctx, workspace, project, version, format or "coco")[0] / "export"
             return files_fingerprint(export) if export.is_dir() else None
@@ -195,7 +208,7 @@ class RoboflowSource(Source):
                 return export
             clean_leftovers(export)
             with progress(f"unpack {path.name}", unit="bytes") as update:
-                extract_zip(path, export, max_total=limit, replace=True,
+                extract_zip(path, export, max_total=limit, replace=True, max_entries=self._max_entries,
                             progress=lambda done, total: update(done, total=total))
             atomic_write_text(slot / "stamp", stamp)
         ctx.note(f"unpacked {path.name} into {export}")
@@ -221,7 +234,7 @@ class RoboflowSource(Source):
             try:
                 self.download(link, part, ref)
                 with progress(f"unpack {ref}", unit="bytes") as update:
-                    extract_zip(part, export, max_total=limit, replace=True,
+                    extract_zip(part, export, max_total=limit, replace=True, max_entries=self._max_entries,
                                 progress=lambda done, total: update(done, total=total))
             finally:
                 part.unlink(missing_ok=True)
@@ -229,8 +242,12 @@ class RoboflowSource(Source):
         return export
 
     def export_link(self, url: str, key: str, ref: str, timeout: float) -> str:
-        """Ask for the export and poll while Roboflow prepares it (HTTP 202); its zip's URL."""
-        waited = 0.0
+        """Ask for the export and poll while Roboflow prepares it (HTTP 202); its zip's URL.
+
+        ``--export-timeout`` counts wall time, the requests (and their retries) included:
+        a slow API must not stretch the wait the user asked for.
+        """
+        started = self.clock()
         with progress(f"Roboflow export {ref}", total=100, unit="%") as update:
             while True:
                 response = self.http.request("GET", url, what=f"Roboflow export {ref}",
@@ -247,11 +264,11 @@ class RoboflowSource(Source):
                 fraction = body.get("progress")
                 if isinstance(fraction, (int, float)):
                     update(max(0.0, min(1.0, float(fraction))) * 100)
+                waited = self.clock() - started
                 if waited >= timeout:
-                    raise SourceError(f"Roboflow export {ref}: still being prepared after {waited:g}s; "
+                    raise SourceError(f"Roboflow export {ref}: still being prepared after {waited:.0f}s; "
                                       f"try again later or raise --export-timeout")
-                self.http.sleep(self.poll_interval)
-                waited += self.poll_interval
+                self.http.sleep(min(self.poll_interval, timeout - waited))
 
     def download(self, link: str, part: Path, ref: str) -> None:
         """Stream the export zip to ``part``; the core client retries and checks the length."""

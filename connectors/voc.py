@@ -18,6 +18,7 @@ import defusedxml.ElementTree as SafeET
 
 from tlsync.errors import InvalidItem, SourceError
 from tlsync.format import SPLITS, Box, ImageRef, Item
+from tlsync.paths import ExportRoot
 from tlsync.sources import PullContext
 
 from .yolo import IMAGE_EXTENSIONS
@@ -34,13 +35,17 @@ def looks_like_voc(root: Path) -> bool:
     return any(f.is_dir() and next(f.glob("*.xml"), None) is not None for f in folders)
 
 
-def read_voc(ctx: PullContext, root: Path) -> Iterator[Item]:
-    """Yield one item per XML, in the layout found under ``root``."""
+def read_voc(ctx: PullContext, root: Path, export: ExportRoot | None = None) -> Iterator[Item]:
+    """Yield one item per XML, in the layout found under ``root``.
+
+    Every XML, image and split list read must resolve inside ``export`` (default ``root``).
+    """
+    export = export or ExportRoot(root)
     if (root / "Annotations").is_dir():
         images = next((root / n for n in ("JPEGImages", "images") if (root / n).is_dir()), root / "Annotations")
-        sets = image_sets(root)
+        sets = image_sets(root, export)
         unlisted = 0
-        for item in _read_folder(ctx, root / "Annotations", images, sets.get):
+        for item in _read_folder(ctx, root / "Annotations", images, sets.get, export):
             unlisted += bool(sets) and item.split is None
             yield item
         if unlisted:
@@ -49,12 +54,12 @@ def read_voc(ctx: PullContext, root: Path) -> Iterator[Item]:
     split_dirs = [(split, root / name) for name, split in SPLIT_FOLDERS.items()
                   if (root / name).is_dir() and next((root / name).glob("*.xml"), None) is not None]
     if not split_dirs:
-        yield from _read_folder(ctx, root, root, lambda stem: None)
+        yield from _read_folder(ctx, root, root, lambda stem: None, export)
     for split, folder in split_dirs:
-        yield from _read_folder(ctx, folder, folder, lambda stem, s=split: s)
+        yield from _read_folder(ctx, folder, folder, lambda stem, s=split: s, export)
 
 
-def image_sets(root: Path) -> dict[str, str]:
+def image_sets(root: Path, export: ExportRoot | None = None) -> dict[str, str]:
     """``{image id: split}`` from ``ImageSets/Main/{train,val,test}.txt`` (``trainval`` is their union)."""
     main = root / "ImageSets" / "Main"
     result: dict[str, str] = {}
@@ -62,7 +67,12 @@ def image_sets(root: Path) -> dict[str, str]:
         path = main / f"{split}.txt"
         if not path.is_file():
             continue
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        (export or ExportRoot(root)).check(path, f"{root}: split list")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise SourceError(f"{path}: cannot read split list ({getattr(e, 'strerror', None) or e})") from None
+        for n, line in enumerate(text.splitlines(), 1):
             fields = line.split()
             if not fields:
                 continue
@@ -74,8 +84,11 @@ def image_sets(root: Path) -> dict[str, str]:
 
 
 def _read_folder(ctx: PullContext, xml_dir: Path, image_dir: Path,
-                 split_of: Callable[[str], str | None]) -> Iterator[Item]:
+                 split_of: Callable[[str], str | None], export: ExportRoot) -> Iterator[Item]:
+    export.check(xml_dir, f"{export.root}: annotation folder")
+    export.check(image_dir, f"{export.root}: image folder")
     for xml in sorted(xml_dir.glob("*.xml")):
+        export.check(xml, f"{xml_dir}: annotation file")
         parsed = parse_annotation(ctx, xml)
         if parsed is None:
             continue
@@ -84,6 +97,7 @@ def _read_folder(ctx: PullContext, xml_dir: Path, image_dir: Path,
         if image is None:
             ctx.bad(f"{xml}: its image {filename or xml.stem + '.*'} is not in {image_dir}")
             continue
+        export.check(image, f"{xml}: its image")
         yield Item(image.relative_to(image_dir).as_posix(), ImageRef(str(image.absolute())), boxes, split_of(xml.stem))
 
 
@@ -93,7 +107,7 @@ def find_image(folder: Path, stem: str, filename: str | None) -> Path | None:
     Only the base name of ``<filename>`` is used: the tag is free text and must not be
     able to point outside the export.
     """
-    if filename:
+    if filename and "\x00" not in filename:
         candidate = folder / Path(filename.replace("\\", "/")).name
         if candidate.is_file():
             return candidate

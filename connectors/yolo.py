@@ -16,13 +16,17 @@ import yaml
 
 from tlsync.errors import InvalidItem, SourceError, TlsyncError
 from tlsync.format import SPLITS, Box, ImageRef, Item
+from tlsync.images import image_info
+from tlsync.paths import ExportRoot
 from tlsync.sources import PullContext
-from tlsync.store import image_info
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 # Where exports put a split when data.yaml does not say (Roboflow writes no ``test:`` key).
 CONVENTIONAL_FOLDERS = {"train": ("train",), "val": ("valid", "val"), "test": ("test",)}
 POLYGON_ROWS = "polygon rows (their bounding boxes are used)"
+# data.yaml is a few KB; these bounds refuse alias bombs before anything walks the values.
+MAX_YAML_BYTES = 4 << 20
+MAX_YAML_NODES = 200_000
 
 
 def find_data_yaml(root: Path) -> Path | None:
@@ -37,22 +41,48 @@ def find_data_yaml(root: Path) -> Path | None:
 def _safe_load(path: Path) -> dict[str, Any]:
     """The yaml as a mapping, or ``{}`` for anything unreadable (only used for detection)."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return load_config(path)
+    except SourceError:
         return {}
-    return data if isinstance(data, dict) else {}
 
 
 def load_config(path: Path) -> dict[str, Any]:
+    """The yaml as a mapping, refusing files too big, or whose aliases expand too far, to be a data.yaml.
+
+    ``yaml.safe_load`` builds an alias bomb cheaply (aliases share objects), but anything
+    that then walks it (``str()`` of a split entry) expands it exponentially. Composing
+    first gives the node graph, whose expanded size is counted with a budget.
+    """
     try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+        with open(path, "rb") as f:
+            raw = f.read(MAX_YAML_BYTES + 1)
+        if len(raw) > MAX_YAML_BYTES:
+            raise SourceError(f"{path}: larger than {MAX_YAML_BYTES >> 20} MB; not a data.yaml")
+        text = raw.decode("utf-8")
+        _check_expansion(path, yaml.compose(text, Loader=yaml.SafeLoader))
+        config = yaml.safe_load(text)
     except OSError as e:
         raise SourceError(f"{path}: cannot read ({e.strerror or e})") from None
-    except (UnicodeDecodeError, yaml.YAMLError) as e:
-        raise SourceError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except (UnicodeDecodeError, yaml.YAMLError, RecursionError) as e:
+        raise SourceError(f"{path}: not valid YAML ({(str(e).splitlines() or [type(e).__name__])[0]})") from None
     if not isinstance(config, dict):
         raise SourceError(f"{path}: expected a mapping with 'names' and 'train'/'val' folders")
     return config
+
+
+def _check_expansion(path: Path, root: yaml.Node | None) -> None:
+    """Count the nodes the document expands to (aliases counted each time), up to a budget."""
+    stack, seen = [root] if root is not None else [], 0
+    while stack:
+        node = stack.pop()
+        seen += 1
+        if seen > MAX_YAML_NODES:
+            raise SourceError(f"{path}: its aliases expand to more than {MAX_YAML_NODES:,} values "
+                              f"(a YAML 'billion laughs' bomb?); refused")
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            stack.extend(n for pair in node.value for n in pair)
 
 
 def class_names(path: Path, config: dict[str, Any]) -> dict[int, str]:
@@ -70,26 +100,34 @@ def class_names(path: Path, config: dict[str, Any]) -> dict[int, str]:
     result: dict[int, str] = {}
     for index, name in pairs:
         if index < 0 or not isinstance(name, (str, int)) or not str(name).strip():
-            raise SourceError(f"{path}: names[{index}] must be a non-empty class name (got {name!r})")
-        if str(name) in result.values():
-            raise SourceError(f"{path}: class name '{name}' appears twice in 'names'")
+            shown = repr(name) if isinstance(name, (str, int, float, bool)) or name is None else type(name).__name__
+            raise SourceError(f"{path}: names[{index}] must be a non-empty class name (got {shown})")
         result[index] = str(name)
+    seen: set[str] = set()
+    for name in result.values():  # a set, not a scan of the values so far: 'names' may be long
+        if name in seen:
+            raise SourceError(f"{path}: class name '{name}' appears twice in 'names'")
+        seen.add(name)
     nc = config.get("nc")
     if nc is not None and nc != len(result):
         raise SourceError(f"{path}: nc is {nc!r} but 'names' lists {len(result)} classes")
     return result
 
 
-def split_folders(path: Path, config: dict[str, Any]) -> list[tuple[str, Path]]:
+def split_folders(path: Path, config: dict[str, Any], root: ExportRoot | None = None) -> list[tuple[str, Path]]:
     """``(split, images folder)`` for each split the yaml names or the export holds.
 
     Roboflow writes ``../train/images``, meant for a checkout one level up; like the
     official client, tlsync reads that as ``train/images`` beside the yaml. Other relative
     paths resolve against ``path:`` (if given) or the yaml's folder; a split whose folder
     is missing (the yaml moved) falls back to the export's own ``train/``, ``valid/``...
+    Every folder must resolve inside ``root`` (default: the yaml's folder).
     """
     here = path.parent
+    root = root or ExportRoot(here)
     base = here
+    if config.get("path") is not None and not isinstance(config["path"], str):
+        raise SourceError(f"{path}: 'path' must be a folder name (got {type(config['path']).__name__})")
     if isinstance(config.get("path"), str) and (here / config["path"]).is_dir():
         base = here / config["path"]
     found: list[tuple[str, Path]] = []
@@ -98,10 +136,11 @@ def split_folders(path: Path, config: dict[str, Any]) -> list[tuple[str, Path]]:
         if value is None:
             found += [(split, f) for f in _conventional(here, split)[:1]]
             continue
-        for entry in value if isinstance(value, list) else [value]:
-            folder = _resolve(base, here, str(entry)) or next(iter(_conventional(here, split)), None)
+        for entry in _entries(path, split, value):
+            folder = _resolve(base, here, entry) or next(iter(_conventional(here, split)), None)
             if folder is None:
                 raise SourceError(f"{path}: '{split}: {entry}' is not a folder (looked under {base})")
+            root.check(folder, f"{path}: '{split}: {entry}'")
             if folder.is_file():
                 raise SourceError(f"{path}: '{split}: {entry}' is an image-list file; give the images folder instead")
             found.append((split, folder))
@@ -114,6 +153,15 @@ def split_folders(path: Path, config: dict[str, Any]) -> list[tuple[str, Path]]:
     if not found:
         raise SourceError(f"{path}: names no 'train'/'val'/'test' folders and none of train/, valid/, test/ exist")
     return found
+
+
+def _entries(path: Path, split: str, value: Any) -> list[str]:
+    """A split's folder names; anything but a string or a short list of strings is refused unread."""
+    entries = value if isinstance(value, list) else [value]
+    if len(entries) > 100 or not all(isinstance(e, str) and e.strip() and "\x00" not in e for e in entries):
+        raise SourceError(f"{path}: '{split}' must be a folder name or a list of folder names "
+                          f"(got {type(value).__name__}{f' of {len(entries)}' if isinstance(value, list) else ''})")
+    return entries
 
 
 def _resolve(base: Path, here: Path, entry: str) -> Path | None:
@@ -142,38 +190,48 @@ def label_path(image: Path) -> Path:
     return Path(*parts).with_suffix(".txt")
 
 
-def read_yolo(ctx: PullContext, root: Path) -> Iterator[Item]:
-    """Yield every image of every split named by the export's data.yaml, with its boxes."""
+def read_yolo(ctx: PullContext, root: Path, export: ExportRoot | None = None) -> Iterator[Item]:
+    """Yield every image of every split named by the export's data.yaml, with its boxes.
+
+    Split folders, images and label files must all resolve inside ``export`` (default ``root``).
+    """
     path = find_data_yaml(root)
     if path is None:
         raise SourceError(f"{root}: no data.yaml (a YOLO export has one beside its train/ and valid/ folders)")
     config = load_config(path)
     names = class_names(path, config)
     ctx.set_categories(list(names.values()))
-    for split, folder in split_folders(path, config):
-        yield from read_split(ctx, folder, split, names)
+    export = export or ExportRoot(root)
+    for split, folder in split_folders(path, config, export):
+        yield from read_split(ctx, folder, split, names, export)
 
 
-def read_folders(root: Path) -> list[Path]:
+def read_folders(root: Path, export: ExportRoot | None = None) -> list[Path]:
     """Every folder ``read_yolo`` reads: the export, and split folders the yaml puts elsewhere."""
     path = find_data_yaml(root)
     if path is None:
         return [root]
     folders = [root]
-    for _, images in split_folders(path, load_config(path)):
+    for _, images in split_folders(path, load_config(path), export or ExportRoot(root)):
         folders += [f for f in (images, label_path(images / "_.jpg").parent) if f.is_dir()]
     return folders
 
 
-def read_split(ctx: PullContext, images: Path, split: str | None, names: dict[int, str]) -> Iterator[Item]:
+def read_split(ctx: PullContext, images: Path, split: str | None, names: dict[int, str],
+               export: ExportRoot | None = None) -> Iterator[Item]:
     """One item per image under ``images`` (id: its path relative to that folder)."""
+    export = export or ExportRoot(images)
     for image in sorted(p for p in images.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()):
+        export.check(image, f"{images}: image")
+        labels = label_path(image)
+        if labels.exists():
+            export.check(labels, f"{image}: its label file")
         try:
             width, height, _ = image_info(image)
         except TlsyncError as e:
             ctx.bad(f"{image}: {e}")
             continue
-        boxes = read_labels(ctx, label_path(image), width, height, names)
+        boxes = read_labels(ctx, labels, width, height, names)
         yield Item(image.relative_to(images).as_posix(), ImageRef(str(image.absolute())), boxes, split)
 
 

@@ -1,4 +1,9 @@
-"""Shared fixtures: every test gets its own empty store and no autoloaded plugins."""
+"""Shared fixtures: every test gets its own empty store and no autoloaded plugins.
+
+The store, the config-file isolation and ``run_cli`` come from ``tlsync.testing.fixtures``,
+the fixtures plugin that third-party plugins' tests use too, so tlsync's own tests run on the
+same kit it ships.
+"""
 
 from __future__ import annotations
 
@@ -7,26 +12,25 @@ from pathlib import Path
 
 import pytest
 
+from tlsync.store import Store
+
+pytest_plugins = ["tlsync.testing.fixtures"]
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 
 
 @pytest.fixture(autouse=True)
-def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """TLSYNC_HOME in a temp dir, no third-party plugins, no config file, offline torch hub."""
-    home = tmp_path / "tlsync-home"
-    monkeypatch.setenv("TLSYNC_HOME", str(home))
+def isolated_home(tlsync_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``tlsync_home`` (a temp TLSYNC_HOME, no config file) for every test, no third-party plugins,
+    and an empty torch hub, so no test reads the user's data, keys or downloaded weights."""
     monkeypatch.setenv("TLSYNC_LOAD_PLUGINS", "")
-    monkeypatch.setenv("TLSYNC_CONFIG", str(tmp_path / "no-config.json"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
-    monkeypatch.delenv("TLSYNC_DEBUG", raising=False)
-    return home
+    return tlsync_home
 
 
 @pytest.fixture
-def store(isolated_home: Path):
-    from tlsync.store import Store
-
-    return Store(isolated_home)
+def store(tlsync_store: Store) -> Store:
+    return tlsync_store
 
 
 @pytest.fixture
@@ -37,25 +41,5 @@ def shared_datasets() -> Path:
     return SHARED
 
 
-@pytest.fixture
-def run_cli():
-    """Run the CLI in-process like a user would; returns (exit_code, stdout, stderr)."""
-    from click.testing import CliRunner
-
-    from tlsync import cli
-
-    class Entry:  # CliRunner calls .main(); route through tlsync.cli.main for its error handling
-        name = "tlsync"
-
-        def main(self, args, prog_name=None, **_):
-            cli.main(list(args))
-
-    def run(*args: str, input: str | None = None):
-        """-> click Result with .exit_code, .stdout, .stderr"""
-        return CliRunner().invoke(Entry(), [str(a) for a in args], input=input, catch_exceptions=False)
-
-    return run
-
-
-def pytest_configure(config):
+def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "2")

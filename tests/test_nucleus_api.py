@@ -161,7 +161,8 @@ def test_429_waits_as_long_as_retry_after_says(mock, source, store, sleeps):
     mock.post(PAGE, json={"data": [row("a")], "nextPageToken": None})
     items, _ = collect(source, store)
     assert [i.id for i in items] == ["a"]
-    assert sleeps == [3.0]
+    # The info request runs alongside the first page: if it starts after the 429 it waits too.
+    assert sleeps[0] == 3.0 and max(sleeps) <= 3.0 and len(sleeps) <= 2
 
 
 def test_503_twice_then_success(mock, source, store, sleeps):
@@ -197,7 +198,7 @@ def test_image_failure_names_item_and_url_and_can_be_skipped(mock, source, store
     mock.get(f"{CDN}/processed_url/a.png", body=png())
     mock.get(f"{CDN}/processed_url/b.png", status=503)
 
-    with pytest.raises(TlsyncError, match=rf"item 'b': GET {CDN}/processed_url/b.png\?.* failed after 6 attempts"):
+    with pytest.raises(TlsyncError, match=rf"item 'b': GET {CDN}/processed_url/b.png failed after 6 attempts"):  # no signed query
         pull(store, source, {"slice_id": "slc_1"}, "horses")
     result = pull(store, source, {"slice_id": "slc_1"}, "horses", on_error="skip")
     assert result.items == 1 and sum(result.skipped.values()) == 1

@@ -16,7 +16,7 @@ import pytest
 from tlsync.connectors.nucleus import NucleusSource, NucleusTarget
 from tlsync.format import Box, ImageRef, Item
 from tlsync.testing import check_source
-from tlsync.testing.fake_nucleus import FakeNucleus
+from fake_nucleus import FakeNucleus
 from tlsync.testing.server import Faults
 
 KEY = "nucleus_live_8d1f0c9e2a7b"

@@ -22,6 +22,7 @@ def test_wheel_contains_one_namespace_and_works(tmp_path: Path):
                    "tlsync/connectors/synthetic.py", "tlsync/trainer/__init__.py", "tlsync/testing/__init__.py"):
         assert needed in names, needed
     assert not any(n.startswith(("trainer/", "connectors/", "plugins/", "tests/")) for n in names)
+    assert "tlsync/py.typed" in names  # PEP 561: plugins type-check against tlsync's hints
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "tlsync = tlsync.cli:main" in entry_points
 
@@ -31,6 +32,7 @@ def test_wheel_contains_one_namespace_and_works(tmp_path: Path):
     assert install.returncode == 0, install.stderr[-2000:]
     code = (f"import sys; sys.path.insert(0, {str(target)!r})\n"
             "import tlsync.connectors.coco as c; assert c.__file__.startswith(sys.path[0]), c.__file__\n"
+            "from tlsync import hookimpl, Source, Item, Box\n"
             "from tlsync.cli import main; main(['sources'])\n")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={"TLSYNC_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"})

@@ -112,7 +112,7 @@ def test_removing_the_latest_version_makes_the_next_pull_read(store, tmp_path: P
 
 
 def test_yolo_split_folder_outside_the_export_is_watched(store, tmp_path: Path, no_racy_window):
-    """data.yaml may name an absolute folder elsewhere; editing a label there is a change."""
+    """data.yaml may name an absolute folder elsewhere (with --allow-outside-root); editing a label there is a change."""
     export = yolo_export(tmp_path / "export")
     elsewhere = tmp_path / "elsewhere" / "val"
     (elsewhere / "images").mkdir(parents=True)
@@ -123,10 +123,11 @@ def test_yolo_split_folder_outside_the_export_is_watched(store, tmp_path: Path, 
     config["val"] = str(elsewhere / "images")
     (export / "data.yaml").write_text(yaml.safe_dump(config))
     source = get_source("roboflow")
-    assert pull(store, source, {"path": export}, "pets").version == 1
-    assert pull(store, source, {"path": export}, "pets").quick
+    options = {"path": export, "allow_outside_root": True}
+    assert pull(store, source, options, "pets").version == 1
+    assert pull(store, source, options, "pets").quick
     (elsewhere / "labels" / "b.txt").write_text("1 0.5 0.5 0.5 0.5\n")
-    result = pull(store, source, {"path": export}, "pets")
+    result = pull(store, source, options, "pets")
     assert not result.quick and result.version == 2
 
 

@@ -46,6 +46,7 @@ def coco_zip(tmp_path: Path) -> bytes:
 def recording_source(sleeps: list[float]) -> RoboflowSource:
     source = RoboflowSource(http=HttpClient(sleep=sleeps.append, attempts=3))
     source.poll_interval = 1.0
+    source.clock = lambda: sum(sleeps)  # time passes only while "sleeping"
     return source
 
 

@@ -23,6 +23,10 @@ from .errors import TlsyncError
 
 MAX_SIZE_ENV = "TLSYNC_MAX_EXTRACT_SIZE"
 DEFAULT_MAX_TOTAL = 20 * 10**9
+MAX_ENTRIES_ENV = "TLSYNC_MAX_EXTRACT_ENTRIES"
+# COCO 2017's train zip has 118k entries; a YOLO export two per image. Far above both, far
+# below the millions of empty entries that exhaust inodes or the central-directory parse.
+DEFAULT_MAX_ENTRIES = 500_000
 # DEFLATE tops out near 1032:1; real exports (JPEGs, JSON, label text) stay far below 100:1.
 DEFAULT_MAX_RATIO = 200.0
 # Below this size a high ratio is harmless (an empty label file "compresses" 0:2).
@@ -51,6 +55,47 @@ def default_max_total() -> int:
     """The extraction size bound: ``$TLSYNC_MAX_EXTRACT_SIZE`` if set, else 20 GB."""
     env = os.environ.get(MAX_SIZE_ENV)
     return parse_size(env) if env else DEFAULT_MAX_TOTAL
+
+
+def default_max_entries() -> int:
+    """The entry-count bound: ``$TLSYNC_MAX_EXTRACT_ENTRIES`` if set, else 500,000."""
+    env = os.environ.get(MAX_ENTRIES_ENV)
+    if not env:
+        return DEFAULT_MAX_ENTRIES
+    if not env.strip().isdigit() or int(env) < 1:
+        raise TlsyncError(f"{MAX_ENTRIES_ENV}={env!r}: give a positive number of entries")
+    return int(env)
+
+
+def declared_entries(archive: Path) -> int | None:
+    """The entry count in the zip's end-of-central-directory record, read before parsing it.
+
+    ``zipfile`` builds an object per entry as it opens an archive; reading the count first
+    refuses a many-millions-entry archive in microseconds rather than after gigabytes.
+    """
+    try:
+        with open(archive, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - (1 << 16) - 22))
+            tail = f.read()
+    except OSError:
+        return None
+    end = tail.rfind(b"PK\x05\x06")
+    if end < 0 or end + 22 > len(tail):
+        return None
+    count = int.from_bytes(tail[end + 10:end + 12], "little")
+    if count == 0xFFFF:  # ZIP64: the real count is in the ZIP64 record just before
+        z64 = tail.rfind(b"PK\x06\x06", 0, end)
+        if z64 >= 0 and z64 + 40 <= len(tail):
+            count = int.from_bytes(tail[z64 + 32:z64 + 40], "little")
+    return count
+
+
+def _check_count(archive: Path, count: int | None, max_entries: int) -> None:
+    if count is not None and count > max_entries:
+        raise UnsafeArchive(f"{archive}: holds {count:,} entries, more than the {max_entries:,} limit; refused "
+                            f"(nothing was extracted; raise it with --max-extract-entries or {MAX_ENTRIES_ENV})")
 
 
 def human_size(n: float) -> str:
@@ -82,15 +127,18 @@ def _entry_path(archive: Path, info: zipfile.ZipInfo) -> PurePosixPath:
     return path
 
 
-def check_zip(archive: Path, max_total: int | None = None,
-              max_ratio: float = DEFAULT_MAX_RATIO) -> list[tuple[zipfile.ZipInfo, PurePosixPath]]:
+def check_zip(archive: Path, max_total: int | None = None, max_ratio: float = DEFAULT_MAX_RATIO,
+              max_entries: int | None = None) -> list[tuple[zipfile.ZipInfo, PurePosixPath]]:
     """Every entry with its safe relative path; raises ``UnsafeArchive`` on the first problem."""
     limit = default_max_total() if max_total is None else max_total
+    max_entries = default_max_entries() if max_entries is None else max_entries
+    _check_count(archive, declared_entries(archive), max_entries)
     try:
         with zipfile.ZipFile(archive) as zf:
             infos = zf.infolist()
-    except (zipfile.BadZipFile, OSError) as e:
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
         raise UnsafeArchive(f"{archive}: not a readable zip archive ({e})") from None
+    _check_count(archive, len(infos), max_entries)  # the record can lie; the parsed list cannot
     entries, seen, total = [], set(), 0
     for info in infos:
         path = _entry_path(archive, info)
@@ -116,13 +164,14 @@ def check_zip(archive: Path, max_total: int | None = None,
 
 
 def extract_zip(archive: Path, dest: Path, max_total: int | None = None, max_ratio: float = DEFAULT_MAX_RATIO,
-                replace: bool = False, progress: Callable[[int, int], None] | None = None) -> Path:
+                replace: bool = False, progress: Callable[[int, int], None] | None = None,
+                max_entries: int | None = None) -> Path:
     """Unpack ``archive`` into the folder ``dest`` (which must not exist unless ``replace``).
 
     ``progress(done_bytes, total_bytes)`` is called as bytes are written. On any failure
     the temp folder is removed and ``dest`` is as it was.
     """
-    entries = check_zip(archive, max_total, max_ratio)
+    entries = check_zip(archive, max_total, max_ratio, max_entries)
     if dest.exists() and not replace:
         raise UnsafeArchive(f"{dest}: already exists; not extracting {archive} over it")
     total = sum(info.file_size for info, _ in entries if not info.is_dir())

@@ -31,21 +31,13 @@ def fsync_dir(folder: str | os.PathLike[str]) -> None:
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> Path:
-    """Call ``write(f)`` on a temp file beside ``path``, then fsync and rename it onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
+    """Call ``write(f)`` on a temp file beside ``path`` (open for binary writing), then fsync and rename it."""
+
+    def into(tmp: str) -> None:
+        with open(tmp, "wb") as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-    return path
+
+    return atomic_write_file(path, into)
 
 
 def atomic_write_file(path: str | os.PathLike[str], write: Callable[[str], Any]) -> Path:

@@ -1,6 +1,6 @@
 """The ``tlsync`` command.
 
-Commands that train or predict live in ``tlsync.trainer.cli`` and are imported only when
+Commands that train or predict live in ``tlsync.trainer`` (``LAZY_COMMANDS``) and are imported only when
 run, so that ``tlsync --help``, ``sources`` and ``pull`` never import torch. Every error
 reaches the user as one redacted line on stderr and a non-zero exit; ``--debug`` shows
 the traceback.
@@ -8,29 +8,76 @@ the traceback.
 
 from __future__ import annotations
 
+import ast
+import functools
 import importlib
+import importlib.util
+import inspect
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
+from click.utils import make_default_short_help
 
 from . import __version__
 from .errors import TlsyncError
 from .secrets import redact
 
-# name -> (module:attribute, one-line help), loaded on first use
+# name -> "module:attribute" of a command that imports torch, loaded on first use. Its summary
+# in ``tlsync --help`` is read from its own source (``lazy_short_help``), so there is one copy.
 LAZY_COMMANDS = {
-    "train": ("tlsync.trainer.cli:train", "Fine-tune a detector on a dataset (or resume a run)."),
-    "eval": ("tlsync.trainer.cli_eval:eval_command", "Evaluate a run: mAP50-95, mAP50, per-class AP, P/R/F1."),
-    "predict": ("tlsync.trainer.cli_eval:predict", "Run a trained model on images, folders or globs."),
-    "compare": ("tlsync.trainer.cli_eval:compare", "Compare runs: the transfer-vs-scratch table and curves."),
-    "curve": ("tlsync.trainer.cli_curve:curve", "Learning curve: what more labels buy (nested subsets, fit, forecast)."),
-    "weights": ("tlsync.trainer.cli_weights:weights", "Where pretrained weights live, for offline machines."),
-    "push": ("tlsync.cli_push:push", "Send a run's predictions to a target (e.g. Nucleus)."),
-    "datasets": ("tlsync.cli_datasets:datasets", "List, show and remove local datasets."),
-    "export": ("tlsync.cli_datasets:export", "Write a dataset version out as COCO JSON + images."),
+    "train": "tlsync.trainer.cli:train",
+    "eval": "tlsync.trainer.cli_eval:eval_command",
+    "predict": "tlsync.trainer.cli_eval:predict",
+    "compare": "tlsync.trainer.cli_eval:compare",
+    "curve": "tlsync.trainer.cli_curve:curve",
+    "weights": "tlsync.trainer.cli_weights:weights",
+    "push": "tlsync.trainer.push:push",
+    "datasets": "tlsync.cli_datasets:datasets",
+    "export": "tlsync.cli_datasets:export",
 }
+SHORT_HELP_LIMIT = 70  # what click's own command list uses
+
+
+def lazy_short_help(target: str, limit: int = SHORT_HELP_LIMIT) -> str:
+    """The summary click would show for the command at ``target``, read from its source file.
+
+    ``tlsync --help`` lists every command, and importing the trainer's would import torch
+    (seconds); the decorator's ``short_help=``/``help=`` or the function's docstring says
+    the same without running anything. "" when the module is not installed.
+    """
+    module, _, attr = target.partition(":")
+    node = next((n for n in _module_tree(module) if isinstance(n, ast.FunctionDef) and n.name == attr), None)
+    if node is None:
+        return ""
+    calls = [dec for dec in node.decorator_list if isinstance(dec, ast.Call) and _is_command_decorator(dec)]
+    texts = {kw.arg: kw.value.value for call in calls for kw in call.keywords
+             if isinstance(kw.value, ast.Constant) and isinstance(kw.value.value, str)}
+    if texts.get("short_help"):
+        return inspect.cleandoc(texts["short_help"])
+    text = texts.get("help") or ast.get_docstring(node) or ""
+    return make_default_short_help(text.split("\f", 1)[0], limit).strip()
+
+
+@functools.cache
+def _module_tree(module: str) -> list[ast.stmt]:
+    """The top-level statements of ``module``'s source, parsed (not run); [] if it is not installed."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except ImportError:
+        return []
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return []
+    return ast.parse(Path(spec.origin).read_text(encoding="utf-8")).body
+
+
+def _is_command_decorator(call: ast.Call) -> bool:
+    """``@click.command(...)``, ``@group.command(...)``, ``@click.group(...)`` (not ``@click.option``)."""
+    func = call.func
+    name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+    return name in ("command", "group")
 
 
 class LazyGroup(click.Group):
@@ -39,13 +86,14 @@ class LazyGroup(click.Group):
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name in LAZY_COMMANDS:
-            module, _, attr = LAZY_COMMANDS[name][0].partition(":")
-            return getattr(importlib.import_module(module), attr)
+            module, _, attr = LAZY_COMMANDS[name].partition(":")
+            command: click.Command = getattr(importlib.import_module(module), attr)
+            return command
         return super().get_command(ctx, name)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        rows = [(n, LAZY_COMMANDS[n][1] if n in LAZY_COMMANDS else self.commands[n].get_short_help_str(70))
-                for n in self.list_commands(ctx)]
+        rows = [(n, lazy_short_help(LAZY_COMMANDS[n]) if n in LAZY_COMMANDS
+                 else self.commands[n].get_short_help_str(SHORT_HELP_LIMIT)) for n in self.list_commands(ctx)]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 
@@ -119,6 +167,12 @@ class SourceCommand(PluginOptionsCommand):
     kind = "source"
 
 
+class TargetCommand(PluginOptionsCommand):
+    """``push`` (``tlsync.trainer.push``) grows the chosen target's options, so ``--target X --help`` lists them."""
+
+    kind = "target"
+
+
 def _peek_option(args: list[str], flag: str) -> str | None:
     for i, arg in enumerate(args):
         if arg == flag and i + 1 < len(args):
@@ -138,19 +192,27 @@ def _peek_option(args: list[str], flag: str) -> str | None:
 @click.option("--concurrency", type=click.IntRange(1, 256), default=None, help="Parallel image fetches.")
 @click.option("--reread", is_flag=True,
               help="Read the source even if its files are unchanged since the last pull.")
+@click.option("--max-image-bytes", default="256MB", show_default=True,
+              help="Refuse (or, with --on-error skip, skip) an image larger than this.")
+@click.option("--download-timeout", type=click.FloatRange(0, min_open=True), default=300.0, show_default=True,
+              help="Seconds of wall time one image download may take, retries included.")
 @click.pass_context
 def pull(ctx: click.Context, source_name: str, dataset: str, split_ratios: str, on_error: str,
-         concurrency: int | None, reread: bool, **source_options: Any) -> None:
+         concurrency: int | None, reread: bool, max_image_bytes: str, download_timeout: float,
+         **source_options: Any) -> None:
     """Pull items and boxes from a source into a local, versioned dataset."""
+    from .archives import parse_size
     from .console import progress
+    from .pull import Limits
     from .pull import pull as run_pull
     from .splits import parse_ratios
     from .store import Store
 
     source = ctx.meta["tlsync.source"]
+    limits = Limits(parse_size(max_image_bytes, "--max-image-bytes"), download_timeout)
     with progress(f"pull {source_name} -> {dataset}", unit="items") as update:
         result = run_pull(Store(), source, source_options, dataset, on_error, parse_ratios(split_ratios),
-                          concurrency, progress=update, reread=reread)
+                          concurrency, progress=update, reread=reread, limits=limits)
     print_pull_summary(result)
 
 
@@ -189,7 +251,17 @@ def quickstart(dataset: str, seconds: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: one-line errors, exit codes 1 (error), 2 (usage), 130 (interrupted)."""
+    """Entry point: one-line errors, exit codes 1 (error), 2 (usage), 130 (interrupted).
+
+    Everything printed passes ``console.printable``: data-borne escape sequences never reach the terminal.
+    """
+    from .console import printable_output
+
+    with printable_output():
+        _main(argv)
+
+
+def _main(argv: list[str] | None) -> None:
     try:
         cli.main(args=argv, prog_name="tlsync", standalone_mode=False)
     except click.exceptions.Exit as e:

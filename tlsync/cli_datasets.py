@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from .errors import TlsyncError
 from .store import Store
 
 
@@ -19,17 +20,32 @@ def list_datasets() -> None:
     """Name, latest version, items, boxes, classes, source and creation time of each dataset."""
     store = Store()
     rows = [("NAME", "LATEST", "ITEMS", "BOXES", "CLASSES", "SOURCE", "CREATED")]
+    unreadable: list[str] = []
     for name in store.dataset_names():
-        info = store.open(name).info
-        counts = info["counts"]
-        rows.append((name, f"@{info['version']}", str(counts["items"]), str(counts["boxes"]),
-                     str(len(info["categories"])), info["source"]["name"], info["created"]))
+        try:
+            rows.append(_row(store, name))
+        except (TlsyncError, KeyError, TypeError, AttributeError) as e:
+            # One broken dataset.json (a power cut, a bad copy) must not hide the others.
+            latest = store.versions(name)[-1]
+            why = str(e) if isinstance(e, TlsyncError) else f"{store.datasets_dir / name / str(latest)}: " \
+                f"dataset.json lacks {type(e).__name__}: {e}"
+            rows.append((name, f"@{latest}", "?", "?", "?", "UNREADABLE", ""))
+            unreadable.append(why)
     if len(rows) == 1:
         click.echo(f"no datasets in {store.datasets_dir} yet: tlsync pull --source ... --dataset NAME")
         return
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    for why in unreadable:
+        click.echo(f"warning: unreadable: {why}", err=True)
+
+
+def _row(store: Store, name: str) -> tuple[str, str, str, str, str, str, str]:
+    info = store.open(name).info
+    counts = info["counts"]
+    return (name, f"@{info['version']}", str(counts["items"]), str(counts["boxes"]),
+            str(len(info["categories"])), str(info["source"]["name"]), str(info["created"]))
 
 
 @datasets.command()

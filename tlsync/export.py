@@ -47,6 +47,7 @@ def export_coco(dataset: DatasetVersion, out: Path, split: str | None = None) ->
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
         counts = _write(dataset, tmp, split)
+        _as_umask_allows(tmp)
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
@@ -54,6 +55,23 @@ def export_coco(dataset: DatasetVersion, out: Path, split: str | None = None) ->
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _as_umask_allows(folder: Path) -> None:
+    """Give the export the modes a plain ``mkdir``/``cp`` would (temp files start private).
+
+    The export is meant to be shared, zipped or pushed; ``mkdtemp``'s 0700 and the atomic
+    writer's 0600 would lock colleagues (and the user's other tools) out of it.
+    """
+    mask = _umask()
+    os.chmod(folder, 0o777 & ~mask)
+    os.chmod(folder / "annotations.json", 0o666 & ~mask)
 
 
 def _write(dataset: DatasetVersion, folder: Path, split: str | None) -> dict[str, int]:

@@ -11,13 +11,14 @@ import hashlib
 import json
 import os
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from .errors import TlsyncError
 import orjson
 
 from .atomic import atomic_write_json, atomic_write_text  # noqa: F401  (re-exported)
+from .errors import TlsyncError
 from .format import Item, content_key, item_from_store
 
 ITEMS = "items.jsonl"

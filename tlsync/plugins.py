@@ -10,14 +10,21 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pluggy
 
 from . import hookspecs
 from .errors import PluginError
+
+if TYPE_CHECKING:
+    from .sources import Source
+    from .targets import Target
+
+T = TypeVar("T")
 
 DEFAULT_PLUGINS = (
     "tlsync.connectors.coco",
@@ -103,7 +110,7 @@ def _record_broken(plugin: str, error: str, version: str | None = None) -> None:
     info.error = error
 
 
-def collect(hook_name: str, kind: str, check: Callable[[Any, str], Any]) -> dict[str, tuple[Any, str]]:
+def collect(hook_name: str, kind: str, check: Callable[[Any, str], T]) -> dict[str, tuple[T, str]]:
     """Call one registration hook plugin by plugin: ``{name: (object, plugin name)}``.
 
     A plugin whose hook raises, or that registers something invalid or a name already
@@ -111,7 +118,7 @@ def collect(hook_name: str, kind: str, check: Callable[[Any, str], Any]) -> dict
     (built-ins are registered first).
     """
     load_plugins()
-    found: dict[str, tuple[Any, str]] = {}
+    found: dict[str, tuple[T, str]] = {}
     for impl in getattr(pm.hook, hook_name).get_hookimpls():
         plugin = impl.plugin_name
         registered: list[Any] = []
@@ -122,12 +129,13 @@ def collect(hook_name: str, kind: str, check: Callable[[Any, str], Any]) -> dict
             _record_broken(plugin, f"{hook_name} raised {type(e).__name__}: {e}")
             continue
         for obj in objects:
-            if obj.name in found:
-                first = found[obj.name][1]
-                _record_broken(plugin, f"{kind} '{obj.name}' is already registered by plugin '{first}'; "
+            name: str = obj.name  # type: ignore[attr-defined]  # every checked object has one
+            if name in found:
+                first = found[name][1]
+                _record_broken(plugin, f"{kind} '{name}' is already registered by plugin '{first}'; "
                                        f"the one from '{plugin}' is ignored")
             else:
-                found[obj.name] = (obj, plugin)
+                found[name] = (obj, plugin)
     return found
 
 
@@ -157,13 +165,17 @@ def plugin_infos() -> list[PluginInfo]:
         _collect_registry(hook_name)
     for plugin in pm.get_plugins():
         name = pm.get_name(plugin)
+        if name is None:  # unregistered meanwhile
+            continue
         info = _info.setdefault(name, PluginInfo(name))
         info.hooks = sorted(caller.name for caller in pm.get_hookcallers(plugin) or [])
     return sorted(_info.values(), key=lambda i: (not i.builtin, i.name))
 
 
-def get_sources() -> dict[str, Any]:
-    found = _collect_registry("tlsync_register_sources")
+def get_sources() -> dict[str, Source]:
+    from .sources import check_source
+
+    found = collect("tlsync_register_sources", "source", check_source)
     _source_plugins.update({name: plugin for name, (_, plugin) in found.items()})
     return {name: obj for name, (obj, _) in found.items()}
 
@@ -183,7 +195,7 @@ def describe_source(source_name: str) -> str:
     return f"source '{source_name}' (plugin '{info.name}'{version})"
 
 
-def lookup(kind: str, registered: dict[str, Any], name: str) -> Any:
+def lookup(kind: str, registered: dict[str, T], name: str) -> T:
     """One registered object by name, or an error listing the others (and a broken suspect)."""
     if name in registered:
         return registered[name]
@@ -191,16 +203,16 @@ def lookup(kind: str, registered: dict[str, Any], name: str) -> Any:
     raise PluginError(f"unknown {kind} '{name}'{hint}; available: {', '.join(sorted(registered)) or 'none'}")
 
 
-def get_source(name: str) -> Any:
+def get_source(name: str) -> Source:
     return lookup("source", get_sources(), name)
 
 
-def get_targets() -> dict[str, Any]:
+def get_targets() -> dict[str, Target]:
     """Every registered ``tlsync push`` target by name (mirrors ``get_sources``)."""
     from .targets import check_target
 
     return {name: obj for name, (obj, _) in collect("tlsync_register_targets", "target", check_target).items()}
 
 
-def get_target(name: str) -> Any:
+def get_target(name: str) -> Target:
     return lookup("target", get_targets(), name)

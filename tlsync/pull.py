@@ -13,19 +13,27 @@ import json
 import os
 import time
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from . import __version__, plugins
 from .errors import InvalidItem, PluginError, TlsyncError
 from .format import Item
 from .manifest import INFO, ManifestWriter, atomic_write_json
-from .secrets import redact
+from .secrets import for_storage, redact
+from .sink import DEFAULT_DEADLINE, DEFAULT_MAX_IMAGE_BYTES, ImageTooLarge, StoreWriteError, store_write_error
 from .sources import PullContext, Source, local_path
 from .splits import DEFAULT_RATIOS, SplitGrouper
-from .store import Store, parse_ref
+from .store import IncompleteImage, Store, parse_ref
+
+# Attempts at a remote image that arrives cut short (no Content-Length to tell). The HTTP
+# client already retried connection errors; this catches a body that merely ends early.
+INCOMPLETE_ATTEMPTS = 3
+CACHE_BATCH = 64  # items looked up in the fetch cache at once
 
 
 @dataclass
@@ -43,6 +51,7 @@ class PullResult:
     cached: int = 0
     seconds: float = 0.0
     quick: bool = False  # unchanged by the source's fingerprint: nothing was read
+    io_skipped: int = 0  # items skipped because their image could not be read or downloaded
 
     @property
     def ref(self) -> str:
@@ -68,48 +77,90 @@ def _cache_key(item: Item) -> str:
     return f"file:{where}:{st.st_size}:{st.st_mtime_ns}"
 
 
+class FetchFailed(TlsyncError):
+    """One item's image could not be fetched; ``io`` when the cause was reading or the
+    network (worth trying again next pull) rather than the bytes themselves."""
+
+    def __init__(self, message: str, io: bool):
+        super().__init__(message)
+        self.io = io
+
+
+@dataclass
+class Limits:
+    """Per-image bounds every source's fetch runs under (``--max-image-bytes``, deadline)."""
+
+    max_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES
+    deadline: float | None = DEFAULT_DEADLINE
+
+
 class _Fetcher:
     """Puts items' images into the store: cache hits at once, misses on worker threads."""
 
-    def __init__(self, store: Store, source: Source):
+    def __init__(self, store: Store, source: Source, limits: Limits | None = None):
         self.store, self.source = store, source
+        self.limits = limits or Limits()
         self.fetched = self.cached = 0
 
-    def from_cache(self, item: Item) -> Item | None:
-        """The item with its cached image filled in, or None when it must be fetched.
+    def from_cache(self, items: list[Item]) -> list[Item | None]:
+        """Each item with its cached image filled in, or None where it must be fetched.
 
-        Runs on the calling thread: a warm re-pull is all cache hits, and handing each
-        one to a worker thread would cost more than the lookup itself.
+        Runs on the calling thread, one lookup for a batch: a warm re-pull is all cache
+        hits, and handing each one to a worker thread would cost more than the lookup.
         """
-        hit = self.store.cache_get(_cache_key(item))
-        if not hit:
-            return None
-        self.cached += 1
-        _fill(item, *hit)
-        return item
+        keys = [_cache_key(item) for item in items]
+        hits = self.store.cache_get_many(keys)
+        found: list[Item | None] = []
+        for item, key in zip(items, keys, strict=True):
+            hit = hits.get(key)
+            if hit:
+                self.cached += 1
+                _fill(item, *hit)
+            found.append(item if hit else None)
+        return found
 
     def fetch(self, item: Item) -> Item | TlsyncError:
-        """Fetch one image into the store (on a worker thread)."""
-        try:
+        """Fetch one image into the store (on a worker thread).
+
+        Errors are handed back to the main thread, which applies ``--on-error``; a
+        ``StoreWriteError`` is handed back as it is, and ends the pull there.
+        """
+        remote = local_path(item.image.uri) is None
+        for attempt in range(INCOMPLETE_ATTEMPTS if remote else 1):
             try:
-                path, sha256, width, height = self.store.add_image(lambda out: self._fetch(item, out))
+                path, sha256, width, height = self.store.add_image(
+                    lambda out: self._fetch(item, out), self.limits.max_bytes, self.limits.deadline)
+                self.store.cache_put(_cache_key(item), path, sha256, width, height)
+            except StoreWriteError as e:
+                return e
+            except IncompleteImage as e:
+                if attempt + 1 < INCOMPLETE_ATTEMPTS and remote:
+                    continue
+                return self._failed(item, e, io=remote)
+            except _SourceFetchError as e:
+                return self._failed(item, e.error, io=True)
             except TlsyncError as e:
-                msg = str(e)
-                if not msg.startswith("item "):
-                    msg = f"item '{item.id}': image {item.image.uri}: {msg}"
-                raise TlsyncError(msg) from None
-            self.store.cache_put(_cache_key(item), path, sha256, width, height)
+                return self._failed(item, e, io=False)
             _fill(item, path, sha256, width, height)
             return item
-        except TlsyncError as e:
-            return e  # handed back to the main thread, which applies --on-error
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _failed(item: Item, e: TlsyncError, io: bool) -> FetchFailed:
+        """The error as the user sees it, printed or stored: signed URLs lose their query."""
+        msg = str(e)
+        if not msg.startswith("item "):
+            msg = f"item '{item.id}': image {item.image.uri}: {msg}"
+        return FetchFailed(for_storage(msg), io)
 
     def _fetch(self, item: Item, out: Any) -> None:
         """The source's ``fetch``, with a bug in it blamed on the source by name."""
         try:
             self.source.fetch(item, out)
-        except TlsyncError:
+        except (StoreWriteError, ImageTooLarge):
             raise
+        except TlsyncError as e:  # the source could not get the bytes: network, unreadable file
+            raise _SourceFetchError(e) from None
         except Exception as e:
             raise PluginError(f"item '{item.id}': {plugins.describe_source(self.source.name)} "
                               f"fetch raised {type(e).__name__}: {e}") from e
@@ -134,16 +185,36 @@ class _Fetcher:
                 return result
 
             try:
-                for item in items:
-                    window.append(self.from_cache(item) or pool.submit(self.fetch, item))
-                    while len(window) >= workers * 4 or head_ready():
-                        yield pop()
+                for batch in _batches(items, CACHE_BATCH):
+                    for item, cached in zip(batch, self.from_cache(batch), strict=True):
+                        window.append(cached or pool.submit(self.fetch, item))
+                        while len(window) >= workers * 4 or head_ready():
+                            yield pop()
                 while window:
                     yield pop()
             finally:
                 for pending in window:
                     if isinstance(pending, Future):
                         pending.cancel()
+
+
+class _SourceFetchError(Exception):
+    """Carries a source's fetch error past ``add_image`` so the fetcher can tell it apart."""
+
+    def __init__(self, error: TlsyncError):
+        super().__init__(str(error))
+        self.error = error
+
+
+def _batches(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
+    batch: list[Item] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _fill(item: Item, path: str, sha256: str, width: int, height: int) -> None:
@@ -179,10 +250,13 @@ def pull(
     concurrency: int | None = None,
     progress: Callable[[int], None] | None = None,
     reread: bool = False,
+    limits: Limits | None = None,
 ) -> PullResult:
     """Pull ``source`` into ``dataset``; returns what happened (new version or unchanged).
 
-    ``reread`` reads the source even when its fingerprint says nothing changed.
+    ``reread`` reads the source even when its fingerprint says nothing changed. A pull
+    that skipped an item because its image could not be read or downloaded records no
+    fingerprint, so the next pull reads the source again instead of answering "unchanged".
     """
     started = time.perf_counter()
     name, version = parse_ref(dataset)
@@ -195,10 +269,12 @@ def pull(
         if inputs and not reread and (quick := _unchanged_since_last_pull(store, name, inputs)):
             quick.seconds = time.perf_counter() - started
             return quick
-        result = _read_and_publish(store, source, ctx, options, name, split_ratios, concurrency, progress)
+        result = _read_and_publish(store, source, ctx, options, name, split_ratios, concurrency, progress,
+                                   limits or Limits())
         result.seconds = time.perf_counter() - started
         store.record_pull(name, {
-            "inputs": inputs, "version": result.version, "items": result.items, "boxes": result.boxes,
+            "inputs": None if result.io_skipped else inputs, "version": result.version,
+            "items": result.items, "boxes": result.boxes,
             "categories": result.categories, "skipped": result.skipped, "not_used": result.not_used,
         })
         return result
@@ -240,57 +316,71 @@ def _unchanged_since_last_pull(store: Store, name: str, inputs: str) -> PullResu
 
 def _read_and_publish(store: Store, source: Source, ctx: PullContext, options: dict[str, Any], name: str,
                       split_ratios: tuple[float, float, float], concurrency: int | None,
-                      progress: Callable[[int], None] | None) -> PullResult:
-    """Read every item, fetch what the store lacks, and publish ``name@N+1`` if it differs."""
-    fetcher = _Fetcher(store, source)
+                      progress: Callable[[int], None] | None, limits: Limits) -> PullResult:
+    """Read every item, fetch what the store lacks, and publish ``name@N+1`` if it differs.
+
+    A failure writing the store (a full disk, no permission) ends the pull under every
+    ``--on-error``: skipping would publish a version missing items that are fine.
+    """
+    fetcher = _Fetcher(store, source, limits)
     seen: set[str] = set()
+    io_skipped = 0
     splits = SplitGrouper(split_ratios)
     with store.staging(name) as staging:
         store.clean_tmp()
-        writer = ManifestWriter(staging)
+        with _store_writes(staging):
+            writer = ManifestWriter(staging)
         try:
             items = _unique(_from_source(source, ctx, options), seen, ctx)
             for result in fetcher.in_order(items, concurrency or source.concurrency):
+                if isinstance(result, StoreWriteError):
+                    raise result
                 if isinstance(result, TlsyncError):
+                    io_skipped += isinstance(result, FetchFailed) and result.io
                     ctx.bad(str(result))
                     continue
                 _check_boxes(result, ctx)
                 splits.assign(result)
-                writer.write(result)
+                with _store_writes(staging):
+                    writer.write(result)
                 if progress:
                     progress(writer.items)
         finally:
-            writer.close()
+            with _store_writes(staging):
+                writer.close()
         if writer.items == 0:
-            raise TlsyncError(f"source '{source.name}' gave no items" + (f" ({sum(ctx.skipped.values())} skipped)" if ctx.skipped else ""))
+            skipped_note = f" ({sum(ctx.skipped.values())} skipped)" if ctx.skipped else ""
+            raise TlsyncError(f"source '{source.name}' gave no items{skipped_note}")
         if warning := splits.warning():
             ctx.note(warning)
         categories = list(ctx.categories or [])
         categories += sorted(writer.labels_seen - set(categories))
         content_hash = writer.content_hash(categories)
         versions = store.versions(name)
+        skipped = _stored_counts(ctx.skipped)
         result_kwargs = dict(
             dataset=name, items=writer.items, boxes=writer.boxes, categories=categories,
-            skipped=ctx.skipped, not_used=ctx.not_used, notes=ctx.notes,
-            fetched=fetcher.fetched, cached=fetcher.cached,
+            skipped=skipped, not_used=ctx.not_used, notes=[for_storage(n) for n in ctx.notes],
+            fetched=fetcher.fetched, cached=fetcher.cached, io_skipped=io_skipped,
         )
         if versions and store.open(f"{name}@{versions[-1]}").content_hash == content_hash:
             return PullResult(version=versions[-1], unchanged=True, **result_kwargs)
         new_version = (versions[-1] + 1) if versions else 1
-        writer.sync()
-        atomic_write_json(staging / INFO, {
-            "name": name,
-            "version": new_version,
-            "categories": categories,
-            "counts": writer.counts(),
-            "source": {"name": source.name, "params": _redacted(source.recorded_params(options))},
-            "split_ratios": list(split_ratios),
-            "skipped": ctx.skipped,
-            "not_used": ctx.not_used,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "content_hash": content_hash,
-            "tlsync_version": __version__,
-        })
+        with _store_writes(staging):
+            writer.sync()
+            atomic_write_json(staging / INFO, {
+                "name": name,
+                "version": new_version,
+                "categories": categories,
+                "counts": writer.counts(),
+                "source": {"name": source.name, "params": _redacted(source.recorded_params(options))},
+                "split_ratios": list(split_ratios),
+                "skipped": skipped,
+                "not_used": ctx.not_used,
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "content_hash": content_hash,
+                "tlsync_version": __version__,
+            })
         store.publish(name, staging, new_version)
         return PullResult(version=new_version, unchanged=False, **result_kwargs)
 
@@ -326,3 +416,21 @@ def _unique(items: Iterable[Item], seen: set[str], ctx: PullContext) -> Iterator
 
 def _redacted(params: dict[str, Any]) -> dict[str, Any]:
     return {k: redact(v) if isinstance(v, str) else v for k, v in params.items()}
+
+
+def _stored_counts(counts: dict[str, int]) -> dict[str, int]:
+    """Skip reasons as stored: keys redacted and URLs without their (signed) query string."""
+    stored: dict[str, int] = {}
+    for reason, n in counts.items():
+        key = for_storage(reason)
+        stored[key] = stored.get(key, 0) + n
+    return stored
+
+
+@contextmanager
+def _store_writes(where: Any) -> Iterator[None]:
+    """Turn an ``OSError`` from writing the version's own files into the fatal store error."""
+    try:
+        yield
+    except OSError as e:
+        raise store_write_error(e, where) from None

@@ -7,16 +7,21 @@ appears (error messages, URLs, log lines). The CLI passes everything it prints t
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
 import stat
+import unicodedata
 from pathlib import Path
+from urllib.parse import quote, quote_plus
 
 from .errors import TlsyncError
 
 _KNOWN: set[str] = set()
 _QUERY_KEY = re.compile(r"((?:api_key|apikey|key|token|access_token)=)[^&\s\"']+", re.IGNORECASE)
+# A URL's query string: signed CDN links carry credentials there (X-Amz-Credential, X-Amz-Signature).
+_URL_QUERY = re.compile(r"((?:https?|s3|gs)://[^\s?#'\"<>]+)\?[^\s#'\"<>]*", re.IGNORECASE)
 
 
 def config_path() -> Path:
@@ -44,20 +49,46 @@ def _from_config(name: str) -> str | None:
 
 
 def get_secret(name: str, required: bool = True) -> str | None:
-    """The value of ``name`` from the environment, else the config file (mode 0600)."""
-    value = os.environ.get(name) or _from_config(name)
-    if value:
-        remember(value)
-        return value
+    """The value of ``name`` from the environment, else the config file (mode 0600).
+
+    Surrounding whitespace is dropped (a key pasted from a Windows file ends in ``\\r``) and
+    a key with a control character inside is refused: sent as a header it would make
+    requests raise an error that quotes the header, escaped, past the redaction.
+    """
+    raw = os.environ.get(name) or _from_config(name)
+    if raw:
+        remember(raw)
+        value = raw.strip()
+        bad = next((c for c in value if unicodedata.category(c) == "Cc"), None)
+        if bad is not None:
+            raise TlsyncError(f"{name} contains a control character ({_describe(bad)}); "
+                              f"copy the key again without line breaks or tabs")
+        if value:
+            remember(value)
+            return value
     if required:
         raise TlsyncError(f"{name} is not set: export {name}=... or put it in {config_path()} (chmod 600)")
     return None
 
 
+def _describe(char: str) -> str:
+    return repr(char)[1:-1] if char.isascii() else f"U+{ord(char):04X}"
+
+
+def spellings(value: str) -> set[str]:
+    """Every form a key can take in a message: as is, escaped (repr, JSON), percent-encoded
+    (in a URL), and base64 of ``key:`` / ``:key`` (HTTP Basic with the key as user or password)."""
+    forms = {value, repr(value)[1:-1], json.dumps(value)[1:-1], quote(value, safe=""), quote_plus(value)}
+    for pair in (f"{value}:", f":{value}", value):
+        encoded = base64.b64encode(pair.encode()).decode()
+        forms |= {encoded, encoded.rstrip("=")}
+    return {form for form in forms if len(form) >= 4}
+
+
 def remember(value: str) -> None:
-    """Add a value to the set that ``redact`` removes (for keys passed as options)."""
+    """Add a value (in all its spellings) to the set that ``redact`` removes."""
     if value and len(value) >= 4:
-        _KNOWN.add(value)
+        _KNOWN.update(spellings(value))
 
 
 def redact(text: str) -> str:
@@ -65,3 +96,17 @@ def redact(text: str) -> str:
     for secret in sorted(_KNOWN, key=len, reverse=True):
         text = text.replace(secret, "***")
     return _QUERY_KEY.sub(r"\1***", text)
+
+
+def strip_queries(text: str) -> str:
+    """``text`` with every URL's query string cut off, for messages that are stored.
+
+    A skip reason or note lands in ``dataset.json`` and ``last-pull.json``, which people
+    copy around; a signed image URL's query is a credential valid for hours.
+    """
+    return _URL_QUERY.sub(r"\1", text)
+
+
+def for_storage(text: str) -> str:
+    """What a stored message may hold: known keys redacted, URLs without their query."""
+    return strip_queries(redact(text))

@@ -23,8 +23,10 @@ def parse_ratios(text: str) -> tuple[float, float, float]:
         parts = tuple(float(p) for p in text.split(","))
     except ValueError:
         parts = ()
-    if len(parts) != 3 or any(p < 0 for p in parts) or abs(sum(parts) - 1.0) > 1e-6:
-        raise TlsyncError(f"--split-ratios {text!r}: give three non-negative numbers summing to 1, as in 0.8,0.1,0.1")
+    # nan compares false with everything, so "p < 0" alone would let nan,1,1 through.
+    if len(parts) != 3 or not all(0 <= p < float("inf") for p in parts) or abs(sum(parts) - 1.0) > 1e-6:
+        raise TlsyncError(f"--split-ratios {text!r}: give three finite, non-negative numbers summing to 1, "
+                          f"as in 0.8,0.1,0.1")
     return parts  # type: ignore[return-value]
 
 

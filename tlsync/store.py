@@ -17,34 +17,29 @@ Content addressing makes the copy cheap across versions and datasets.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import shutil
-import sqlite3
 import tempfile
-import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any
 
 from filelock import FileLock, Timeout
 
+from .atomic import fsync_dir
 from .errors import TlsyncError
+from .fetch_cache import FetchCache
 from .format import Item
+from .images import EXTENSIONS, check_complete_image, image_info  # noqa: F401  (re-exported)
 from .manifest import INFO, ITEMS, atomic_write_json, read_info, read_items
+from .sink import ImageSink, store_write_error
 
 LAST_PULL = "last-pull.json"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-def _sha256(f: BinaryIO) -> str:
-    h = hashlib.sha256()
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-        h.update(chunk)
-    return h.hexdigest()
 
 
 def _alive(pid: int) -> bool:
@@ -57,28 +52,18 @@ def _alive(pid: int) -> bool:
     return True
 
 
-EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "BMP": ".bmp", "GIF": ".gif", "TIFF": ".tif", "WEBP": ".webp"}
+class IncompleteImage(TlsyncError):
+    """The bytes start like an image but stop early (a download cut short): worth a retry."""
 
 
-def image_info(path: Path) -> tuple[int, int, str]:
-    """``(width, height, extension)`` of an image file, reading only its header.
-
-    EXIF orientation is applied to the size, since training decodes with it applied.
-    """
-    from PIL import Image, UnidentifiedImageError
-
+def check_image(path: Path) -> tuple[int, int, str]:
+    """``check_complete_image``, with a cut-off file told apart: a download may be retried."""
     try:
-        with Image.open(path) as im:
-            fmt = im.format or ""
-            width, height = im.size
-            orientation = im.getexif().get(0x0112, 1)
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise TlsyncError(f"not a readable image ({type(e).__name__})") from None
-    if orientation in (5, 6, 7, 8):
-        width, height = height, width
-    if fmt not in EXTENSIONS:
-        raise TlsyncError(f"unsupported image format {fmt or 'unknown'}")
-    return width, height, EXTENSIONS[fmt]
+        return check_complete_image(path)
+    except TlsyncError as e:
+        if "truncated" in str(e):  # images.py's wording for "the bytes stop early"
+            raise IncompleteImage(str(e)) from None
+        raise
 
 
 def default_home() -> Path:
@@ -141,41 +126,62 @@ class Store:
         self.home = Path(home).expanduser() if home else default_home()
         self.images_dir = self.home / "images"
         self.datasets_dir = self.home / "datasets"
-        self._db_lock = threading.Lock()
-        self._db: sqlite3.Connection | None = None
+        self._cache = FetchCache(self.home / "fetch-cache.sqlite")
 
     # -- images ---------------------------------------------------------------------------
 
     def image_relpath(self, sha256: str, ext: str) -> str:
         return f"images/{sha256[:2]}/{sha256}{ext}"
 
-    def add_image(self, write: Callable[[BinaryIO], None]) -> tuple[str, str, int, int]:
-        """Let ``write`` fill a temp file, check it is an image, move it to its content address.
+    def add_image(self, write: Callable[[ImageSink], None], max_bytes: int | None = None,
+                  deadline: float | None = None) -> tuple[str, str, int, int]:
+        """Let ``write`` fill a temp file, check it is a whole image, move it to its content address.
 
         Returns ``(relative path, sha256, width, height)``. Bytes land in ``images/.tmp``
         first (named after this process), so a killed pull leaves no partial image under a
-        real name; ``clean_tmp`` removes what dead processes left behind.
+        real name; ``clean_tmp`` removes what dead processes left behind. The file is
+        fsynced before its rename and its folder after it. Any error
+        writing the store is a ``StoreWriteError``, whatever ``write`` did with it.
         """
         tmp_dir = self.images_dir / ".tmp"
-        tmp_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=tmp_dir, prefix=f"{os.getpid()}-")
+        try:
+            tmp_dir.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=tmp_dir, prefix=f"{os.getpid()}-")
+        except OSError as e:
+            raise store_write_error(e, tmp_dir) from None
         try:
             with os.fdopen(fd, "wb") as f:
-                write(f)
-            with open(tmp, "rb") as f:
-                sha256 = _sha256(f)
-            width, height, ext = image_info(Path(tmp))
-            rel = self.image_relpath(sha256, ext)
-            dest = self.home / rel
-            if dest.exists():
-                os.unlink(tmp)
-            else:
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(tmp, dest)
-            return rel, sha256, width, height
+                sink = ImageSink(f, self.home, max_bytes, deadline)
+                try:
+                    write(sink)
+                    sink.flush()
+                finally:
+                    if sink.failed:
+                        raise sink.failed from None
+                try:
+                    os.fsync(f.fileno())
+                except OSError as e:
+                    raise store_write_error(e, self.home) from None
+            width, height, ext = check_image(Path(tmp))
+            rel = self.image_relpath(sink.sha256(), ext)
+            self._place(Path(tmp), self.home / rel)
+            return rel, sink.sha256(), width, height
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+    def _place(self, tmp: Path, dest: Path) -> None:
+        try:
+            if dest.exists():
+                tmp.unlink()
+                return
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, dest)
+        except OSError as e:
+            raise store_write_error(e, dest.parent) from None
+        # Here, on the fetch thread, rather than once per folder at publish time: the
+        # fsyncs then overlap the other threads' downloads instead of adding up at the end.
+        fsync_dir(dest.parent)
 
     def clean_tmp(self) -> None:
         """Remove temp images left by pulls whose process is gone (e.g. SIGKILLed)."""
@@ -189,33 +195,22 @@ class Store:
 
     # -- fetch cache ----------------------------------------------------------------------
 
-    def _conn(self) -> sqlite3.Connection:
-        if self._db is None:
-            self.home.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.home / "fetch-cache.sqlite", timeout=60, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            # Survives a killed process (WAL); only a power cut can lose the last entries, and
-            # a lost cache entry costs one re-download. FULL would fsync once per image.
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS fetched (key TEXT PRIMARY KEY, path TEXT, sha256 TEXT, width INT, height INT)"
-            )
-            self._db = db
-        return self._db
-
     def cache_get(self, key: str) -> tuple[str, str, int, int] | None:
         """``(path, sha256, width, height)`` for a cache key whose image is still in the store."""
-        with self._db_lock:
-            row = self._conn().execute("SELECT path, sha256, width, height FROM fetched WHERE key=?", (key,)).fetchone()
+        row = self._cache.get(key)
         if row and (self.home / row[0]).exists():
             return row
         return None
 
+    def cache_get_many(self, keys: list[str]) -> dict[str, tuple[str, str, int, int]]:
+        """``cache_get`` for many keys at once (at most SQLite's 999 variables a call)."""
+        found: dict[str, tuple[str, str, int, int]] = {}
+        for start in range(0, len(keys), 500):
+            found.update(self._cache.get_many(keys[start:start + 500]))
+        return {key: row for key, row in found.items() if (self.home / row[0]).exists()}
+
     def cache_put(self, key: str, path: str, sha256: str, width: int, height: int) -> None:
-        with self._db_lock:
-            db = self._conn()
-            db.execute("INSERT OR REPLACE INTO fetched VALUES (?,?,?,?,?)", (key, path, sha256, width, height))
-            db.commit()
+        self._cache.put(key, path, sha256, width, height)
 
     # -- datasets -------------------------------------------------------------------------
 
@@ -256,18 +251,36 @@ class Store:
 
     @contextmanager
     def staging(self, name: str) -> Iterator[Path]:
-        """A temp folder for a new version; removed unless ``publish`` renamed it."""
+        """A temp folder for a new version; removed unless ``publish`` renamed it (call under ``lock``).
+
+        Only the lock's holder creates staging folders, so any found here were left by a
+        pull that was killed (kill -9, power cut): they are swept first.
+        """
         folder = self.datasets_dir / name
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=folder, prefix=".staging-"))
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            for stale in folder.glob(".staging-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            tmp = Path(tempfile.mkdtemp(dir=folder, prefix=".staging-"))
+        except OSError as e:
+            raise store_write_error(e, folder) from None
         try:
             yield tmp
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def publish(self, name: str, staging: Path, version: int) -> None:
-        """Rename a finished staging folder into place as ``name@version`` (call under ``lock``)."""
-        os.replace(staging, self.datasets_dir / name / str(version))
+        """Rename a finished staging folder into place as ``name@version`` (call under ``lock``).
+
+        Its files (``ManifestWriter.sync``, ``atomic_write_json``) and the images it names
+        (``add_image``) are already fsynced; the folder and the rename are made durable here.
+        """
+        try:
+            fsync_dir(staging)
+            os.replace(staging, self.datasets_dir / name / str(version))
+        except OSError as e:
+            raise store_write_error(e, self.datasets_dir / name) from None
+        fsync_dir(self.datasets_dir / name)
 
     def remove(self, ref: str) -> list[str]:
         """Delete one version (``name@N``) or every version (``name``); images stay shared."""
@@ -292,7 +305,10 @@ class Store:
 
     def record_pull(self, name: str, record: dict[str, Any]) -> None:
         """Remember the inputs and outcome of a pull (call under ``lock``)."""
-        atomic_write_json(self.datasets_dir / name / LAST_PULL, record)
+        try:
+            atomic_write_json(self.datasets_dir / name / LAST_PULL, record)
+        except OSError as e:
+            raise store_write_error(e, self.datasets_dir / name) from None
 
     def cache_dir(self, *parts: str) -> Path:
         """A folder for a source's downloads (e.g. Roboflow zips), kept between pulls."""

@@ -21,6 +21,7 @@ from torch import nn
 from tlsync.atomic import atomic_write
 from tlsync.errors import TlsyncError
 
+from .heads import remap_rows
 from .weights import architecture_only, load_state_file
 from .zoo import build_model
 
@@ -159,7 +160,7 @@ def transfer_weights(model: nn.Module, checkpoint: dict[str, Any] | str | os.Pat
             raise TlsyncError(f"checkpoint has no '{key}': the model was built with another architecture "
                               "(build it with rebuild_model(checkpoint, num_classes), which keeps e.g. frozen batch norm)")
         layout = layers.get(key.rpartition(".")[0])
-        merged[key] = _remap_rows(old_state[key], current, rows, layout) if layout else old_state[key]
+        merged[key] = remap_rows(old_state[key], current, rows, layout) if layout else old_state[key]
     unexpected = set(old_state) - set(merged)
     if unexpected:
         raise TlsyncError(f"checkpoint has tensors this model lacks (e.g. '{sorted(unexpected)[0]}'): "
@@ -169,16 +170,3 @@ def transfer_weights(model: nn.Module, checkpoint: dict[str, Any] | str | os.Pat
     except RuntimeError as e:
         raise TlsyncError(f"checkpoint weights do not fit the model ({str(e).splitlines()[0]})") from None
     return mapping
-
-
-def _remap_rows(old: torch.Tensor, fresh: torch.Tensor, rows: list[int | None],
-                layout: tuple[int, int]) -> torch.Tensor:
-    """Rows are laid out as (outer, class, inner): anchors x classes for conv logits, classes x 4 for boxes."""
-    outer, inner = layout
-    rest = fresh.shape[1:]
-    old_view = old.reshape(outer, -1, inner, *rest)
-    new = fresh.detach().clone().reshape(outer, len(rows), inner, *rest)
-    for j, i in enumerate(rows):
-        if i is not None:
-            new[:, j] = old_view[:, i]
-    return new.reshape(fresh.shape)

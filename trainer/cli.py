@@ -1,7 +1,7 @@
 """``tlsync train``.
 
 Loaded lazily by ``tlsync.cli`` (they import torch). The option defaults are read from
-``TrainConfig`` so the help text, the library and ``config.json`` never disagree.
+``TrainConfig`` (``settings.py``) so the help text, the library and ``config.json`` never disagree.
 Results (the run directory, the report) go to stdout; progress and the per-epoch lines
 go to stderr.
 """
@@ -18,7 +18,7 @@ from click.core import ParameterSource
 
 from tlsync.errors import TlsyncError
 
-from .train import TrainConfig
+from .settings import TrainConfig
 
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
 # Options that may accompany --resume: where and how fast it runs, not what it computes.
@@ -78,20 +78,11 @@ def option(*decls: str, **kwargs: Any) -> Any:
 @click.pass_context
 def train(ctx: click.Context, resume: Path | None, **options: Any) -> None:
     """Fine-tune a detector on a dataset, or resume an interrupted run."""
-    from . import distributed, launcher, runs
+    from . import distributed, launcher
     from . import train as training
 
     if resume is not None:
-        given = [f"--{name.replace('_', '-')}" for name in options
-                 if name not in RESUME_OPTIONS and ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE]
-        if given:
-            raise TlsyncError(f"--resume continues a run with its own settings; drop {', '.join(given)} "
-                              f"(only --device and --workers may change)")
-        workers = options["workers"] if ctx.get_parameter_source("workers") == ParameterSource.COMMANDLINE else None
-        device = options["device"] if ctx.get_parameter_source("device") == ParameterSource.COMMANDLINE else None
-        config = runs.read_config(resume)  # a distributed run resumes with as many processes as it had
-        run = launcher.run(partial(training.resume, resume, device=device, workers=workers),
-                           config.get("devices", 1), device or config["device"], config.get("sync_bn", False))
+        run = _resume(ctx, resume, options)
     else:
         if not options["dataset"]:
             raise TlsyncError("give --dataset NAME (or --resume RUN)")
@@ -100,3 +91,21 @@ def train(ctx: click.Context, resume: Path | None, **options: Any) -> None:
     if distributed.is_main():  # under torchrun every rank gets here; one prints
         click.echo(f"run: {run}")
         click.echo(f"report: {run / 'report.html'}")
+
+
+def _resume(ctx: click.Context, resume: Path, options: dict[str, Any]) -> Path:
+    """``--resume RUN``: refuse options that would change what the run computes, then continue it."""
+    from . import launcher, runs
+    from . import train as training
+
+    given = [f"--{name.replace('_', '-')}" for name in options
+             if name not in RESUME_OPTIONS and ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE]
+    if given:
+        raise TlsyncError(f"--resume continues a run with its own settings; drop {', '.join(given)} "
+                          f"(only --device and --workers may change)")
+    workers = options["workers"] if ctx.get_parameter_source("workers") == ParameterSource.COMMANDLINE else None
+    device = options["device"] if ctx.get_parameter_source("device") == ParameterSource.COMMANDLINE else None
+    config = runs.read_config(resume)  # a distributed run resumes with as many processes as it had
+    run: Path = launcher.run(partial(training.resume, resume, device=device, workers=workers),
+                             config.get("devices", 1), device or config["device"], config.get("sync_bn", False))
+    return run

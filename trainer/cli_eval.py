@@ -16,7 +16,7 @@ from tlsync.errors import TlsyncError
 from tlsync.format import SPLITS
 
 from .report import fmt
-from .train import resolve_device
+from .device import resolve_device
 
 
 def run_dir(path: Path) -> Path:

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -28,9 +29,11 @@ from tlsync.errors import TlsyncError
 from tlsync.store import DatasetVersion, Store
 
 from .checkpoint import unwrap
+from .device import resolve_device
 from .evaluate import score_split, split_items
 from .predict import predict_items
-from .train import Runtime, TrainConfig, resolve_device
+from .runtime import Runtime
+from .settings import TrainConfig
 
 T = TypeVar("T")
 RANK_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")

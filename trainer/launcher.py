@@ -20,16 +20,26 @@ import socket
 import sys
 import time
 import traceback
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 
 from tlsync.console import console, info
 from tlsync.errors import TlsyncError
 
-from .distributed import (SYNC_BN_NEEDS_CUDA, AllRanksError, DistributedRuntime, cleanup, init_process_group,
-                          is_main, launched_by_torchrun, rank, world_size)
-from .train import resolve_device
+from .device import resolve_device
+from .distributed import (
+    SYNC_BN_NEEDS_CUDA,
+    AllRanksError,
+    DistributedRuntime,
+    cleanup,
+    init_process_group,
+    is_main,
+    launched_by_torchrun,
+    rank,
+    world_size,
+)
 
 T = TypeVar("T")
 

@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import glob
 import os
+from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 
+from tlsync.atomic import atomic_write_file, atomic_write_json
 from tlsync.errors import TlsyncError
 from tlsync.format import Box, ImageRef, Item
-from tlsync.manifest import atomic_write_json
-from tlsync.store import EXTENSIONS, image_info
+from tlsync.store import EXTENSIONS
 
+from .draw import draw_boxes
 from .metrics import coco_results
-from .report import draw_boxes, save_atomic
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", *(ext for ext in EXTENSIONS.values())}
 
@@ -123,9 +124,11 @@ def predict_run(run: str | Path, sources: list[str], out: Path, conf: float, dev
     paths = expand_sources(sources)
     model, categories, _config = load_model(run, device=device)
     items, skipped = [], {}
+    from tlsync.images import check_complete_image  # not just the header: bombs and cut-off files are skipped
+
     for path in paths:
         try:
-            width, height, _ext = image_info(path)
+            width, height, _ext = check_complete_image(path)
         except TlsyncError as e:
             skipped[str(path)] = str(e)
             continue
@@ -139,7 +142,7 @@ def predict_run(run: str | Path, sources: list[str], out: Path, conf: float, dev
                                                          device, batch_size=4, conf=conf), 1):
         drawn = out / _unique_name(Path(item.id), names)
         draw_boxes(picture, boxes, categories)
-        save_atomic(drawn, lambda tmp: picture.save(tmp, format="PNG" if drawn.suffix == ".png" else "JPEG"))
+        atomic_write_file(drawn, lambda tmp: picture.save(tmp, format="PNG" if drawn.suffix == ".png" else "JPEG"))
         images.append({"id": n, "file_name": item.id, "drawn": drawn.name, "width": item.image.width,
                        "height": item.image.height})
         predictions.append(Item(item.id, item.image, boxes))

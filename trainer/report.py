@@ -12,62 +12,25 @@ from __future__ import annotations
 import csv
 import html
 import json
-import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
+from tlsync.atomic import atomic_write_file, atomic_write_text
 from tlsync.errors import TlsyncError
 from tlsync.format import Box
-from tlsync.atomic import atomic_write_file, atomic_write_text
 
-PALETTE = [
-    (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
-    (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40), (128, 0, 0),
-    (170, 255, 195), (128, 128, 0), (0, 0, 128), (255, 225, 25), (128, 128, 128), (220, 190, 255),
-]
-TRUTH_COLOUR = (40, 220, 40)
+from .draw import TRUTH_COLOUR, colour, draw_boxes
+
 GRID_IMAGES = 8
 THUMB = 320
 LOSS_PREFIX = "loss"
 
 
-# -- shared helpers (also used by predict and compare) --------------------------------------
-
-def colour(index: int) -> tuple[int, int, int]:
-    return PALETTE[index % len(PALETTE)]
-
-
-def draw_boxes(image: Any, boxes: Iterable[Box], categories: list[str], fixed: tuple[int, int, int] | None = None) -> None:
-    """Draw boxes on a PIL image in place: a rectangle and 'label 0.87' above it.
-
-    Colours follow the class index so one class looks the same on every image; ``fixed``
-    overrides it (the report draws ground truth in one colour).
-    """
-    from PIL import ImageDraw, ImageFont
-
-    draw = ImageDraw.Draw(image)
-    scale = max(image.size) / 640
-    width = max(1, round(2 * scale))
-    font = ImageFont.load_default(size=max(10, round(14 * scale)))
-    for box in boxes:
-        rgb = fixed or colour(categories.index(box.label) if box.label in categories else len(categories))
-        x0, y0, x1, y1 = box.x, box.y, box.x + box.width, box.y + box.height
-        draw.rectangle((x0, y0, x1, y1), outline=rgb, width=width)
-        text = box.label if box.confidence is None else f"{box.label} {box.confidence:.2f}"
-        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-        ty = y0 - (bottom - top) - 2 * width if y0 - (bottom - top) - 2 * width >= 0 else y0
-        draw.rectangle((x0, ty, x0 + right - left + 2 * width, ty + bottom - top + 2 * width), fill=rgb)
-        draw.text((x0 + width - left, ty + width - top), text, fill=(0, 0, 0) if sum(rgb) > 400 else (255, 255, 255), font=font)
-
-
-def save_atomic(path: Path, write: Any) -> None:
-    """Call ``write(temp_path)`` then rename onto ``path``: no half-written file under the real name."""
-    atomic_write_file(path, write)
-
+# -- shared helpers (also used by compare) -------------------------------------------------
 
 def save_figure(fig: Any, path: Path) -> None:
     fig.tight_layout()
-    save_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".")))
+    atomic_write_file(path, lambda tmp: fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".")))
 
 
 def read_metrics_csv(path: Path) -> list[dict[str, float]]:
@@ -96,6 +59,16 @@ def fmt(value: float | None, digits: int = 3) -> str:
 
 
 # -- plots ---------------------------------------------------------------------------------
+
+def plain(text: str) -> str:
+    """A label from the data as matplotlib must get it to draw it as is.
+
+    A class named ``$\\undefinedmacro$`` is otherwise parsed as mathtext and fails the whole
+    report; ``\\$`` is a literal dollar. A leading ``_`` would hide the legend entry.
+    """
+    text = str(text).replace("$", r"\$")
+    return " " + text if text.startswith("_") else text
+
 
 def figure(width: float = 6.4, height: float = 4.0) -> Any:
     from matplotlib.figure import Figure
@@ -132,7 +105,7 @@ def plot_pr_curve(metrics: dict[str, Any], path: Path) -> None:
     ax = fig.add_subplot()
     curve = metrics["pr_curve"]
     for name, precision in curve.get("per_class", {}).items():
-        ax.plot(curve["recall"], precision, linewidth=0.8, alpha=0.6, label=name)
+        ax.plot(curve["recall"], precision, linewidth=0.8, alpha=0.6, label=plain(name))
     ax.plot(curve["recall"], curve["precision"], color="black", linewidth=2.5,
             label=f"all classes (mAP50 {metrics['map50']:.3f})")
     ax.set(title="precision-recall at IoU 0.5", xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
@@ -144,7 +117,7 @@ def plot_per_class_ap(metrics: dict[str, Any], path: Path) -> None:
     names = [n for n, ap in metrics["per_class_ap"].items() if ap is not None]
     fig = figure(6.4, max(2.5, 0.35 * len(names) + 1))
     ax = fig.add_subplot()
-    ax.barh(names, [metrics["per_class_ap"][n] for n in names], color=[tuple(c / 255 for c in colour(i)) for i in range(len(names))])
+    ax.barh([plain(n) for n in names], [metrics["per_class_ap"][n] for n in names], color=[tuple(c / 255 for c in colour(i)) for i in range(len(names))])
     ax.invert_yaxis()
     ax.set(title="AP50-95 per class", xlim=(0, 1))
     save_figure(fig, path)
@@ -154,7 +127,7 @@ def plot_confusion(metrics: dict[str, Any], path: Path) -> None:
     import numpy as np
 
     matrix = np.array(metrics["confusion_matrix"])
-    labels = metrics["confusion_labels"]
+    labels = [plain(n) for n in metrics["confusion_labels"]]
     size = max(4.5, 0.45 * len(labels) + 2)
     fig = figure(size, size)
     ax = fig.add_subplot()
@@ -206,7 +179,7 @@ def plot_val_grid(eval_dir: Path, conf: float, path: Path) -> bool:
     grid = Image.new("RGB", (cols * (THUMB + 4), rows * (THUMB + 4)), (255, 255, 255))
     for i, thumb in enumerate(thumbs):
         grid.paste(thumb, ((i % cols) * (THUMB + 4), (i // cols) * (THUMB + 4)))
-    save_atomic(path, lambda tmp: grid.save(tmp, format="PNG"))
+    atomic_write_file(path, lambda tmp: grid.save(tmp, format="PNG"))
     return True
 
 

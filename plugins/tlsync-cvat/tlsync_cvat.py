@@ -11,18 +11,18 @@ points and the other shapes are counted in the pull summary, not turned into box
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator
+from typing import Any
 
 import click
 import defusedxml.ElementTree as ET
 from defusedxml import DefusedXmlException
 
+from tlsync import Box, ImageRef, Item, PullContext, Source, hookimpl
 from tlsync.errors import SourceError
-from tlsync.format import Box, ImageRef, Item
-from tlsync.hookspecs import hookimpl
-from tlsync.sources import PullContext, Source, files_fingerprint
-
+from tlsync.paths import ALLOW_OUTSIDE_OPTION, ExportRoot
+from tlsync.sources import files_fingerprint
 
 # CVAT's free-text "subset" -> tlsync split; anything else ("default") gets a hashed split.
 SUBSETS = {"train": "train", "training": "train", "validation": "val", "val": "val", "valid": "val",
@@ -40,16 +40,19 @@ class CvatSource(Source):
                      help="annotations.xml of a 'CVAT for images 1.1' export."),
         click.Option(["--images"], type=click.Path(exists=True, file_okay=False, path_type=Path),
                      help="Folder of the images (default: images/ beside the XML, else the XML's folder)."),
+        ALLOW_OUTSIDE_OPTION,
     ]
 
-    def items(self, ctx: PullContext, path: Path, images: Path | None = None, **_: Any) -> Iterator[Item]:
+    def items(self, ctx: PullContext, path: Path, images: Path | None = None, allow_outside_root: bool = False,
+              **_: Any) -> Iterator[Item]:
         root = _read(path)
         images = images or _default_images(path)
+        export = ExportRoot(images, allow_outside_root)  # symlinks in the image folder may not lead out of it
         labels = list(dict.fromkeys(n.text.strip() for n in root.findall("meta//labels/label/name") if n.text))
         if labels:
             ctx.set_categories(labels)
         for element in root.iter("image"):
-            item = _item(ctx, path, images, element, set(labels))
+            item = _item(ctx, path, export, element, set(labels))
             if item is not None:
                 yield item
 
@@ -77,7 +80,7 @@ def _read(path: Path) -> Any:
     return root
 
 
-def _item(ctx: PullContext, path: Path, images: Path, element: Any, labels: set[str]) -> Item | None:
+def _item(ctx: PullContext, path: Path, export: ExportRoot, element: Any, labels: set[str]) -> Item | None:
     name = element.get("name") or ""
     where = f"{path}: image '{name}'"
     relative = PurePosixPath(name)
@@ -90,7 +93,8 @@ def _item(ctx: PullContext, path: Path, images: Path, element: Any, labels: set[
         if found:
             ctx.count_not_used(plural, found)
     split = SUBSETS.get((element.get("subset") or "").strip().lower())
-    return Item(name, ImageRef(str(images.joinpath(*relative.parts))), boxes, split)
+    image = export.check(export.root.joinpath(*relative.parts), f"{where}: attribute 'name'")
+    return Item(name, ImageRef(str(image)), boxes, split)
 
 
 def _box(ctx: PullContext, where: str, element: Any, labels: set[str]) -> Box | None:

@@ -15,22 +15,20 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import click
 
+from tlsync import Box, ImageRef, Item, PullContext, Source, hookimpl
+from tlsync.atomic import atomic_write
 from tlsync.errors import SourceError
-from tlsync.format import Box, ImageRef, Item
-from tlsync.hookspecs import hookimpl
 from tlsync.http import HttpError
+from tlsync.paths import ExportRoot
 from tlsync.secrets import get_secret
-from tlsync.sources import PullContext, Source
-
 
 API_KEY = "LABEL_STUDIO_API_KEY"
 URL = "LABEL_STUDIO_URL"
@@ -89,11 +87,9 @@ class LabelStudioSource(Source):
             raise SourceError(f"--project needs the Label Studio server: pass --url or set {URL}")
         url = f"{self._server}/api/projects/{project}/export?exportType=JSON"
         folder = ctx.cache_dir(f"project-{project}")
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".export-", suffix=".json")
         try:
-            with os.fdopen(fd, "wb") as out:
-                self.http.download(url, out, what=f"Label Studio project {project} export", headers=_auth())
-            os.replace(tmp, folder / "export.json")
+            atomic_write(folder / "export.json", lambda out: self.http.download(
+                url, out, what=f"Label Studio project {project} export", headers=_auth()))
         except HttpError as e:
             if e.status in (401, 403):
                 raise SourceError(f"Label Studio refused the API key in {API_KEY} (HTTP {e.status}) "
@@ -101,8 +97,6 @@ class LabelStudioSource(Source):
             if e.status == 404:
                 raise SourceError(f"Label Studio project {project} not found at {self._server}") from None
             raise
-        finally:
-            Path(tmp).unlink(missing_ok=True)
         return folder / "export.json"
 
     def _item(self, ctx: PullContext, where: str, index: int, task: Any, folders: tuple[Path | None, Path | None],
@@ -162,7 +156,8 @@ class LabelStudioSource(Source):
         if base is None or relative_path.is_absolute() or ".." in relative_path.parts or not relative_path.parts:
             ctx.bad(f"{label}: image {image!r} must be a path inside --images")
             return None
-        return str(base.joinpath(*relative_path.parts))
+        # Lexically inside is not enough: a symlink in the media folder may still lead out of it.
+        return str(ExportRoot(base).check(base.joinpath(*relative_path.parts), f"{label}: data image"))
 
 
 def _auth() -> dict[str, str]:

@@ -11,6 +11,12 @@ message names the source and the item.
 ``check_fingerprint`` checks a source's optional ``fingerprint``: an unchanged re-pull
 skips reading, and an edit to the files is noticed.
 
+``check_path_escapes`` proves a source that reads local files keeps to its export: given a
+function that writes a one-image export naming its image however it is told, it plants a
+symlink leading out, a ``..`` path and an absolute path, and fails the source unless each is
+refused and the outside image's bytes never reach the store. ``check_source`` itself also
+fails a source when an image it read resolves outside every folder its options name.
+
 Friends: ``check_plugin`` (a plugin module registers valid, uniquely named sources),
 ``isolated_plugins`` (plugin-loader state of a test's own), ``run_cli`` (the ``tlsync``
 command in-process), ``write_image`` (tiny test images), and the loopback HTTP server.
@@ -43,6 +49,7 @@ from .server import Faults, LoggedRequest, LoopbackServer, Request, Response
 
 __all__ = [
     "OVERHANG_TOLERANCE", "ContractError", "SourceCheck", "check_source", "check_fingerprint", "check_plugin",
+    "check_path_escapes",
     "resolve_options", "isolated_plugins", "run_cli", "write_image",
     "LoopbackServer", "Faults", "Request", "Response", "LoggedRequest",
 ]
@@ -88,6 +95,7 @@ class _Recorder(Source):
         self.secret_options = inner.secret_options  # type: ignore[misc]
         self.raw: list[tuple[str, str | None, str, list[Box]]] = []
         self.declared: list[str] | None = None
+        self.read: list[tuple[str, str]] = []  # (item id, local path) of every image fetched
 
     def items(self, ctx: PullContext, **options: Any) -> Iterator[Item]:
         self.raw = []
@@ -98,6 +106,9 @@ class _Recorder(Source):
         self.declared = ctx.categories
 
     def fetch(self, item: Item, out: Any) -> None:
+        path = sources.local_path(item.image.uri)
+        if path is not None:
+            self.read.append((item.id, str(path)))
         self.inner.fetch(item, out)
 
     def recorded_params(self, options: dict[str, Any]) -> dict[str, Any]:
@@ -127,6 +138,7 @@ def check_source(source: Source, *, store: Store | None = None, **options: Any) 
     _check_overhang(first_raw, {item.id: item for item in stored}, who)
     _check_images(version, stored, who)
     _check_secrets(source, values, version, who)
+    check_reads_inside(recorder.read, values, store, who)
 
     second = pull(store, recorder, values, dataset)
     if not second.unchanged:
@@ -369,3 +381,6 @@ def write_image(path: str | Path, width: int = 64, height: int = 48, seed: int =
     image.putpixel((seed % width, (seed // width) % height), (255, 255, 255))
     image.save(path)
     return path
+
+
+from .escapes import check_path_escapes, check_reads_inside  # noqa: E402  (they use the helpers above)

@@ -9,13 +9,15 @@ not exist.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
-from . import LoopbackServer, isolated_plugins, run_cli as _run_cli
 from ..store import Store
+from . import LoopbackServer, isolated_plugins
+from . import run_cli as _run_cli
 
 
 @pytest.fixture

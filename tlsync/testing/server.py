@@ -30,9 +30,10 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 FAULT_KINDS = ("429", "503", "reset")
@@ -55,9 +56,18 @@ class Request:
 
 @dataclass
 class Response:
+    """What a route answers. The last three fields misbehave on purpose, as broken servers do:
+    ``send_length=False`` sends no ``Content-Length`` and ends the body by closing the
+    connection (so a cut-off body looks whole on the wire); ``cut_at`` stops the body after
+    that many bytes and closes; ``drip`` sends the body a byte at a time, that many
+    seconds apart."""
+
     status: int = 200
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
+    send_length: bool = True
+    cut_at: int | None = None
+    drip: float = 0.0
 
     @classmethod
     def json(cls, data: Any, status: int = 200) -> Response:
@@ -75,6 +85,7 @@ class LoggedRequest:
     body: bytes
     status: int | None = None
     fault: str | None = None
+    at: float = field(default_factory=time.monotonic)  # when it arrived (time.monotonic)
 
 
 @dataclass
@@ -127,7 +138,7 @@ class LoopbackServer:
         """Setting a fault plan restarts its seeded sequence."""
         with self._lock:
             self._faults = faults
-            self._rng = random.Random(faults.seed if faults else 0)
+            self._attempts: dict[tuple[str, str], int] = {}
             self._streak: dict[tuple[str, str], int] = {}
 
     # -- routes -------------------------------------------------------------------------
@@ -187,10 +198,14 @@ class LoopbackServer:
         with self._lock:
             faults = self._faults
             key = (method, path)
+            # Decided by (seed, request, attempt) rather than one shared stream, so concurrent
+            # clients fault the same requests whatever order their threads run in.
+            attempt = self._attempts[key] = self._attempts.get(key, 0) + 1
+            rng = random.Random(f"{faults.seed if faults else 0}:{method}:{path}:{attempt}")
             if (faults and faults.rate > 0 and re.search(faults.paths, path)
-                    and self._rng.random() < faults.rate and self._streak.get(key, 0) < faults.max_in_a_row):
+                    and rng.random() < faults.rate and self._streak.get(key, 0) < faults.max_in_a_row):
                 self._streak[key] = self._streak.get(key, 0) + 1
-                return self._rng.choice(faults.kinds)
+                return rng.choice(faults.kinds)
             self._streak.pop(key, None)
             return None
 
@@ -233,10 +248,28 @@ class LoopbackServer:
         handler.send_response(response.status)
         for name, value in response.headers.items():
             handler.send_header(name, value)
-        handler.send_header("Content-Length", str(len(response.body)))
+        if response.send_length:
+            handler.send_header("Content-Length", str(len(response.body)))
+        else:
+            handler.send_header("Connection", "close")
+            handler.close_connection = True
         handler.end_headers()
         if handler.command != "HEAD":
-            handler.wfile.write(response.body)
+            _send_body(handler, response)
+
+
+def _send_body(handler: BaseHTTPRequestHandler, response: Response) -> None:
+    body = response.body if response.cut_at is None else response.body[:response.cut_at]
+    if response.drip:
+        for i in range(len(body)):
+            handler.wfile.write(body[i:i + 1])
+            handler.wfile.flush()
+            time.sleep(response.drip)
+    else:
+        handler.wfile.write(body)
+    if response.cut_at is not None:
+        handler.wfile.flush()
+        handler.close_connection = True
 
 
 def _reset(handler: BaseHTTPRequestHandler) -> None:

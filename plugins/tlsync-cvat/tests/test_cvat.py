@@ -114,3 +114,16 @@ def test_cli_lists_and_pulls_the_export(tmp_path, tlsync_plugins, run_cli):
     assert "3 items, 2 boxes, 3 classes" in pulled.stdout and "new version parts@1" in pulled.stdout
     missing = run_cli("pull", "--source", "cvat", "--path", xml, "--images", tmp_path / "nowhere", "--dataset", "parts")
     assert missing.exit_code == 2 and "'--images'" in missing.stderr
+
+
+def test_images_named_outside_the_export_are_refused(tmp_path):
+    """The kit plants a symlink leading out, a '..' name and an absolute name; each must be refused."""
+    from tlsync.testing import check_path_escapes
+
+    def export(folder: Path, name: str) -> dict:
+        xml = folder / "annotations.xml"
+        xml.write_text(f'<annotations><version>1.1</version>{META}<image id="0" name="{name}" width="64" '
+                       f'height="48"><box label="car" xtl="1" ytl="1" xbr="9" ybr="9"/></image></annotations>')
+        return {"path": xml}
+
+    check_path_escapes(tlsync_cvat.CvatSource(), export, images="images")

@@ -100,3 +100,37 @@ def test_over_real_http_a_rate_limited_export_is_retried_and_images_carry_the_to
     assert [item.id for item in checked.items] == ["1"]
     assert [r.status for r in server.requests("GET", "/api/projects/9/export")] == [429, 200, 429, 200]
     assert all(r.headers.get("Authorization") == f"Token {KEY}" for r in server.log)
+
+
+def test_a_key_pasted_with_a_carriage_return_is_never_printed_or_stored(tmp_path, tlsync_home, tlsync_plugins,
+                                                                       run_cli, monkeypatch):
+    """The key as pasted from a Windows file; a skipped image's signed URL is stored without its query."""
+    tlsync_plugins(tlsync_labelstudio)
+    image = png(tmp_path, 4)
+    server = LoopbackServer()
+
+    @server.route("GET", "/api/projects/{project}/export")
+    def export(request):
+        both = tasks("/data/upload/5/a.png")
+        both[1]["data"]["image"] = f"{server.url}/signed/b.png?X-Amz-Credential=AKIA1234&X-Amz-Signature=f00d"
+        return Response.json(both)
+
+    @server.route("GET", "/data/upload/{project}/{name}")
+    def upload(request):
+        return Response(200, image, {"Content-Type": "image/png"})
+
+    @server.route("GET", "/signed/{name}")
+    def expired(request):
+        return Response(403, b"<Error>AccessDenied</Error>")
+
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", KEY + "\r")
+    with server:
+        result = run_cli("pull", "--source", "labelstudio", "--project", "5", "--url", server.url,
+                         "--dataset", "cells", "--on-error", "skip")
+        assert all(r.headers.get("Authorization") == f"Token {KEY}" for r in server.requests("GET", "/data/"))
+    assert result.exit_code == 0, result.stderr
+    assert "skipped 1:" in result.stdout and "HTTP 403" in result.stdout
+    stored = "".join(p.read_text() for p in (tlsync_home / "datasets" / "cells").rglob("*.json"))
+    assert "/signed/b.png" in stored
+    for text in (result.stdout, result.stderr, stored):
+        assert KEY not in text and "X-Amz-Signature" not in text and "AKIA1234" not in text

@@ -164,3 +164,18 @@ def test_cli_pulls_an_export_with_its_media_folder(tmp_path, media, tlsync_plugi
     assert "2 items, 1 boxes" in pulled.stdout and "new version cells@1" in pulled.stdout
     neither = run_cli("pull", "--source", "labelstudio", "--dataset", "cells")
     assert neither.exit_code == 1 and "give --path EXPORT.json or --project ID" in neither.stderr
+
+
+def test_images_named_outside_the_media_folder_are_refused(tmp_path):
+    """The kit plants a symlink leading out, a '..' name and an absolute name; each must be refused."""
+    from tlsync.testing import check_path_escapes
+
+    def export(folder: Path, name: str) -> dict:
+        task = {"id": 1, "data": {"image": f"/data/local-files/?d={name}"},
+                "annotations": [{"id": 2, "result": [{"type": "rectanglelabels", "original_width": 64,
+                                                      "original_height": 48, "value": {
+                                                          "x": 10, "y": 10, "width": 20, "height": 20,
+                                                          "rectanglelabels": ["cat"]}}]}]}
+        return {"path": write_json(folder / "export.json", [task]), "images": folder / "media"}
+
+    check_path_escapes(tlsync_labelstudio.LabelStudioSource(), export, images="media")

@@ -15,11 +15,13 @@ import hashlib
 import io
 import itertools
 import threading
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from .server import Faults, LoopbackServer, Request, Response
+from tlsync.testing.server import Faults, LoopbackServer, Request, Response
 
 API = "/v1/nucleus"
 LABELS = ("horse", "person", "dog")
@@ -66,14 +68,24 @@ class FakeNucleus:
 
     def __init__(self, api_key: str = "test_nucleus_key_0123456789", latency: float = 0.0,
                  faults: Faults | None = None, image_size: tuple[int, int] = (64, 48), paging: bool = True,
-                 max_page_size: int = 10_000):
+                 max_page_size: int = 10_000, photos: list[bytes] | None = None):
+        """``photos``: real image files to serve instead of generated PNGs (item i gets photo i
+        modulo their number), for benchmarks where image size and decoding matter."""
         self.api_key = api_key
+        self.photos = photos or []
+        self._photo_of: dict[str, int] = {}
         self.image_size = image_size
         self.max_page_size = max_page_size
         self.datasets: dict[str, FakeDataset] = {}
         self.slices: dict[str, FakeSlice] = {}
         self.models: dict[str, dict[str, Any]] = {}
         self.uploads: list[dict[str, Any]] = []  # uploadPredictions bodies, in arrival order
+        # Hostile-server hooks for tests: ref_id -> f(good bytes, nth request for it) -> the
+        # answer to send instead (cut short, gzipped, dripped...); and a replacement for
+        # the export page handler (endless paging and such).
+        self.misbehave: dict[str, Callable[[bytes, int], Response]] = {}
+        self.page_handler: Callable[[Request], Response] | None = None
+        self._image_hits: Counter[str] = Counter()
         self.server = LoopbackServer(latency=latency, faults=faults)
         self._exports = itertools.count(1)
         self._lock = threading.Lock()
@@ -108,8 +120,10 @@ class FakeNucleus:
         ref_ids = []
         for i in range(start, start + n):
             ref = f"{prefix}_{i:06d}"
-            boxes = [(LABELS[i % len(LABELS)], 1.0, 2.0, w / 2, h / 2), (LABELS[(i + 1) % len(LABELS)], w / 4, h / 4, w / 3, h / 3)]
+            boxes = [(LABELS[i % len(LABELS)], 1.0, 2.0, w / 2, h / 2),
+                     (LABELS[(i + 1) % len(LABELS)], w / 4, h / 4, w / 3, h / 3)]
             dataset.items[ref] = FakeItem(ref, boxes)
+            self._photo_of[ref] = i
             ref_ids.append(ref)
         if slice_id:
             self.slices[slice_id].ref_ids.extend(ref_ids)
@@ -120,8 +134,14 @@ class FakeNucleus:
         if slice_id:
             self.slices[slice_id].ref_ids.append(item.ref_id)
 
+    def image_data(self, ref_id: str) -> bytes:
+        """The bytes served for ``ref_id``: its photo, or its generated PNG."""
+        if self.photos and ref_id in self._photo_of:
+            return self.photos[self._photo_of[ref_id] % len(self.photos)]
+        return image_bytes(ref_id, self.image_size)
+
     def image_sha256(self, ref_id: str) -> str:
-        return hashlib.sha256(image_bytes(ref_id, self.image_size)).hexdigest()
+        return hashlib.sha256(self.image_data(ref_id)).hexdigest()
 
     def image_requests(self) -> list[str]:
         """Reference ids of every image request so far, answered or not."""
@@ -131,7 +151,8 @@ class FakeNucleus:
 
     def row(self, dataset_id: str, item: FakeItem, export: int) -> dict[str, Any]:
         """The export row of one item, as ``exportForTraining(Page)`` returns it."""
-        url = f"{self.server.url}/images/{dataset_id}/{item.ref_id}.png?X-Amz-Expires=3600&X-Amz-Signature=s{export:08x}"
+        url = (f"{self.server.url}/images/{dataset_id}/{item.ref_id}.png"
+               f"?X-Amz-Expires=3600&X-Amz-Signature=s{export:08x}")
         row: dict[str, Any] = {
             "item": {"reference_id": item.ref_id, "processed_url": url, "metadata": {"source": "fake"}},
             "box": [
@@ -188,6 +209,8 @@ class FakeNucleus:
 
         def export_page(kind: str):
             def handler(request: Request) -> Response:
+                if self.page_handler is not None:
+                    return self.page_handler(request)
                 found = self._rows(kind, request.params["object_id"])
                 if found is None:
                     return Response.json({"error": f"{kind} not found"}, 404)
@@ -243,4 +266,11 @@ class FakeNucleus:
             ref = request.params["file"].removesuffix(".png")
             if ref not in self.datasets.get(request.params["dataset_id"], FakeDataset("")).items:
                 return Response(404, b"no such image")
-            return Response(200, image_bytes(ref, self.image_size), {"Content-Type": "image/png"})
+            with self._lock:
+                self._image_hits[ref] += 1
+                nth = self._image_hits[ref]
+            data = self.image_data(ref)
+            if ref in self.misbehave:
+                return self.misbehave[ref](data, nth)
+            kind = "image/jpeg" if data[:2] == b"\xff\xd8" else "image/png"
+            return Response(200, data, {"Content-Type": kind})

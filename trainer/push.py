@@ -1,8 +1,8 @@
 """``tlsync push``: run a trained model over a dataset and send the predictions to a target.
 
-The core does the predicting (through the trainer) and hands the target a stream of
-predicted ``Item``s, so a target only speaks its platform's upload API. Loaded lazily by
-``tlsync.cli``, since predicting imports torch.
+tlsync does the predicting and hands the target a stream of predicted ``Item``s, so a
+target only speaks its platform's upload API (``tlsync.targets``, torch-free). This half
+runs the model, so it lives in the trainer and ``tlsync.cli`` loads it lazily, by name.
 """
 
 from __future__ import annotations
@@ -12,16 +12,16 @@ from typing import Any
 
 import click
 
-from .cli import PluginOptionsCommand
-from .errors import TlsyncError
-from .format import SPLITS
-from .secrets import redact
+from tlsync.cli import TargetCommand
+from tlsync.console import progress
+from tlsync.errors import TlsyncError
+from tlsync.format import SPLITS
+from tlsync.secrets import redact
+from tlsync.store import Store
 
-
-class TargetCommand(PluginOptionsCommand):
-    """``push`` grows the chosen target's options, so ``--target X --help`` lists them."""
-
-    kind = "target"
+from .checkpoint import load_model
+from .device import resolve_device
+from .predict import predict_items
 
 
 @click.command(cls=TargetCommand)
@@ -31,18 +31,13 @@ class TargetCommand(PluginOptionsCommand):
 @click.option("--split", type=click.Choice(SPLITS), default=None, help="Only this split (default: every item).")
 @click.option("--conf", type=click.FloatRange(0, 1), default=0.05, show_default=True,
               help="Drop predicted boxes below this confidence.")
-@click.option("--batch-size", type=click.IntRange(1, 256), default=4, show_default=True, help="Images per forward pass.")
+@click.option("--batch-size", type=click.IntRange(1, 256), default=4, show_default=True,
+              help="Images per forward pass.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.pass_context
 def push(ctx: click.Context, target_name: str, run: Path, dataset: str | None, split: str | None, conf: float,
          batch_size: int, device: str, **target_options: Any) -> None:
     """Predict a dataset with a run's model and push the predictions to a target."""
-    from .console import progress
-    from .store import Store
-    from .trainer.checkpoint import load_model
-    from .trainer.predict import predict_items
-    from .trainer.train import resolve_device
-
     target = ctx.meta["tlsync.target"]
     if not run.exists():
         raise TlsyncError(f"run '{run}' not found")

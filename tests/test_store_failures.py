@@ -1,0 +1,246 @@
+"""The store's own failures: a full or read-only disk, a killed pull, a broken file in the store.
+
+None of these is the input's fault, so none may become a skipped item, a partial version,
+or a store that every later command trips over.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tlsync.sources import Source
+
+N = 10
+
+
+def noise_png(path: Path, size: int, seed: int) -> None:
+    """A PNG that does not compress: ``size`` x ``size`` random pixels (~3 * size**2 bytes)."""
+    from PIL import Image
+
+    Image.frombytes("RGB", (size, size), os.urandom(3 * size * size) if seed >= 0 else b"").save(path)
+
+
+def coco_folder(root: Path, n: int = N, size: int = 32) -> Path:
+    root.mkdir(parents=True)
+    images, annotations = [], []
+    for i in range(n):
+        noise_png(root / f"img{i}.png", size, i)
+        images.append({"id": i + 1, "file_name": f"img{i}.png", "width": size, "height": size})
+        annotations.append({"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [1, 1, 8, 8]})
+    (root / "annotations.json").write_text(json.dumps(
+        {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "cell"}]}))
+    return root
+
+
+def pull(run_cli, folder: Path, *extra: str):
+    return run_cli("pull", "--source", "coco", "--path", folder, "--dataset", "cells", *extra)
+
+
+def leftovers(home: Path) -> list[Path]:
+    folder = home / "datasets" / "cells"
+    return list(folder.glob(".staging-*")) if folder.exists() else []
+
+
+# -- a full disk ----------------------------------------------------------------------------
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """TLSYNC_HOME on a 1 MB tmpfs (root only); yields a function that grows it."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root); the injected-ENOSPC test covers this")
+    monkeypatch.setenv("TLSYNC_HOME", str(mount / "home"))
+    try:
+        yield lambda size: subprocess.run(["mount", "-o", f"remount,size={size}", str(mount)], check=True)
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_stops_the_pull_and_publishes_nothing(tmp_path: Path, run_cli, tiny_disk):
+    export = coco_folder(tmp_path / "export", size=256)  # ~200 KB per image: 10 do not fit in 1 MB
+    home = Path(os.environ["TLSYNC_HOME"])
+    result = pull(run_cli, export, "--on-error", "skip")
+    assert result.exit_code == 1
+    assert "cannot write to the store" in result.stderr and "No space left on device (ENOSPC)" in result.stderr
+    assert "nothing was published" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (home / "datasets" / "cells" / "1").exists() and not leftovers(home)
+
+    tiny_disk("20m")  # the user frees space
+    again = pull(run_cli, export, "--on-error", "skip")
+    assert again.exit_code == 0, again.stderr
+    assert "new version cells@1" in again.stdout and "skipped" not in again.stdout
+    cached = int(again.stdout.split(" from cache")[0].rsplit(" ", 1)[-1])
+    assert cached >= 1, "images stored before the disk filled come from the fetch cache"
+
+
+class _FailingFile:
+    """A file whose writes fail after ``ok`` of them, as a filling disk does."""
+
+    def __init__(self, f, state: dict):
+        self._f, self._state = f, state
+
+    def write(self, data):
+        self._state["writes"] += 1
+        if self._state["writes"] > self._state["ok"]:
+            raise OSError(self._state["errno"], os.strerror(self._state["errno"]))
+        return self._f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT])
+def test_an_error_writing_an_image_is_fatal_under_skip(tmp_path: Path, run_cli, store, monkeypatch, code):
+    import tlsync.store
+
+    export = coco_folder(tmp_path / "export")
+    real_fdopen = os.fdopen
+    state = {"writes": 0, "ok": 3, "errno": code}
+    monkeypatch.setattr(tlsync.store.os, "fdopen", lambda *a, **k: _FailingFile(real_fdopen(*a, **k), state))
+    result = pull(run_cli, export, "--on-error", "skip", "--concurrency", "1")
+    assert result.exit_code == 1
+    assert f"cannot write to the store at {store.home}: {os.strerror(code)} ({errno.errorcode[code]})" in result.stderr
+    assert "cannot read image" not in result.stderr
+    assert store.versions("cells") == [] and not leftovers(store.home)
+
+    monkeypatch.setattr(tlsync.store.os, "fdopen", real_fdopen)
+    again = pull(run_cli, export, "--on-error", "skip")
+    assert again.exit_code == 0, again.stderr
+    assert f"{N - 3} images fetched, 3 from cache" in again.stdout
+    assert len(list(store.open("cells").items())) == N
+
+
+def test_a_plugin_that_swallows_the_write_error_cannot_hide_it(tmp_path: Path, store, monkeypatch):
+    """A source's fetch that turns every exception into 'cannot read' still stops the pull."""
+    import tlsync.store
+    from tlsync.errors import SourceError
+    from tlsync.plugins import get_source
+    from tlsync.pull import pull as run_pull
+    from tlsync.sink import StoreWriteError
+
+    export = coco_folder(tmp_path / "export", n=3)
+    coco = get_source("coco")
+    original = type(coco).fetch
+
+    def careless(self, item, out):
+        try:
+            original(self, item, out)
+        except Exception as e:
+            raise SourceError(f"cannot read image: {e}") from None
+
+    monkeypatch.setattr(type(coco), "fetch", careless)
+    real_fdopen = os.fdopen
+    state = {"writes": 0, "ok": 0, "errno": errno.ENOSPC}
+    monkeypatch.setattr(tlsync.store.os, "fdopen", lambda *a, **k: _FailingFile(real_fdopen(*a, **k), state))
+    with pytest.raises(StoreWriteError, match="No space left on device"):
+        run_pull(store, coco, {"path": export}, "cells", on_error="skip")
+    assert store.versions("cells") == []
+
+
+def test_a_pull_that_skipped_for_io_reasons_is_not_frozen_by_the_quick_repull(tmp_path: Path, run_cli, store,
+                                                                           monkeypatch):
+    monkeypatch.setattr("tlsync.sources.RACY_SECONDS", 0.0)
+    from tlsync.errors import SourceError
+
+    export = coco_folder(tmp_path / "export")
+    original = Source.fetch
+
+    def flaky(self, item, out):
+        if item.image.uri.endswith("img4.png"):
+            raise SourceError(f"item '{item.id}': cannot read image {item.image.uri}: Input/output error")
+        original(self, item, out)
+
+    monkeypatch.setattr(Source, "fetch", flaky)
+    first = pull(run_cli, export, "--on-error", "skip")
+    assert first.exit_code == 0 and "skipped 1:" in first.stdout
+    assert json.loads((store.datasets_dir / "cells" / "last-pull.json").read_text())["inputs"] is None
+
+    monkeypatch.setattr(Source, "fetch", original)
+    second = pull(run_cli, export, "--on-error", "skip")
+    assert second.exit_code == 0, second.stderr
+    assert "new version cells@2" in second.stdout and "skipped" not in second.stdout
+    third = pull(run_cli, export, "--on-error", "skip")
+    assert "not read again" in third.stdout and "unchanged, still cells@2" in third.stdout
+
+
+# -- a killed pull, durable renames ---------------------------------------------------------------
+
+def test_staging_folders_of_a_killed_pull_are_swept(tmp_path: Path, run_cli, store):
+    export = coco_folder(tmp_path / "export", n=2)
+    stale = store.datasets_dir / "cells" / ".staging-k1ll3d"
+    stale.mkdir(parents=True)
+    (stale / "items.jsonl").write_text('{"half": ')
+    result = pull(run_cli, export)
+    assert result.exit_code == 0, result.stderr
+    assert not leftovers(store.home)
+    kept = sorted(p.name for p in (store.datasets_dir / "cells").iterdir() if not p.name.startswith("."))
+    assert kept == ["1", "last-pull.json"]
+
+
+def test_a_version_is_fsynced_before_and_after_its_rename(tmp_path: Path, run_cli, store, monkeypatch):
+    export = coco_folder(tmp_path / "export", n=2)
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def replace(src, dst, **kw):
+        events.append(("rename", str(dst)))
+        return real_replace(src, dst, **kw)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    assert pull(run_cli, export).exit_code == 0
+    version = str(store.datasets_dir / "cells" / "1")
+    at = events.index(("rename", version))
+    before, after = {p for _, p in events[:at]}, {p for _, p in events[at:]}
+    assert any(p.endswith("items.jsonl") for p in before) and any(p.endswith("dataset.json") for p in before)
+    assert any(Path(p).name.startswith(".staging-") for p in before), "the staging folder itself, before the rename"
+    assert any(p.startswith(str(store.images_dir)) and "/images/" in p and len(Path(p).name) == 2 for p in before)
+    assert str(store.datasets_dir / "cells") in after
+
+
+# -- one broken file in the store -----------------------------------------------------------------
+
+def test_datasets_list_names_a_broken_dataset_and_goes_on(tmp_path: Path, run_cli, store):
+    export = coco_folder(tmp_path / "export", n=2)
+    assert pull(run_cli, export).exit_code == 0
+    assert run_cli("pull", "--source", "coco", "--path", export, "--dataset", "other").exit_code == 0
+    (store.datasets_dir / "cells" / "1" / "dataset.json").write_text("")
+    result = run_cli("datasets", "list")
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("cells") and "UNREADABLE" in line for line in lines)
+    assert any(line.startswith("other") and "coco" in line for line in lines)
+    assert "cells/1/dataset.json: not valid JSON" in result.stderr
+
+
+def test_a_corrupt_fetch_cache_is_rebuilt_with_a_warning(tmp_path: Path, run_cli, store):
+    export = coco_folder(tmp_path / "export", n=3)
+    assert pull(run_cli, export).exit_code == 0
+    cache = store.home / "fetch-cache.sqlite"
+    for suffix in ("-wal", "-shm"):
+        Path(f"{cache}{suffix}").unlink(missing_ok=True)
+    cache.write_bytes(b"this is not an sqlite database, it was overwritten" * 100)
+    result = pull(run_cli, export, "--reread")
+    assert result.exit_code == 0, result.stderr
+    assert "fetch-cache.sqlite was unreadable" in result.stderr and "started an empty fetch cache" in result.stderr
+    assert "unchanged, still cells@1" in result.stdout
+    assert list(store.home.glob("fetch-cache.sqlite.corrupt-*"))
+    assert "3 from cache" in pull(run_cli, export, "--reread").stdout

@@ -1,0 +1,175 @@
+"""What makes a file a usable image: a known format, a bounded size, and all of its bytes.
+
+Every image tlsync stores comes from somewhere it does not control, so two failures that
+PIL lets through (or turns into a crash) are caught here, once, for every source:
+
+* a header declaring a gigantic canvas (a "decompression bomb": a few KB of PNG that would
+  decode to 900 megapixels) is refused from its header, before any pixel is decoded;
+* a file cut off part-way (a half-copied JPEG, a download that stopped early) is refused
+  instead of being stored and later trained on as a grey smear. JPEG and PNG, nearly every
+  export, get a structural check that costs a scan, not a decode: JPEG's end-of-image
+  marker must follow the first scan, PNG's chunks must run whole up to ``IEND``. The
+  rarer formats are fully decoded.
+
+Both raise ``TlsyncError`` ("not a readable image (...)"), so the caller names the item
+and ``--on-error skip`` counts it like any other bad input.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import re
+import struct
+from pathlib import Path
+from typing import IO
+
+from .errors import TlsyncError
+
+EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "BMP": ".bmp", "GIF": ".gif", "TIFF": ".tif", "WEBP": ".webp"}
+MAX_PIXELS_ENV = "TLSYNC_MAX_IMAGE_PIXELS"
+# PIL's own hard limit (twice its warning threshold): 179 MP, far beyond any training photo.
+DEFAULT_MAX_PIXELS = 2 * 89_478_485
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# JPEG markers that stand alone (no length field): TEM, RST0-7, SOI, EOI.
+_STANDALONE = {0x01, *range(0xD0, 0xDA)}
+
+
+def max_pixels() -> int:
+    """The declared-size bound: ``$TLSYNC_MAX_IMAGE_PIXELS`` if set, else 179 MP."""
+    env = os.environ.get(MAX_PIXELS_ENV)
+    if not env:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(env)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise TlsyncError(f"{MAX_PIXELS_ENV}={env!r}: give a positive number of pixels")
+    return value
+
+
+def _megapixels(n: int) -> str:
+    return f"{n / 1e6:,.0f} MP" if n >= 10**7 else f"{n / 1e6:,.1f} MP" if n >= 10**5 else f"{n:,} pixels"
+
+
+def image_info(path: Path) -> tuple[int, int, str]:
+    """``(width, height, extension)`` of an image file, reading only its header.
+
+    EXIF orientation is applied to the size, since training decodes with it applied. A
+    canvas over ``max_pixels()`` is refused here, so no caller ever decodes one.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    limit = max_pixels()
+    if limit > 2 * (Image.MAX_IMAGE_PIXELS or limit):  # the user raised it: PIL (here and in training) too
+        Image.MAX_IMAGE_PIXELS = limit // 2 + 1
+    try:
+        with Image.open(path) as im:
+            fmt = im.format or ""
+            width, height = im.size
+            _check_pixels(width, height, limit)
+            orientation = im.getexif().get(0x0112, 1)
+    except Image.DecompressionBombError as e:  # PIL's own limit, met before ours; same message
+        declared = re.search(r"\((\d+) pixels\)", str(e))
+        what = _megapixels(int(declared.group(1))) if declared else f"more than {_megapixels(limit)}"
+        raise TlsyncError(f"not a readable image (declares {what}, limit {_megapixels(limit)}; "
+                          f"raise {MAX_PIXELS_ENV} if it is real)") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, struct.error) as e:
+        raise TlsyncError(f"not a readable image ({_why(e)})") from None
+    if orientation in (5, 6, 7, 8):
+        width, height = height, width
+    if fmt not in EXTENSIONS:
+        raise TlsyncError(f"unsupported image format {fmt or 'unknown'}")
+    return width, height, EXTENSIONS[fmt]
+
+
+def _check_pixels(width: int, height: int, limit: int) -> None:
+    if width * height > limit:
+        raise TlsyncError(f"not a readable image (declares {width}x{height} = {_megapixels(width * height)}, "
+                          f"limit {_megapixels(limit)}; raise {MAX_PIXELS_ENV} if it is real)")
+
+
+def check_complete_image(path: Path) -> tuple[int, int, str]:
+    """``image_info`` plus proof that the file holds the whole image, not just its header.
+
+    The one check every stored image passes (local files and downloads alike): the
+    header is sane and bounded, and no part of the file is missing.
+    """
+    width, height, ext = image_info(path)
+    try:
+        with open(path, "rb") as f:
+            if ext == ".jpg":
+                _check_jpeg(f)
+            elif ext == ".png":
+                _check_png(f)
+            else:
+                _decode_fully(path)
+    except OSError as e:
+        raise TlsyncError(f"not a readable image ({e.strerror or type(e).__name__})") from None
+    return width, height, ext
+
+
+def _check_jpeg(f: IO[bytes]) -> None:
+    """The header segments run whole up to the first scan, and an EOI marker follows it.
+
+    Inside entropy-coded data a 0xFF byte is always stuffed (FF 00), so FF D9 after the
+    first SOS is the real end of image, never a thumbnail's (those sit in APP1, before).
+    Bytes after EOI (motion photos append a video) are allowed, as every decoder does.
+    """
+    size = os.fstat(f.fileno()).st_size
+    if size < 4:
+        raise TlsyncError("not a readable image (truncated JPEG: no end-of-image marker)")
+    with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        pos = 2
+        while True:
+            while pos < size and data[pos] == 0xFF and pos + 1 < size and data[pos + 1] == 0xFF:
+                pos += 1  # fill bytes before a marker
+            if pos + 4 > size or data[pos] != 0xFF:
+                break
+            marker = data[pos + 1]
+            if marker in _STANDALONE:
+                pos += 2
+                continue
+            length = int.from_bytes(data[pos + 2:pos + 4], "big")
+            if marker == 0xDA:  # start of scan: EOI is almost always in the last few bytes
+                scan = pos + 2 + length
+                if data.rfind(b"\xff\xd9", max(scan, size - 65536)) >= 0 or data.find(b"\xff\xd9", scan) >= 0:
+                    return
+                break
+            pos += 2 + length
+    raise TlsyncError("not a readable image (truncated JPEG: no end-of-image marker after its image data)")
+
+
+def _check_png(f: IO[bytes]) -> None:
+    """Every chunk, from the signature to ``IEND``, is present in full (lengths only, no CRC)."""
+    size = os.fstat(f.fileno()).st_size
+    if f.read(8) != _PNG_SIGNATURE:
+        raise TlsyncError("not a readable image (bad PNG signature)")
+    pos = 8
+    while pos + 12 <= size:
+        f.seek(pos)
+        length, kind = struct.unpack(">I4s", f.read(8))
+        pos += 12 + length
+        if pos > size:
+            break
+        if kind == b"IEND":
+            return
+    raise TlsyncError("not a readable image (truncated PNG: its chunks end before IEND)")
+
+
+def _decode_fully(path: Path) -> None:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+    except (OSError, ValueError, SyntaxError, struct.error) as e:
+        raise TlsyncError(f"not a readable image (it does not decode: {_why(e)})") from None
+
+
+def _why(e: BaseException) -> str:
+    """The exception's kind and first line, short: PIL's messages hold no paths worth keeping."""
+    text = str(e).splitlines()[0][:120] if str(e) else ""
+    return f"{type(e).__name__}: {text}" if text and not isinstance(e, FileNotFoundError) else type(e).__name__
