@@ -49,10 +49,9 @@ CANDIDATE_WARMUP = 0.1
 
 def small_versions(store: Any, name: str, n_train: int, n_val: int) -> tuple[Any, Any]:
     """``<name>-small`` (first n_train train / n_val val items by id, all of test) and its half-train version."""
-    from tlsync.trainer.curve_subsets import write_version
-
     from tlsync import plugins
     from tlsync.pull import pull
+    from tlsync.trainer.curve_subsets import write_version
 
     pull(store, plugins.get_source("roboflow"), dict(SOURCES[name]), name)
     full = store.open(name)

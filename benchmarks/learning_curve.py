@@ -43,14 +43,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["TLSYNC_HOME"] = str(Path(tmp) / "home")
         os.environ.setdefault("TLSYNC_LOAD_PLUGINS", "")
+        from tlsync import plugins
+        from tlsync.pull import pull
+        from tlsync.store import Store
         from tlsync.trainer.curve import new_plan, run_curve, train_point
         from tlsync.trainer.curve_fit import analyse
         from tlsync.trainer.curve_report import summary
         from tlsync.trainer.curve_subsets import parse_fractions
-
-        from tlsync import plugins
-        from tlsync.pull import pull
-        from tlsync.store import Store
 
         store = Store()
         pull(store, plugins.get_source("roboflow"), {"path": PATHS[args.dataset]}, args.dataset)

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from tlsync.connectors.synthetic import SyntheticSource
+from tlsync.format import Box, ImageRef, Item
+from tlsync.pull import pull
 from tlsync.trainer.curve import CURVE, load_plan, new_plan, run_curve
 from tlsync.trainer.curve_fit import analyse
 from tlsync.trainer.curve_subsets import materialise, nested_order, parse_fractions, subset_size
-
-from tlsync.format import Box, ImageRef, Item
-from tlsync.pull import pull
 
 SMALL = ("--model", "fasterrcnn_efficientnet_lite0_fpn", "--weights", "imagenet", "--img-size", "64",
          "--batch-size", "2", "--workers", "0", "--device", "cpu")

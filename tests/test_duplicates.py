@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from tlsync.connectors.synthetic import render
-
 from tlsync.duplicates import check, hamming, leak_warning, phash
 from tlsync.format import Box, ImageRef, Item
 from tlsync.pull import pull

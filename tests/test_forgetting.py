@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from tlsync.connectors.synthetic import SyntheticSource
 from tlsync.format import ImageRef, Item
-from tlsync.trainer.forgetting import compare
-
 from tlsync.pull import pull
 from tlsync.sources import PullContext
+from tlsync.trainer.forgetting import compare
 
 LITE0 = ("--model", "fasterrcnn_efficientnet_lite0_fpn", "--weights", "imagenet")
 SMALL = ("--img-size", "128", "--batch-size", "4", "--workers", "0", "--device", "cpu", "--patience", "0")
