@@ -64,7 +64,7 @@ def fit_power_law(ns: np.ndarray, ys: np.ndarray, start: Fit | None = None) -> F
 
     A bootstrap replicate starts from the full fit (``start``) only: one start is enough so close.
     """
-    from scipy.optimize import least_squares  # type: ignore[import-untyped]
+    from scipy.optimize import least_squares
 
     best = None
     a0 = min(1.0, float(ys.max()) + 0.05)
