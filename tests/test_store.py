@@ -43,15 +43,16 @@ class _Copies(Source):
 
     name = "copies"
 
-    def __init__(self, image: Path, crash_after: int | None = None):
-        self.image, self.crash_after = image, crash_after
+    def __init__(self, image: Path, crash_after: int | None = None, photos: list[Path] | None = None):
+        self.image, self.crash_after, self.photos = image, crash_after, photos
 
     def items(self, ctx: PullContext, **_: Any) -> Iterator[Item]:
         for n in range(40):
             if self.crash_after is not None and n == self.crash_after:
                 raise KeyboardInterrupt
             for copy in ("a", "b"):
-                yield Item(f"photo{n}_{copy}.jpg", ImageRef(str(self.image)), [Box("x", 1, 1, 5, 5)],
+                image = self.photos[n] if self.photos else self.image
+                yield Item(f"photo{n}_{copy}.jpg", ImageRef(str(image)), [Box("x", 1, 1, 5, 5)],
                            metadata={"group": f"photo{n}"})
 
 
@@ -64,8 +65,13 @@ def png(tmp_path: Path) -> Path:
     return path
 
 
-def test_copies_of_one_photo_share_a_split(store, png: Path):
-    pull(store, _Copies(png), {}, "c")
+def test_copies_of_one_photo_share_a_split(store, png: Path, tmp_path: Path):
+    from PIL import Image
+
+    photos = [tmp_path / f"photo{n}.png" for n in range(40)]  # distinct pictures: identical ones share a split anyway
+    for n, path in enumerate(photos):
+        Image.new("RGB", (32, 32), (n, 0, 0)).save(path)
+    pull(store, _Copies(png, photos=photos), {}, "c")
     by_group: dict[str, set[str]] = {}
     for item in store.open("c").items():
         by_group.setdefault(item.group, set()).add(item.split)

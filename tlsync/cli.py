@@ -32,6 +32,7 @@ LAZY_COMMANDS = {
     "eval": "tlsync.trainer.cli_eval:eval_command",
     "predict": "tlsync.trainer.cli_eval:predict",
     "compare": "tlsync.trainer.cli_eval:compare",
+    "curve": "tlsync.trainer.cli_curve:curve",
     "weights": "tlsync.trainer.cli_weights:weights",
     "push": "tlsync.trainer.push:push",
     "select": "tlsync.trainer.cli_select:select",

@@ -84,6 +84,41 @@ def rm(ref: str, yes: bool) -> None:
         click.echo(f"removed {removed}")
 
 
+@datasets.command()
+@click.argument("ref")
+@click.option("--threshold", type=click.IntRange(0, 64), default=None,
+              help="Near duplicates: at most this many of the 64 perceptual-hash bits differ "
+                   "[default: 6; resized or re-encoded copies measure 0-4, unrelated images ~32].")
+@click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Also write the full report (every group and its items) to this JSON file.")
+@click.option("--show", type=click.IntRange(0), default=10, show_default=True, help="Groups listed per kind.")
+def check(ref: str, threshold: int | None, json_out: Path | None, show: int) -> None:
+    """Exact (sha256) and near (perceptual hash) duplicate images of NAME or NAME@N, and which cross splits."""
+    from .atomic import atomic_write_json
+    from .console import info
+    from .duplicates import DEFAULT_THRESHOLD
+    from .duplicates import check as find_duplicates
+
+    ds = Store().open(ref)
+    report = find_duplicates(ds, DEFAULT_THRESHOLD if threshold is None else threshold)
+    for kind, groups in (("exact", report.exact), (f"near (<= {report.threshold} bits)", report.near)):
+        click.echo(f"{kind} duplicates: {len(groups)} group(s), {sum(g.crosses for g in groups)} crossing splits")
+        for group in sorted(groups, key=lambda g: not g.crosses)[:show]:
+            mark = "CROSSES " + "/".join(group.splits) if group.crosses else group.splits[0]
+            copies = ", ".join(f"{c.item_id} ({c.split})" for c in group.copies)
+            click.echo(f"  [{mark}] {copies}" + (f"  distance {group.distance}" if group.distance else ""))
+        if len(groups) > show:
+            click.echo(f"  ... {len(groups) - show} more (--show N, or --json FILE for all)")
+    for line in report.unreadable[:5]:
+        info(f"not hashed, unreadable: {line}")
+    if json_out:
+        atomic_write_json(json_out, report.to_dict())
+        click.echo(f"report: {json_out}")
+    crossing = sum(g.crosses for g in [*report.exact, *report.near])
+    click.echo(f"{ds.ref}: {report.items} items, {len(report.exact)} exact and {len(report.near)} near duplicate "
+               f"group(s); {crossing} cross splits" + (" (test scores may be optimistic)" if crossing else ""))
+
+
 @click.command()
 @click.option("--dataset", "ref", required=True, help="NAME or NAME@N.")
 @click.option("--format", "fmt", type=click.Choice(["coco"]), default="coco", show_default=True)

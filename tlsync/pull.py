@@ -27,7 +27,7 @@ from .manifest import INFO, ManifestWriter, atomic_write_json
 from .secrets import for_storage, redact
 from .sink import DEFAULT_DEADLINE, DEFAULT_MAX_IMAGE_BYTES, ImageTooLarge, StoreWriteError, store_write_error
 from .sources import PullContext, Source, local_path
-from .splits import DEFAULT_RATIOS, assign_split
+from .splits import DEFAULT_RATIOS, SplitGrouper
 from .store import IncompleteImage, Store, parse_ref
 
 # Attempts at a remote image that arrives cut short (no Content-Length to tell). The HTTP
@@ -325,6 +325,7 @@ def _read_and_publish(store: Store, source: Source, ctx: PullContext, options: d
     fetcher = _Fetcher(store, source, limits)
     seen: set[str] = set()
     io_skipped = 0
+    splits = SplitGrouper(split_ratios)
     with store.staging(name) as staging:
         store.clean_tmp()
         with _store_writes(staging):
@@ -339,8 +340,7 @@ def _read_and_publish(store: Store, source: Source, ctx: PullContext, options: d
                     ctx.bad(str(result))
                     continue
                 _check_boxes(result, ctx)
-                if result.split is None:
-                    result.split = assign_split(result.group, split_ratios)
+                splits.assign(result)
                 with _store_writes(staging):
                     writer.write(result)
                 if progress:
@@ -351,6 +351,8 @@ def _read_and_publish(store: Store, source: Source, ctx: PullContext, options: d
         if writer.items == 0:
             skipped_note = f" ({sum(ctx.skipped.values())} skipped)" if ctx.skipped else ""
             raise TlsyncError(f"source '{source.name}' gave no items{skipped_note}")
+        if warning := splits.warning():
+            ctx.note(warning)
         categories = list(ctx.categories or [])
         categories += sorted(writer.labels_seen - set(categories))
         content_hash = writer.content_hash(categories)

@@ -86,6 +86,9 @@ def trackers_option(value: str | None) -> tuple[str, ...]:
              "or tensorboard,mlflow. Other trackers come as plugins (docs/plugins.md).")
 @option("--log-images", is_flag=True, help="Also send the val image grid (pictures of your data) to the trackers.")
 @option("--mlflow-experiment", help="MLflow experiment; default the dataset name.")
+@option("--forget-check", type=click.Choice(["on", "off"]),
+        help="Continuing a run: also score the new model on the parent's evaluation data (forgetting.json).")
+@option("--forget-tolerance", type=click.FloatRange(0, 1), help="Warn when a class's AP50 drops by more than this.")
 @option("--resume", type=click.Path(path_type=Path), default=None,
         help="Continue an interrupted run from its last finished epoch (with --device/--workers only).")
 @click.pass_context

@@ -47,6 +47,7 @@ DEVICE = click.option("--device", default="auto", show_default=True, help="auto,
 def eval_command(run: Path | None, model_file: Path | None, dataset: str | None, split: str | None,
                  conf: float | None, batch_size: int, recompute_bn: bool, device: str) -> None:
     """Evaluate a run's best weights: mAP50-95, mAP50, per-class AP, P/R/F1; refresh its report."""
+    from tlsync.duplicates import leak_warning
     from tlsync.store import Store
 
     if (run is None) == (model_file is None):
@@ -73,6 +74,8 @@ def eval_command(run: Path | None, model_file: Path | None, dataset: str | None,
     # The run's own data and default split is "the" evaluation, shown by the report; others sit beside it.
     is_default = version.ref == trained_on and split == default_split
     out = run / "eval" if is_default else run / "eval" / f"{version.ref}-{split}"
+    if warning := leak_warning(version, split):  # copies of train images make the score optimistic
+        info(warning)
 
     dev = resolve_device(device)
     checkpoint = resolve_checkpoint(run)

@@ -27,8 +27,8 @@ class RunSummary:
     epochs: str
     wall_seconds: float
     seconds_to_best: float
-    map50_95: float
-    map50: float
+    map50_95: float | None  # None: no val split and no eval yet
+    map50: float | None
     precision: float | None
     recall: float | None
     f1: float | None
@@ -36,6 +36,7 @@ class RunSummary:
     epoch_axis: list[float]
     seconds_axis: list[float]
     map_curve: list[float]
+    on_parent: str | None = None  # continued runs: mAP50-95 on the parent's data, child vs parent (forgetting.json)
 
 
 def summarise(run: Path, label: str | None = None) -> RunSummary:
@@ -59,11 +60,23 @@ def summarise(run: Path, label: str | None = None) -> RunSummary:
         label=label or run.name, weights=str(config.get("weights", "?")), dataset=str(config.get("dataset", "?")),
         epochs=f"{len(rows)}/{planned}" if planned else str(len(rows)),
         wall_seconds=elapsed[-1], seconds_to_best=elapsed[best],
-        map50_95=final["map50_95"], map50=final["map50"],
+        map50_95=final.get("map50_95"), map50=final.get("map50"),
         precision=final.get("precision"), recall=final.get("recall"), f1=final.get("f1"),
         evaluated_on=final["evaluated_on"],
         epoch_axis=[row.get("epoch", i + 1) for i, row in enumerate(rows)], seconds_axis=elapsed, map_curve=maps,
+        on_parent=_on_parent(run),
     )
+
+
+def _on_parent(run: Path) -> str | None:
+    """'0.412 (parent 0.450, -0.038; forgot dog)' from the forgetting check, or None when it has not run."""
+    path = run / "forgetting.json"
+    if not path.exists():
+        return None
+    f = read_json(path)
+    o = f["overall"]
+    forgot = f"; forgot {', '.join(f['forgotten'])}" if f.get("forgotten") else ""
+    return f"{fmt(o['child_map50_95'])} (parent {fmt(o['parent_map50_95'])}, {o['delta_map50_95']:+.3f}{forgot})"
 
 
 def _final_metrics(run: Path, best_row: dict[str, float]) -> dict[str, Any]:
@@ -86,15 +99,23 @@ HEADER = ["run", "weights", "dataset", "epochs", "wall time", "to best", "mAP50-
 
 
 def table(summaries: list[RunSummary]) -> str:
-    """A plain-text table (aligned columns, no box drawing) that survives being piped or pasted."""
+    """A plain-text table (aligned columns, no box drawing) that survives being piped or pasted.
+
+    Runs continued from another gain an "on parent data" column (mAP50-95 on the parent's
+    evaluation data, from the forgetting check); it is left out when no run has one.
+    """
     rows = [[s.label, s.weights, s.dataset, s.epochs, duration(s.wall_seconds), duration(s.seconds_to_best),
              fmt(s.map50_95), fmt(s.map50), fmt(s.precision), fmt(s.recall), fmt(s.f1), s.evaluated_on]
             for s in summaries]
-    widths = [max(len(r[i]) for r in [HEADER, *rows]) for i in range(len(HEADER))]
-    left = {0, 1, 2, len(HEADER) - 1}
+    header = HEADER
+    if any(s.on_parent for s in summaries):
+        header = [*HEADER, "on parent data"]
+        rows = [[*row, s.on_parent or "-"] for row, s in zip(rows, summaries, strict=True)]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    left = {0, 1, 2, len(HEADER) - 1, len(HEADER)}
     return "\n".join(
         "  ".join(cell.ljust(w) if i in left else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))).rstrip()
-        for row in [HEADER, *rows]
+        for row in [header, *rows]
     )
 
 

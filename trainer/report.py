@@ -216,6 +216,8 @@ def write_report(run_dir: Path) -> Path:
                                          "val_images.png"))
     else:
         sections.append("<p>No evaluation yet: run <code>tlsync eval --run RUN</code>.</p>")
+    if (run_dir / "forgetting.json").exists():
+        sections.append(_forgetting_html(read_json(run_dir / "forgetting.json")))
     others = sorted(p for p in eval_dir.glob("*/metrics.json")) if eval_dir.is_dir() else []
     if others:
         sections.append(_other_evals_html([read_json(p) for p in others]))
@@ -279,3 +281,30 @@ def _other_evals_html(evals: list[dict[str, Any]]) -> str:
     rows = [[f"{m.get('dataset', '?')} {m.get('split', '?')}", fmt(m["map50_95"]), fmt(m["map50"]),
              fmt(m["precision"]), fmt(m["recall"]), fmt(m["f1"])] for m in evals]
     return "<h2>Other evaluations</h2>" + _table(["data", "mAP50-95", "mAP50", "P", "R", "F1"], rows)
+
+
+def _forgetting_html(f: dict[str, Any]) -> str:
+    """The forgetting check of a continued run: per-class AP of parent and child on the parent's data."""
+    where = f.get("parent", {})
+    rows = [[name, str(r["boxes"]), fmt(r["parent_ap50"]), fmt(r["child_ap50"]), _signed(r["delta_ap50"]),
+             fmt(r["parent_ap50_95"]), fmt(r["child_ap50_95"]), _signed(r["delta_ap50_95"])]
+            for name, r in f["classes"].items()]
+    o = f["overall"]
+    rows.append(["all", "", fmt(o["parent_map50"]), fmt(o["child_map50"]), _signed(o["delta_map50"]),
+                 fmt(o["parent_map50_95"]), fmt(o["child_map50_95"]), _signed(o["delta_map50_95"])])
+    notes = []
+    if f.get("forgotten"):
+        notes.append(f"AP50 fell by more than {f['tolerance_ap50']:g} for: {', '.join(f['forgotten'])}")
+    if f.get("dropped_classes"):
+        notes.append(f"dropped by this run: {', '.join(f['dropped_classes'])}")
+    if f.get("new_classes"):
+        notes.append(f"new in this run (not scored against the parent): {', '.join(f['new_classes'])}")
+    data, split = (html.escape(str(where.get(k, "?"))) for k in ("dataset", "split"))
+    return (f"<h2>Forgetting check</h2><p>On the parent's data, {data} split {split} "
+            f"(parent: {html.escape(str(where.get('checkpoint', '?')))})</p>" + _table(["class", "boxes", "AP50 parent", "AP50 child", "delta", "AP50-95 parent",
+                             "AP50-95 child", "delta"], rows)
+            + "".join(f"<p>{html.escape(n)}</p>" for n in notes))
+
+
+def _signed(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.3f}"

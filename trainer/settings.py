@@ -71,6 +71,8 @@ class TrainConfig:
     log: tuple[str, ...] = ()  # trackers fed each epoch: tensorboard, mlflow (events.py; loggers.py)
     log_images: bool = False  # also send the val image grid (pictures of the data) to the trackers
     mlflow_experiment: str | None = None  # default: the dataset name
+    forget_check: str = "on"  # on | off: score a continued run on its parent's evaluation data (forgetting.py)
+    forget_tolerance: float = 0.05  # warn when a shared class's AP50 drops by more than this
 
     def resolved_lr(self, world_size: int = 1) -> float:
         """``--lr``, else the base rate scaled to the global batch of ``world_size`` processes."""

@@ -48,6 +48,7 @@ from .engine import (
     train_one_epoch,
 )
 from .evaluate import evaluate_split
+from .forgetting import check_forgetting
 from .report import write_report
 from .runtime import Runtime
 from .settings import BASE_BATCH, BASE_LR, DEFAULT_MODEL, RunSettings, TrainConfig, default_workers
@@ -385,5 +386,6 @@ def end_of_training(loop: Fit, state: RunState, stop_reason: str) -> None:
         events.eval_end(loop.run / "eval", metrics)
         info(f"best epoch {best['epoch']}: val mAP50-95 {metrics['map50_95']:.3f}, mAP50 {metrics['map50']:.3f}, "
              f"P {metrics['precision']:.3f}, R {metrics['recall']:.3f}, F1 {metrics['f1']:.3f}")
+    check_forgetting(loop.run, loop.settings.as_config(), loop.model, loop.runtime.device, loop.version.store)
     write_report(loop.run)
     events.run_end(loop.run, loop.run / "report.html", {**dataclasses.asdict(state), "stop_reason": stop_reason})
