@@ -27,14 +27,14 @@ def parse_ratios(text: str) -> tuple[float, float, float]:
     if len(parts) != 3 or not all(0 <= p < float("inf") for p in parts) or abs(sum(parts) - 1.0) > 1e-6:
         raise TlsyncError(f"--split-ratios {text!r}: give three finite, non-negative numbers summing to 1, "
                           f"as in 0.8,0.1,0.1")
-    return parts  # type: ignore[return-value]
+    return parts
 
 
 def assign_split(group: str, ratios: tuple[float, float, float] = DEFAULT_RATIOS) -> str:
     digest = hashlib.sha256(group.encode("utf-8")).digest()
     u = int.from_bytes(digest[:8], "big") / 2**64
     edge = 0.0
-    for split, ratio in zip(SPLITS, ratios):
+    for split, ratio in zip(SPLITS, ratios, strict=True):
         edge += ratio
         if u < edge:
             return split

@@ -15,8 +15,8 @@ from tlsync.console import info, progress
 from tlsync.errors import TlsyncError
 from tlsync.format import SPLITS
 
-from .report import fmt
 from .device import resolve_device
+from .report import fmt
 
 
 def run_dir(path: Path) -> Path:
@@ -68,7 +68,7 @@ def eval_command(run: Path | None, model_file: Path | None, dataset: str | None,
     trained_on = config.get("dataset")  # "name@version"
     if not dataset and not trained_on:
         raise TlsyncError(f"{run}/config.json names no dataset; pass --dataset NAME@VERSION")
-    version = Store().open(dataset or trained_on)
+    version = Store().open(str(dataset or trained_on))
     default_split = "test" if next(version.items("test"), None) else "val"
     split = split or default_split
     # The run's own data and default split is "the" evaluation, shown by the report; others sit beside it.
@@ -112,7 +112,7 @@ def print_metrics(m: dict[str, Any], what: str) -> None:
     rows += [(name, c["boxes"], c["precision"], c["recall"], c["f1"], c["ap50"], c["ap50_95"])
              for name, c in m["per_class"].items()]
     for name, boxes, *values in rows:
-        cells = "  ".join(f"{fmt(v):>{w}}" for v, w in zip(values, (5, 5, 5, 5, 8)))
+        cells = "  ".join(f"{fmt(v):>{w}}" for v, w in zip(values, (5, 5, 5, 5, 8), strict=True))
         click.echo(f"  {name:<{width}}  {boxes:>6}  {cells}" + ("  (no boxes of this class here)" if not boxes else ""))
     if m.get("unknown_classes"):
         click.echo(f"classes the model was not trained on (scored as AP 0): {', '.join(m['unknown_classes'])}")

@@ -114,7 +114,8 @@ def table(summaries: list[RunSummary]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     left = {0, 1, 2, len(HEADER) - 1, len(HEADER)}
     return "\n".join(
-        "  ".join(cell.ljust(w) if i in left else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))).rstrip()
+        "  ".join(cell.ljust(w) if i in left else cell.rjust(w)
+                  for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip()
         for row in [header, *rows]
     )
 
@@ -134,7 +135,8 @@ def plot(summaries: list[RunSummary], path: Path) -> None:
         by_epoch.plot(s.epoch_axis, s.map_curve, marker=".", label=label)
         by_time.plot(s.seconds_axis, s.map_curve, marker=".", label=label)
     by_epoch.set(title="val mAP50-95 per epoch", xlabel="epoch", ylabel="mAP50-95", ylim=(0, None))
-    by_time.set(title="val mAP50-95 per wall-clock second", xlabel="training seconds", ylabel="mAP50-95", ylim=(0, None))
+    by_time.set(title="val mAP50-95 per wall-clock second", xlabel="training seconds", ylabel="mAP50-95",
+                ylim=(0, None))
     by_epoch.legend(fontsize="small")
     whole_epochs(by_epoch)
     save_figure(fig, path)

@@ -16,6 +16,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -135,7 +136,7 @@ def sync_buffers(model: nn.Module) -> None:
     """
     if is_initialized():
         for buffer in unwrap(model).buffers():
-            _collective(lambda b=buffer: dist.broadcast(b, src=0))
+            _collective(partial(dist.broadcast, buffer, src=0))
 
 
 def all_reduce_mean_stats(layers: list[nn.modules.batchnorm._BatchNorm], batches: int) -> None:
@@ -235,7 +236,8 @@ class DistributedRuntime(Runtime):
         """
         try:
             version: DatasetVersion | None = store.open(ref)
-            mine = (version.ref, version.content_hash, None)
+            assert version is not None
+            mine: tuple[str | None, str | None, str | None] = (version.ref, version.content_hash, None)
         except TlsyncError as e:
             version, mine = None, (None, None, str(e))
         everyone = all_gather_object(mine)

@@ -117,7 +117,8 @@ def plot_per_class_ap(metrics: dict[str, Any], path: Path) -> None:
     names = [n for n, ap in metrics["per_class_ap"].items() if ap is not None]
     fig = figure(6.4, max(2.5, 0.35 * len(names) + 1))
     ax = fig.add_subplot()
-    ax.barh([plain(n) for n in names], [metrics["per_class_ap"][n] for n in names], color=[tuple(c / 255 for c in colour(i)) for i in range(len(names))])
+    ax.barh([plain(n) for n in names], [metrics["per_class_ap"][n] for n in names],
+            color=[tuple(c / 255 for c in colour(i)) for i in range(len(names))])
     ax.invert_yaxis()
     ax.set(title="AP50-95 per class", xlim=(0, 1))
     save_figure(fig, path)
@@ -134,7 +135,8 @@ def plot_confusion(metrics: dict[str, Any], path: Path) -> None:
     ax.imshow(matrix, cmap="Blues")
     ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize="small")
     ax.set_yticks(range(len(labels)), labels, fontsize="small")
-    ax.set(xlabel="predicted", ylabel="true", title=f"confusion matrix (IoU 0.5, conf >= {metrics['confusion_conf']:.2f})")
+    ax.set(xlabel="predicted", ylabel="true",
+           title=f"confusion matrix (IoU 0.5, conf >= {metrics['confusion_conf']:.2f})")
     for (i, j), n in np.ndenumerate(matrix):
         if n:
             ax.text(j, i, str(n), ha="center", va="center", fontsize="x-small",
@@ -153,7 +155,7 @@ def plot_val_grid(eval_dir: Path, conf: float, path: Path) -> bool:
     results = read_json(eval_dir / "predictions.json")
     names = {c["id"]: c["name"] for c in gt["categories"]}
     categories = [names[i] for i in sorted(names)]
-    thumbs = []
+    thumbs: list[Any] = []
     for image in gt["images"]:
         if len(thumbs) == GRID_IMAGES:
             break
@@ -184,7 +186,8 @@ def plot_val_grid(eval_dir: Path, conf: float, path: Path) -> bool:
 
 
 def _box(label: str, bbox: list[float], score: float | None = None, scale: float = 1.0) -> Box:
-    return Box(label, *(v * scale for v in bbox), confidence=score)
+    x, y, w, h = (v * scale for v in bbox)
+    return Box(label, x, y, w, h, confidence=score)
 
 
 # -- the report ----------------------------------------------------------------------------
@@ -262,7 +265,8 @@ def _metrics_html(m: dict[str, Any]) -> str:
     rows = [["best-F1 confidence", fmt(m.get("best_conf"), 2), fmt(m["precision"]), fmt(m["recall"]), fmt(m["f1"])]]
     if "at_conf" in m:
         a = m["at_conf"]
-        rows.append([f"at conf {a['conf']:.2f}", fmt(a["conf"], 2), fmt(a["precision"]), fmt(a["recall"]), fmt(a["f1"])])
+        rows.append([f"at conf {a['conf']:.2f}", fmt(a["conf"], 2), fmt(a["precision"]), fmt(a["recall"]),
+                     fmt(a["f1"])])
     if "per_class" in m:  # eval files written before per-class P/R existed have AP only
         per_class = _table(["class", "true boxes", "P", "R", "F1", "AP50", "AP50-95"],
                            [[name, str(c["boxes"]), fmt(c["precision"]), fmt(c["recall"]), fmt(c["f1"]),
@@ -272,7 +276,8 @@ def _metrics_html(m: dict[str, Any]) -> str:
         per_class = _table(["class", "AP50-95"], [[name, fmt(ap)] for name, ap in m["per_class_ap"].items()])
     return ("<h2>Evaluation</h2>"
             + _table(["mAP50-95", "mAP50", "images", "true boxes"],
-                     [[fmt(m["map50_95"]), fmt(m["map50"]), str(m.get("images", "")), str(m.get("ground_truth_boxes", ""))]])
+                     [[fmt(m["map50_95"]), fmt(m["map50"]), str(m.get("images", "")),
+                       str(m.get("ground_truth_boxes", ""))]])
             + _table(["threshold", "conf", "precision", "recall", "F1"], rows)
             + per_class)
 
@@ -301,8 +306,9 @@ def _forgetting_html(f: dict[str, Any]) -> str:
         notes.append(f"new in this run (not scored against the parent): {', '.join(f['new_classes'])}")
     data, split = (html.escape(str(where.get(k, "?"))) for k in ("dataset", "split"))
     return (f"<h2>Forgetting check</h2><p>On the parent's data, {data} split {split} "
-            f"(parent: {html.escape(str(where.get('checkpoint', '?')))})</p>" + _table(["class", "boxes", "AP50 parent", "AP50 child", "delta", "AP50-95 parent",
-                             "AP50-95 child", "delta"], rows)
+            f"(parent: {html.escape(str(where.get('checkpoint', '?')))})</p>"
+            + _table(["class", "boxes", "AP50 parent", "AP50 child", "delta", "AP50-95 parent",
+                      "AP50-95 child", "delta"], rows)
             + "".join(f"<p>{html.escape(n)}</p>" for n in notes))
 
 

@@ -276,7 +276,7 @@ def train_epoch(loop: Fit, state: RunState, epoch: int) -> EpochResult:
     loop.model.train()
     start_epoch(loop.loader, epoch, settings.seed)
     label = epoch_label(loop, epoch)
-    total = len(loop.loader.batch_sampler.sampler) * runtime.world_size  # type: ignore[union-attr, arg-type]
+    total = len(loop.loader.batch_sampler.sampler) * runtime.world_size  # type: ignore[union-attr]
     with progress(label, total=total, unit="img") as update:
         try:
             result = train_one_epoch(loop.net, loop.optimizer, loop.loader, runtime.device, loop.scheduler,
