@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import io
 import random
-from typing import Any, BinaryIO, Iterator
+from collections.abc import Iterator
+from typing import Any, BinaryIO
 
 import click
 

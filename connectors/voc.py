@@ -9,8 +9,8 @@ file is refused instead of eating the machine's memory.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 from xml.etree.ElementTree import Element
 
 import defusedxml

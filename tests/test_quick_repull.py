@@ -14,12 +14,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_roboflow_local import coco_export, png, yolo_export, zip_folder
 
 from tlsync.connectors.roboflow import RoboflowSource
 from tlsync.plugins import get_source
 from tlsync.pull import pull
-
-from test_roboflow_local import coco_export, png, yolo_export, zip_folder
 
 
 @pytest.fixture

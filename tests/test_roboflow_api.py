@@ -8,13 +8,12 @@ from pathlib import Path
 import pytest
 import responses
 from responses import matchers
+from test_roboflow_local import coco_export, voc_export, yolo_export, zip_folder
 
 from tlsync.connectors.roboflow import RoboflowSource
 from tlsync.errors import TlsyncError
 from tlsync.http import HttpClient
 from tlsync.pull import pull
-
-from test_roboflow_local import coco_export, voc_export, yolo_export, zip_folder
 
 API = "https://api.roboflow.test"
 KEY = "rf-SECRET-key-0123456789"

@@ -13,7 +13,6 @@ import yaml
 
 from tlsync.connectors.roboflow import photo_metadata
 
-
 # -- tiny synthetic exports (also used by test_roboflow_api.py) -------------------------------
 
 def png(width: int = 64, height: int = 48, shade: int = 0) -> bytes:

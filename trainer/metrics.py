@@ -16,7 +16,8 @@ from __future__ import annotations
 import contextlib
 import io
 from collections import defaultdict
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 

@@ -19,9 +19,10 @@ from __future__ import annotations
 import inspect
 import pickle
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 from urllib.parse import urlparse
 
 import torch

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 import tlsync_cvat
+
 from tlsync.errors import SourceError
 from tlsync.pull import pull
 from tlsync.testing import check_fingerprint, check_plugin, check_source, write_image

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import responses
+import tlsync_labelstudio
 from responses import matchers
 
-import tlsync_labelstudio
 from tlsync.errors import TlsyncError
 from tlsync.testing import Faults, LoopbackServer, Response, check_source, write_image
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import defusedxml.ElementTree as ET
 import pytest
-
 import tlsync_labelstudio
+
 from tlsync.errors import SourceError
 from tlsync.pull import pull
 from tlsync.testing import check_plugin, check_source, write_image
