@@ -114,7 +114,8 @@ def export_root(path: Path, fmt: str | None) -> tuple[Path, str]:
         root = subdirs[0]
     if reader:
         raise SourceError(f"{path}: no {reader} export here (no {MARKERS[reader]} found)")
-    raise SourceError(f"{path}: not a recognisable export (no {', '.join(MARKERS.values())}); use --format coco|yolo|voc")
+    raise SourceError(f"{path}: not a recognisable export (no {', '.join(MARKERS.values())}); "
+                      "use --format coco|yolo|voc")
 
 
 class RoboflowSource(Source):
@@ -259,7 +260,8 @@ class RoboflowSource(Source):
                 if response.status_code == 200:
                     link = (body.get("export") or {}).get("link") if isinstance(body.get("export"), dict) else None
                     if not isinstance(link, str) or not link.startswith(("http://", "https://")):
-                        raise SourceError(f"Roboflow export {ref}: the API said ready (HTTP 200) but gave no export.link")
+                        raise SourceError(f"Roboflow export {ref}: the API said ready (HTTP 200) "
+                                          "but gave no export.link")
                     update(100)
                     return link
                 fraction = body.get("progress")

@@ -64,8 +64,10 @@ class SyntheticSource(Source):
     name = "synthetic"
     description = "Generated shapes (circle, square, triangle) on textured backgrounds; no download."
     options = [
-        click.Option(["--items"], type=click.IntRange(1, 100_000), default=64, show_default=True, help="How many images."),
-        click.Option(["--size"], type=click.IntRange(32, 2048), default=160, show_default=True, help="Image side in pixels."),
+        click.Option(["--items"], type=click.IntRange(1, 100_000), default=64, show_default=True,
+                     help="How many images."),
+        click.Option(["--size"], type=click.IntRange(32, 2048), default=160, show_default=True,
+                     help="Image side in pixels."),
         click.Option(["--seed"], type=int, default=0, show_default=True, help="Random seed (same seed, same data)."),
     ]
 

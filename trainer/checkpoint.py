@@ -158,7 +158,8 @@ def transfer_weights(model: nn.Module, checkpoint: dict[str, Any] | str | os.Pat
     for key, current in bare.state_dict().items():
         if key not in old_state:
             raise TlsyncError(f"checkpoint has no '{key}': the model was built with another architecture "
-                              "(build it with rebuild_model(checkpoint, num_classes), which keeps e.g. frozen batch norm)")
+                              "(build it with rebuild_model(checkpoint, num_classes), "
+                              "which keeps e.g. frozen batch norm)")
         layout = layers.get(key.rpartition(".")[0])
         merged[key] = remap_rows(old_state[key], current, rows, layout) if layout else old_state[key]
     unexpected = set(old_state) - set(merged)

@@ -90,7 +90,7 @@ class DetectionDataset(Dataset):
                  transforms: v2.Transform, img_size: int):
         index = {name: i + 1 for i, name in enumerate(categories)}
         self.records = []
-        for item, path in zip(items, paths):
+        for item, path in zip(items, paths, strict=True):
             unknown = [b.label for b in item.annotations if b.label not in index]
             if unknown:
                 raise TlsyncError(f"item '{item.id}': label '{unknown[0]}' is not one of the classes "

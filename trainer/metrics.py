@@ -157,8 +157,10 @@ def _coco_metrics(gt: dict[str, Any], results: list[dict[str, Any]], categories:
     return {
         "map50_95": mean(precision[:, :, valid]),
         "map50": mean(precision[0][:, valid]),
-        "per_class_ap": {name: (mean(precision[:, :, k]) if k in valid else None) for k, name in enumerate(categories)},
-        "per_class_ap50": {name: (mean(precision[0, :, k]) if k in valid else None) for k, name in enumerate(categories)},
+        "per_class_ap": {name: (mean(precision[:, :, k]) if k in valid else None)
+                         for k, name in enumerate(categories)},
+        "per_class_ap50": {name: (mean(precision[0, :, k]) if k in valid else None)
+                           for k, name in enumerate(categories)},
         "pr_curve": {
             "recall": [round(float(r), 6) for r in evaluator.params.recThrs],
             "precision": [round(float(p), 6) for p in mean_pr],
@@ -176,7 +178,8 @@ def _index(coco_class: Any, dataset: dict[str, Any]) -> Any:
 
 # -- P/R/F1 and the confusion matrix at IoU 0.5 --------------------------------------------
 
-def _pairs(gt: dict[str, Any], results: list[dict[str, Any]]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+def _pairs(gt: dict[str, Any], results: list[dict[str, Any]]
+           ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """Per image: (true xyxy, true class, predicted xyxy, predicted class, score), by falling score."""
     truth: dict[int, list[dict[str, Any]]] = defaultdict(list)
     predicted: dict[int, list[dict[str, Any]]] = defaultdict(list)

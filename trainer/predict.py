@@ -76,7 +76,7 @@ def _predict(model: torch.nn.Module, items: Iterable[Item], image_path: Callable
             tensors = [image_tensor(p).to(device, non_blocking=True) for p in pictures]
             with torch.inference_mode():
                 outputs = model(tensors)
-            for item, picture, output in zip(batch, pictures, outputs):
+            for item, picture, output in zip(batch, pictures, outputs, strict=True):
                 yield item, picture, _boxes(output, categories, conf, *picture.size)
     finally:
         model.train(was_training)
@@ -85,7 +85,8 @@ def _predict(model: torch.nn.Module, items: Iterable[Item], image_path: Callable
 def _boxes(output: dict[str, torch.Tensor], categories: list[str], conf: float, width: int, height: int) -> list[Box]:
     boxes = []
     xyxy = output["boxes"].float().cpu().tolist()
-    for (x0, y0, x1, y1), label, score in zip(xyxy, output["labels"].tolist(), output["scores"].float().cpu().tolist()):
+    labels, scores = output["labels"].tolist(), output["scores"].float().cpu().tolist()
+    for (x0, y0, x1, y1), label, score in zip(xyxy, labels, scores, strict=True):
         if score < conf:
             continue
         if not 1 <= label <= len(categories):
@@ -149,7 +150,8 @@ def predict_run(run: str | Path, sources: list[str], out: Path, conf: float, dev
                                                          device, batch_size=4, conf=conf), 1):
         drawn = out / _unique_name(Path(item.id), names)
         draw_boxes(picture, boxes, categories)
-        atomic_write_file(drawn, lambda tmp: picture.save(tmp, format="PNG" if drawn.suffix == ".png" else "JPEG"))
+        fmt = "PNG" if drawn.suffix == ".png" else "JPEG"
+        atomic_write_file(drawn, lambda tmp, picture=picture, fmt=fmt: picture.save(tmp, format=fmt))
         images.append({"id": n, "file_name": item.id, "drawn": drawn.name, "width": item.image.width,
                        "height": item.image.height})
         predictions.append(Item(item.id, item.image, boxes))

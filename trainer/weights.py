@@ -135,7 +135,8 @@ def backbone_weights(builder_name: str) -> WeightsEnum:
     The v2 builders (both ResNet-50) name no default, their COCO weights having been
     trained from scratch; they get the same ResNet-50 as v1.
     """
-    default = inspect.signature(torchvision.models.get_model_builder(builder_name)).parameters["weights_backbone"].default
+    builder = torchvision.models.get_model_builder(builder_name)
+    default = inspect.signature(builder).parameters["weights_backbone"].default
     return default if default is not None else torchvision.models.ResNet50_Weights.IMAGENET1K_V1
 
 

@@ -290,7 +290,7 @@ def _check_secrets(source: Source, values: dict[str, Any], version: DatasetVersi
 
 
 def _difference(first: list, second: list) -> str:
-    for position, (a, b) in enumerate(zip(first, second)):
+    for position, (a, b) in enumerate(zip(first, second, strict=False)):
         if a[0] != b[0]:
             return f"position {position} held item '{a[0]}', then '{b[0]}' (yield items in a stable order)"
         if a[1:3] != b[1:3]:
