@@ -167,7 +167,9 @@ def _box(ctx: PullContext, ann: Any, where: str, categories: dict[int, str], ima
         ctx.bad(f"{where}: 'bbox' must be [x, y, width, height]")
         return None
     try:
-        return Box(categories[ann["category_id"]], *bbox, id=None if ann.get("id") is None else str(ann["id"]))
+        x, y, width, height = bbox
+        return Box(categories[ann["category_id"]], x, y, width, height,
+                   id=None if ann.get("id") is None else str(ann["id"]))
     except InvalidItem as e:
         ctx.bad(f"{where}: {e}")
         return None

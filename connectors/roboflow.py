@@ -71,7 +71,8 @@ def detect_format(root: Path) -> str | None:
 
 def coco_folders(root: Path) -> list[tuple[str | None, Path]]:
     """``(split, folder)`` of each COCO JSON: Roboflow's split folders, else ``root`` itself."""
-    splits = [(split, root / name) for name, split in SPLIT_FOLDERS.items() if (root / name / COCO_JSON).is_file()]
+    splits: list[tuple[str | None, Path]] = [(split, root / name) for name, split in SPLIT_FOLDERS.items()
+                                             if (root / name / COCO_JSON).is_file()]
     if splits:
         return splits
     return [(None, root)] if (root / COCO_JSON).is_file() or len(list(root.glob("*.json"))) == 1 else []
@@ -156,7 +157,7 @@ class RoboflowSource(Source):
             raise SourceError("roboflow: give --path, or --workspace/--project/--version, not both")
         if path is not None:
             folder = self.local_export(ctx, path.expanduser(), refresh, limit)
-        elif all(v is not None for v in api):
+        elif workspace is not None and project is not None and version is not None:
             format = format or "coco"
             timeout = EXPORT_TIMEOUT if export_timeout is None else export_timeout
             folder = self.api_export(ctx, workspace, project, version, format, refresh, timeout, limit)

@@ -14,7 +14,7 @@ dropped in for multi-GPU training.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,7 +69,7 @@ def decode(path: Path, longest_side: int | None = None) -> Any:
     """
     from PIL import Image, ImageOps
 
-    image = Image.open(path)
+    image: Image.Image = Image.open(path)
     if longest_side:
         scale = longest_side / max(image.size)
         if scale < 1:
@@ -172,7 +172,7 @@ class GroupedBatchSampler(Sampler[list[int]]):
 class SeededRandomSampler(RandomSampler):
     """A random order that depends only on ``seed`` and the epoch, so resuming replays it."""
 
-    def __init__(self, data: Dataset, seed: int):
+    def __init__(self, data: Sized, seed: int):
         super().__init__(data, generator=torch.Generator())
         self.seed = seed
         self.set_epoch(0)
@@ -209,5 +209,5 @@ def start_epoch(loader: DataLoader, epoch: int, seed: int) -> None:
     rank), so two ranks never apply the same random augmentations in lockstep.
     """
     loader.batch_sampler.set_epoch(epoch)  # type: ignore[union-attr]
-    rank = getattr(loader.batch_sampler.sampler, "rank", 0)  # type: ignore[union-attr]
+    rank = getattr(loader.batch_sampler.sampler, "rank", 0)
     loader.generator.manual_seed(seed * 100_003 + epoch + 1 + rank * 7_919)  # type: ignore[union-attr]

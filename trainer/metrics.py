@@ -37,7 +37,8 @@ def coco_ground_truth(items: list[Item], categories: list[str],
                       file_name: Callable[[Item], str] | None = None) -> dict[str, Any]:
     """A COCO dataset dict (image id = position + 1); ``item_id`` keeps the tlsync id."""
     cat_ids = category_ids(categories)
-    images, annotations, seen = [], [], set()
+    images, seen = [], set()
+    annotations: list[dict[str, Any]] = []
     for image_id, item in enumerate(items, 1):
         if item.id in seen:
             raise TlsyncError(f"item '{item.id}' appears twice in the ground truth")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import os
 from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,10 @@ def _predict(model: torch.nn.Module, items: Iterable[Item], image_path: Callable
         model.train(was_training)
 
 
+def _save_picture(picture: Any, fmt: str, path: str) -> None:
+    picture.save(path, format=fmt)
+
+
 def _boxes(output: dict[str, torch.Tensor], categories: list[str], conf: float, width: int, height: int) -> list[Box]:
     boxes = []
     xyxy = output["boxes"].float().cpu().tolist()
@@ -145,13 +150,13 @@ def predict_run(run: str | Path, sources: list[str], out: Path, conf: float, dev
         raise TlsyncError(f"none of the {len(paths)} files is a readable image (first: {next(iter(skipped))})")
 
     out.mkdir(parents=True, exist_ok=True)
-    images, predictions, names = [], [], set()
+    images, predictions = [], []
+    names: set[str] = set()
     for n, (item, picture, boxes) in enumerate(_predict(model, items, lambda i: Path(i.image.uri), categories,
                                                          device, batch_size=4, conf=conf), 1):
         drawn = out / _unique_name(Path(item.id), names)
         draw_boxes(picture, boxes, categories)
-        fmt = "PNG" if drawn.suffix == ".png" else "JPEG"
-        atomic_write_file(drawn, lambda tmp, picture=picture, fmt=fmt: picture.save(tmp, format=fmt))
+        atomic_write_file(drawn, partial(_save_picture, picture, "PNG" if drawn.suffix == ".png" else "JPEG"))
         images.append({"id": n, "file_name": item.id, "drawn": drawn.name, "width": item.image.width,
                        "height": item.image.height})
         predictions.append(Item(item.id, item.image, boxes))

@@ -113,11 +113,11 @@ def hub_weights() -> Iterator[None]:
     """Within this block torchvision reads pretrained weights through ``load_cached``."""
     with _patch_lock:
         original = WeightsEnum.get_state_dict
-        WeightsEnum.get_state_dict = _fetch  # type: ignore[method-assign]
+        WeightsEnum.get_state_dict = _fetch
         try:
             yield
         finally:
-            WeightsEnum.get_state_dict = original  # type: ignore[method-assign]
+            WeightsEnum.get_state_dict = original
 
 
 def torchvision_weights(builder_name: str, weights: str) -> dict[str, WeightsEnum | None]:

@@ -317,13 +317,14 @@ def check_plugin(plugin: Any, name: str | None = None) -> dict[str, Source]:
 
     Fails when its hook raises, a source is invalid or its name is already taken.
     """
-    name = name or getattr(plugin, "__name__", type(plugin).__name__)
-    with isolated_plugins(**{name: plugin}):
+    given: str = name or getattr(plugin, "__name__", type(plugin).__name__)
+    with isolated_plugins(**{given: plugin}):
         name = plugins.pm.get_name(plugin)  # its entry-point name when it is also installed
         registered = plugins.get_sources()
         if name in plugins.broken:
             raise ContractError(f"plugin '{name}' is broken: {plugins.broken[name]}")
-        sources = {n: s for n, s in registered.items() if plugins.source_plugin(n).name == name}
+        sources = {n: s for n, s in registered.items()
+                   if (info := plugins.source_plugin(n)) is not None and info.name == name}
     if not sources:
         raise ContractError(f"plugin '{name}' registered no source")
     for source in sources.values():
