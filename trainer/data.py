@@ -209,5 +209,5 @@ def start_epoch(loader: DataLoader, epoch: int, seed: int) -> None:
     rank), so two ranks never apply the same random augmentations in lockstep.
     """
     loader.batch_sampler.set_epoch(epoch)  # type: ignore[union-attr]
-    rank = getattr(loader.batch_sampler.sampler, "rank", 0)
-    loader.generator.manual_seed(seed * 100_003 + epoch + 1 + rank * 7_919)  # type: ignore[union-attr]
+    rank = getattr(loader.batch_sampler.sampler, "rank", 0)  # type: ignore[union-attr]
+    loader.generator.manual_seed(seed * 100_003 + epoch + 1 + rank * 7_919)

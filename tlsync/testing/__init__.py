@@ -317,7 +317,7 @@ def check_plugin(plugin: Any, name: str | None = None) -> dict[str, Source]:
 
     Fails when its hook raises, a source is invalid or its name is already taken.
     """
-    given: str = name or getattr(plugin, "__name__", type(plugin).__name__)
+    given = name or str(getattr(plugin, "__name__", type(plugin).__name__))
     with isolated_plugins(**{given: plugin}):
         name = plugins.pm.get_name(plugin)  # its entry-point name when it is also installed
         registered = plugins.get_sources()
