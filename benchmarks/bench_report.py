@@ -14,7 +14,8 @@ from datetime import date
 from pathlib import Path
 
 BENCHMARKS_MD = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
-HEADER = "# Benchmarks\n\nFigures printed and written by the scripts in `benchmarks/`; re-run one to refresh its section.\n"
+HEADER = ("# Benchmarks\n\nFigures printed and written by the scripts in `benchmarks/`; "
+          "re-run one to refresh its section.\n")
 
 
 def machine() -> str:

@@ -102,7 +102,6 @@ class Context:
         """A synthetic dataset pulled once into this run's store (every item in train)."""
         if name not in self._datasets:
             from tlsync.connectors.synthetic import SyntheticSource
-
             from tlsync.pull import pull
             from tlsync.store import Store
 
@@ -127,10 +126,10 @@ def synthetic_batch(plan: Plan, size: int, classes: int = 3) -> tuple[list[Any],
 def amp_steps(name: str, plan: Plan, dtype: Any) -> str:
     """``steps`` training steps of ``name`` under autocast ``dtype`` (fp16 with a live GradScaler)."""
     import torch
-    from tlsync.trainer.engine import build_optimizer, build_scheduler, train_one_epoch
-    from tlsync.trainer.zoo import build_model
 
     from tlsync.models import get_model
+    from tlsync.trainer.engine import build_optimizer, build_scheduler, train_one_epoch
+    from tlsync.trainer.zoo import build_model
 
     device = torch.device(plan.device)
     size = max(plan.img_size, get_model(name).min_size)
@@ -224,6 +223,7 @@ print(weights_digest(model), sorted(out))
 
 def check_checkpoint(ctx: Context) -> list[Result]:
     import torch
+
     from tlsync.trainer.checkpoint import save_checkpoint
     from tlsync.trainer.distributed import weights_digest
     from tlsync.trainer.zoo import build_model

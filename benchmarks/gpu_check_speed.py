@@ -22,9 +22,8 @@ def collate(batch: list[Any]) -> tuple[Any, ...]:
 
 def tlsync_ips(ctx: Context, model: str, version: Any, tag: str) -> float:
     """Train images/s of ``tlsync train`` itself: its best epoch after the first (cudnn autotuning)."""
-    from tlsync.trainer.train import TrainConfig, train
-
     from tlsync.store import Store
+    from tlsync.trainer.train import TrainConfig, train
 
     plan = ctx.plan
     cfg = TrainConfig(dataset=version.ref, model=model, weights="none", epochs=plan.speed_epochs, batch_size=plan.batch,
@@ -39,6 +38,7 @@ def tlsync_ips(ctx: Context, model: str, version: Any, tag: str) -> float:
 def bare_ips(ctx: Context, model: str, version: Any) -> float:
     """The torchvision fine-tuning tutorial's loop on the same GPU, AMP, workers and RoI sampling."""
     import torch
+
     from tlsync.trainer.engine import amp_settings
     from tlsync.trainer.train import TrainConfig, default_workers
     from tlsync.trainer.zoo import build_model
@@ -112,6 +112,7 @@ def chess_version(ctx: Context) -> Any:
 def loader_ips(ctx: Context, version: Any) -> tuple[float, int, int]:
     """(images/s, workers, images) of ``make_loader`` over the train items, second pass (warm page cache)."""
     import torch
+
     from tlsync.trainer.data import DetectionDataset, make_loader, start_epoch, train_transforms
     from tlsync.trainer.train import default_workers
 

@@ -84,13 +84,12 @@ def train_and_test(dataset: str, weights: str, epochs: int, size: int, seed: int
 
 
 def experiment(args: argparse.Namespace, project: Path, began_all: float) -> tuple[dict, dict, dict]:
-    from tlsync.trainer.checkpoint import load_model
-    from tlsync.trainer.select_pool import build_pool
-    from tlsync.trainer.select_run import choose, score_pool
-
     from tlsync import plugins
     from tlsync.pull import pull
     from tlsync.store import Store
+    from tlsync.trainer.checkpoint import load_model
+    from tlsync.trainer.select_pool import build_pool
+    from tlsync.trainer.select_run import choose, score_pool
 
     store = Store()
     pull(store, plugins.get_source("roboflow"), {"path": THERMAL}, "thermal-all")

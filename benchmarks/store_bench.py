@@ -78,7 +78,8 @@ def main() -> None:
     read_ok = rows[1][2]["items_per_s"] >= 100_000
     rss_ok = large < 150
     body = "| items | manifest | write items/s | streaming read items/s | read peak RSS |\n|---|---|---|---|---|\n"
-    body += "".join(f"| {n:,} | {mb:.0f} MB | {w['items_per_s']:,.0f} | {r['items_per_s']:,.0f} | {r['peak_rss_mb']:.0f} MB |\n"
+    body += "".join(f"| {n:,} | {mb:.0f} MB | {w['items_per_s']:,.0f} | {r['items_per_s']:,.0f} "
+                    f"| {r['peak_rss_mb']:.0f} MB |\n"
                     for n, w, r, mb in rows)
     body += (f"\nRead memory grows by {max(large - small, 0):.0f} MB from {rows[0][0]:,} to {rows[1][0]:,} items "
              f"(target flat and under 150 MB: {'met' if rss_ok else 'NOT met'}); "

@@ -7,8 +7,9 @@ a super-category on top.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import click
 import orjson
@@ -166,7 +167,9 @@ def _box(ctx: PullContext, ann: Any, where: str, categories: dict[int, str], ima
         ctx.bad(f"{where}: 'bbox' must be [x, y, width, height]")
         return None
     try:
-        return Box(categories[ann["category_id"]], *bbox, id=None if ann.get("id") is None else str(ann["id"]))
+        x, y, width, height = bbox
+        return Box(categories[ann["category_id"]], x, y, width, height,
+                   id=None if ann.get("id") is None else str(ann["id"]))
     except InvalidItem as e:
         ctx.bad(f"{where}: {e}")
         return None

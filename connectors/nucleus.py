@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import click
 
@@ -43,9 +43,11 @@ def _box(ann: Any, ref: str, ctx: PullContext) -> Box | None:
         ctx.bad(f"item '{ref}': box {ann_id}: field 'geometry' is missing or not an object")
         return None
     metadata = ann.get("metadata")
+    # Raw JSON values, possibly missing: Box refuses a non-number with a one-line InvalidItem.
+    x, y, width, height = (cast(Any, geometry.get(key)) for key in ("x", "y", "width", "height"))
     try:
-        return Box(ann.get("label"), geometry.get("x"), geometry.get("y"), geometry.get("width"),
-                   geometry.get("height"), ann_id, metadata=metadata if isinstance(metadata, dict) else {})
+        return Box(ann.get("label"), x, y, width, height, ann_id,
+                   metadata=metadata if isinstance(metadata, dict) else {})
     except InvalidItem as e:
         ctx.bad(f"item '{ref}': {e}")
         return None
@@ -54,7 +56,8 @@ def _box(ann: Any, ref: str, ctx: PullContext) -> Box | None:
 def _polygon_box(ann: Any, ref: str, ctx: PullContext) -> Box | None:
     """The bounding box of a polygon's vertices (for ``--polygons-as-boxes``)."""
     ann_id = ann.get("annotation_id") if isinstance(ann, dict) else None
-    vertices = (ann.get("geometry") or {}).get("vertices") if isinstance(ann, dict) else None
+    # Raw JSON: a missing or wrong shape raises TypeError/KeyError below, reported as bad input.
+    vertices: Any = (ann.get("geometry") or {}).get("vertices") if isinstance(ann, dict) else None
     try:
         xs = [v["x"] for v in vertices]
         ys = [v["y"] for v in vertices]
@@ -120,10 +123,13 @@ class NucleusSource(Source):
         self._http = http or HttpClient(pool_size=POOL_SIZE)
 
     def items(self, ctx: PullContext, slice_id: str | None = None, dataset_id: str | None = None,
-              polygons_as_boxes: bool = False, page_size: int = 1000) -> Iterator[Item]:
-        if bool(slice_id) == bool(dataset_id):
+              polygons_as_boxes: bool = False, page_size: int = 1000, **_: Any) -> Iterator[Item]:
+        if slice_id and not dataset_id:
+            kind, object_id = "slice", slice_id
+        elif dataset_id and not slice_id:
+            kind, object_id = "dataset", dataset_id
+        else:
             raise TlsyncError("nucleus: give exactly one of --slice slc_... or --dataset-id ds_...")
-        kind, object_id = ("slice", slice_id) if slice_id else ("dataset", dataset_id)
         api = _api(self.http)
         rows = api.export_rows(kind, object_id, page_size)  # its first page loads while we ask for the info
         info = api.info(kind, object_id)
@@ -206,7 +212,7 @@ class NucleusTarget(Target):
         api = _api(self.http)
         api.info("dataset", dataset_id)  # a wrong id fails here, before a model is created
         model_id = api.create_model(model_name, model_ref or model_name, model_metadata(run))
-        summary = {"model_id": model_id, "items": 0, "boxes": 0, "requests": 0,
+        summary: dict[str, Any] = {"model_id": model_id, "items": 0, "boxes": 0, "requests": 0,
                    "predictions_processed": 0, "predictions_ignored": 0}
         batch: list[dict[str, Any]] = []
 

@@ -16,9 +16,10 @@ import os
 import re
 import time
 import zipfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Iterator
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import click
@@ -70,7 +71,8 @@ def detect_format(root: Path) -> str | None:
 
 def coco_folders(root: Path) -> list[tuple[str | None, Path]]:
     """``(split, folder)`` of each COCO JSON: Roboflow's split folders, else ``root`` itself."""
-    splits = [(split, root / name) for name, split in SPLIT_FOLDERS.items() if (root / name / COCO_JSON).is_file()]
+    splits: list[tuple[str | None, Path]] = [(split, root / name) for name, split in SPLIT_FOLDERS.items()
+                                             if (root / name / COCO_JSON).is_file()]
     if splits:
         return splits
     return [(None, root)] if (root / COCO_JSON).is_file() or len(list(root.glob("*.json"))) == 1 else []
@@ -113,7 +115,8 @@ def export_root(path: Path, fmt: str | None) -> tuple[Path, str]:
         root = subdirs[0]
     if reader:
         raise SourceError(f"{path}: no {reader} export here (no {MARKERS[reader]} found)")
-    raise SourceError(f"{path}: not a recognisable export (no {', '.join(MARKERS.values())}); use --format coco|yolo|voc")
+    raise SourceError(f"{path}: not a recognisable export (no {', '.join(MARKERS.values())}); "
+                      "use --format coco|yolo|voc")
 
 
 class RoboflowSource(Source):
@@ -154,7 +157,7 @@ class RoboflowSource(Source):
             raise SourceError("roboflow: give --path, or --workspace/--project/--version, not both")
         if path is not None:
             folder = self.local_export(ctx, path.expanduser(), refresh, limit)
-        elif all(v is not None for v in api):
+        elif workspace is not None and project is not None and version is not None:
             format = format or "coco"
             timeout = EXPORT_TIMEOUT if export_timeout is None else export_timeout
             folder = self.api_export(ctx, workspace, project, version, format, refresh, timeout, limit)
@@ -258,7 +261,8 @@ class RoboflowSource(Source):
                 if response.status_code == 200:
                     link = (body.get("export") or {}).get("link") if isinstance(body.get("export"), dict) else None
                     if not isinstance(link, str) or not link.startswith(("http://", "https://")):
-                        raise SourceError(f"Roboflow export {ref}: the API said ready (HTTP 200) but gave no export.link")
+                        raise SourceError(f"Roboflow export {ref}: the API said ready (HTTP 200) "
+                                          "but gave no export.link")
                     update(100)
                     return link
                 fraction = body.get("progress")

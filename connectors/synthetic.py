@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import io
 import random
-from typing import Any, BinaryIO, Iterator
+from collections.abc import Iterator
+from typing import Any, BinaryIO
 
 import click
 
@@ -63,8 +64,10 @@ class SyntheticSource(Source):
     name = "synthetic"
     description = "Generated shapes (circle, square, triangle) on textured backgrounds; no download."
     options = [
-        click.Option(["--items"], type=click.IntRange(1, 100_000), default=64, show_default=True, help="How many images."),
-        click.Option(["--size"], type=click.IntRange(32, 2048), default=160, show_default=True, help="Image side in pixels."),
+        click.Option(["--items"], type=click.IntRange(1, 100_000), default=64, show_default=True,
+                     help="How many images."),
+        click.Option(["--size"], type=click.IntRange(32, 2048), default=160, show_default=True,
+                     help="Image side in pixels."),
         click.Option(["--seed"], type=int, default=0, show_default=True, help="Random seed (same seed, same data)."),
     ]
 

@@ -9,8 +9,8 @@ file is refused instead of eating the machine's memory.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 from xml.etree.ElementTree import Element
 
 import defusedxml
@@ -56,7 +56,12 @@ def read_voc(ctx: PullContext, root: Path, export: ExportRoot | None = None) -> 
     if not split_dirs:
         yield from _read_folder(ctx, root, root, lambda stem: None, export)
     for split, folder in split_dirs:
-        yield from _read_folder(ctx, folder, folder, lambda stem, s=split: s, export)
+        yield from _read_folder(ctx, folder, folder, _always(split), export)
+
+
+def _always(split: str) -> Callable[[str], str | None]:
+    """A ``split_of`` for a split folder: every file in it belongs to that split."""
+    return lambda _stem: split
 
 
 def image_sets(root: Path, export: ExportRoot | None = None) -> dict[str, str]:

@@ -9,8 +9,9 @@ negative, not an error.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
@@ -148,7 +149,8 @@ def split_folders(path: Path, config: dict[str, Any], root: ExportRoot | None = 
     for split, folder in found:
         key = folder.resolve()
         if key in seen:
-            raise SourceError(f"{path}: '{seen[key]}' and '{split}' both point at {folder}; an image can be in one split")
+            raise SourceError(f"{path}: '{seen[key]}' and '{split}' both point at {folder}; "
+                              "an image can be in one split")
         seen[key] = split
     if not found:
         raise SourceError(f"{path}: names no 'train'/'val'/'test' folders and none of train/, valid/, test/ exist")
@@ -268,7 +270,8 @@ def _row_box(ctx: PullContext, where: str, tokens: list[str], width: int, height
     if len(coords) < 4 or (len(coords) > 4 and len(coords) % 2):
         ctx.bad(f"{where}: expected 'class cx cy w h' or 'class x1 y1 x2 y2 x3 y3 ...' (got {len(values)} numbers)")
         return None
-    outside = next((t for t, v in zip(tokens[1:], coords) if not (math.isfinite(v) and 0.0 <= v <= 1.0)), None)
+    outside = next((t for t, v in zip(tokens[1:], coords, strict=True)
+                    if not (math.isfinite(v) and 0.0 <= v <= 1.0)), None)
     if outside is not None:
         ctx.bad(f"{where}: coordinate {outside} is outside 0..1 (YOLO rows are normalised to the image size)")
         return None

@@ -13,7 +13,8 @@ from tlsync.pull import pull
 def test_chess_splits_through_coco_source(store, shared_datasets: Path):
     expected = {"train": (202, 2108), "valid": (58, 386), "test": (29, 376)}
     for folder, (items, boxes) in expected.items():
-        result = pull(store, get_source("coco"), {"path": shared_datasets / "chess-pieces-coco" / folder}, f"chess-{folder}")
+        result = pull(store, get_source("coco"), {"path": shared_datasets / "chess-pieces-coco" / folder},
+                      f"chess-{folder}")
         assert (result.items, result.boxes) == (items, boxes)
         ds = store.open(f"chess-{folder}")
         # the plain coco source keeps Roboflow's empty super-category as a class without boxes

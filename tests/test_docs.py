@@ -11,11 +11,12 @@ import importlib
 import inspect
 import re
 import sys
-import tomllib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
+import tomllib
 
 from tlsync import hookspecs, plugins
 from tlsync.errors import TlsyncError

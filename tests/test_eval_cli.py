@@ -20,7 +20,9 @@ REPORT_PNGS = {"training.png", "pr_curve.png", "per_class_ap.png", "confusion_ma
 
 @pytest.fixture
 def shapes(run_cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """A 16-image synthetic dataset with items in every split (10 train, 5 val, 1 test); the current dir is a temp dir."""
+    """A 16-image synthetic dataset with items in every split (10 train, 5 val, 1 test).
+
+    The current dir is a temp dir."""
     from tlsync.store import Store
 
     monkeypatch.chdir(tmp_path)
@@ -46,9 +48,10 @@ def make_run(folder: Path, version, categories: list[str] | None = None, weights
     save_checkpoint(folder / "weights" / "best.pt", model, categories, config, epoch=len(seconds))
     (folder / "config.json").write_text(json.dumps(config))
     rows = [f"{e},{s},0.01,{1 / e},{0.6 / e},{0.4 / e},{m},{m * 1.5},0.5,0.5,0.5"
-            for e, (s, m) in enumerate(zip(seconds, maps), 1)]
+            for e, (s, m) in enumerate(zip(seconds, maps, strict=True), 1)]
     (folder / "metrics.csv").write_text(
-        "epoch,seconds,lr,loss,loss_classifier,loss_box_reg,map50_95,map50,precision,recall,f1\n" + "\n".join(rows) + "\n")
+        "epoch,seconds,lr,loss,loss_classifier,loss_box_reg,map50_95,map50,precision,recall,f1\n"
+        + "\n".join(rows) + "\n")
     return folder
 
 
@@ -60,7 +63,8 @@ def test_eval_writes_coco_files_metrics_and_a_report_whose_images_exist(run_cli,
     run = make_run(Path("runs/tiny"), shapes)
     result = run_cli("eval", "--run", run, "--conf", "0.5", "--device", "cpu")
     assert result.exit_code == 0, result.stderr
-    for expected in ("mAP50-95", "mAP50", "per class (P, R, F1 at conf 0.50)", "mAP50-95", "circle", "at conf 0.50", "(the confidence with the best F1)"):
+    for expected in ("mAP50-95", "mAP50", "per class (P, R, F1 at conf 0.50)", "mAP50-95", "circle", "at conf 0.50",
+                     "(the confidence with the best F1)"):
         assert expected in result.stdout
 
     # The default: the run's own dataset, on test because it has test items, into RUN/eval/.

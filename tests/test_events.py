@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from tlsync.connectors.synthetic import SyntheticSource
 
+from tlsync.connectors.synthetic import SyntheticSource
 from tlsync.errors import TlsyncError
 from tlsync.events import TrainingCallback, collect_callbacks, public_config
 from tlsync.hookspecs import hookimpl

@@ -6,9 +6,9 @@ CI installs them non-editably from plugins/ (see .ci/run); their own tests live 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 

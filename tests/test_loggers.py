@@ -23,8 +23,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from tlsync.connectors.synthetic import SyntheticSource
 
+from tlsync.connectors.synthetic import SyntheticSource
 from tlsync.events import RunStart, TrainingCallback
 from tlsync.hookspecs import hookimpl
 from tlsync.pull import pull
@@ -222,6 +222,7 @@ def test_mlflow_server_gets_the_same_run_and_resume_appends_to_it(shared, mlflow
 
 def test_a_continued_run_is_tagged_with_the_run_it_continues(shared, tmp_path, monkeypatch):
     from mlflow import MlflowClient
+
     from tlsync.trainer.loggers_mlflow import MlflowLogger
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", (shared.root / "mlruns").as_uri())

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -42,23 +43,37 @@ CASES: list[tuple[str, Any, str, bool]] = [
     ("no-annotations-key", _mutate(lambda d: d.pop("annotations")), "missing or malformed key 'annotations'", False),
     ("categories-not-list", _mutate(lambda d: d.update(categories={"a": 1})), "key 'categories'", False),
     ("category-without-name", _mutate(lambda d: d["categories"][0].pop("name")), "categories[0]", False),
-    ("duplicate-category-id", _mutate(lambda d: d["categories"].append({"id": 1, "name": "x"})), "duplicate category id 1", False),
-    ("duplicate-category-name", _mutate(lambda d: d["categories"].append({"id": 3, "name": "cat"})), "share the name 'cat'", False),
-    ("unknown-category", _mutate(lambda d: d["annotations"][0].update(category_id=99)), "annotation 10: unknown category_id 99", True),
-    ("unknown-image-id", _mutate(lambda d: d["annotations"][0].update(image_id=77)), "annotation 10: unknown image_id 77", True),
+    ("duplicate-category-id", _mutate(lambda d: d["categories"].append({"id": 1, "name": "x"})),
+     "duplicate category id 1", False),
+    ("duplicate-category-name", _mutate(lambda d: d["categories"].append({"id": 3, "name": "cat"})),
+     "share the name 'cat'", False),
+    ("unknown-category", _mutate(lambda d: d["annotations"][0].update(category_id=99)),
+     "annotation 10: unknown category_id 99", True),
+    ("unknown-image-id", _mutate(lambda d: d["annotations"][0].update(image_id=77)),
+     "annotation 10: unknown image_id 77", True),
     ("missing-bbox", _mutate(lambda d: d["annotations"][0].pop("bbox")), "annotation 10: missing key 'bbox'", True),
-    ("bbox-wrong-length", _mutate(lambda d: d["annotations"][0].update(bbox=[1, 2, 3])), "annotation 10: 'bbox' must be", True),
-    ("bbox-negative-size", _mutate(lambda d: d["annotations"][0].update(bbox=[1, 2, -3, 4])), "annotation 10: box 10 'cat': width and height must be > 0", True),
+    ("bbox-wrong-length", _mutate(lambda d: d["annotations"][0].update(bbox=[1, 2, 3])),
+     "annotation 10: 'bbox' must be", True),
+    ("bbox-negative-size", _mutate(lambda d: d["annotations"][0].update(bbox=[1, 2, -3, 4])),
+     "annotation 10: box 10 'cat': width and height must be > 0", True),
     ("bbox-nan", _mutate(lambda d: d["annotations"][0].update(bbox=[float("nan"), 2, 3, 4])), "not valid JSON", False),
-    ("bbox-null", _mutate(lambda d: d["annotations"][0].update(bbox=[None, 2, 3, 4])), "field 'x' must be a number", True),
-    ("bbox-string", _mutate(lambda d: d["annotations"][0].update(bbox=["1", 2, 3, 4])), "field 'x' must be a number", True),
-    ("duplicate-annotation-id", _mutate(lambda d: d["annotations"].append(dict(d["annotations"][0]))), "annotation 10: duplicate annotation id", True),
-    ("duplicate-image-id", _mutate(lambda d: d["images"].append({"id": 1, "file_name": "c.png"})), "duplicate image id 1", True),
+    ("bbox-null", _mutate(lambda d: d["annotations"][0].update(bbox=[None, 2, 3, 4])),
+     "field 'x' must be a number", True),
+    ("bbox-string", _mutate(lambda d: d["annotations"][0].update(bbox=["1", 2, 3, 4])),
+     "field 'x' must be a number", True),
+    ("duplicate-annotation-id", _mutate(lambda d: d["annotations"].append(dict(d["annotations"][0]))),
+     "annotation 10: duplicate annotation id", True),
+    ("duplicate-image-id", _mutate(lambda d: d["images"].append({"id": 1, "file_name": "c.png"})),
+     "duplicate image id 1", True),
     ("image-without-file-name", _mutate(lambda d: d["images"][1].pop("file_name")), "images[1] needs", True),
-    ("image-file-missing", _mutate(lambda d: d["images"][1].update(file_name="missing.png")), "item 'missing.png'", True),
-    ("image-not-an-image", _mutate(lambda d: d["images"][1].update(file_name="notes.png")), "not a readable image", True),
-    ("box-entirely-outside", _mutate(lambda d: d["annotations"][1].update(bbox=[500, 500, 10, 10])), "lies entirely outside the 64x48 image", True),
-    ("empty-label", _mutate(lambda d: d["categories"][1].update(name="")), "field 'label' must be a non-empty string", True),
+    ("image-file-missing", _mutate(lambda d: d["images"][1].update(file_name="missing.png")),
+     "item 'missing.png'", True),
+    ("image-not-an-image", _mutate(lambda d: d["images"][1].update(file_name="notes.png")),
+     "not a readable image", True),
+    ("box-entirely-outside", _mutate(lambda d: d["annotations"][1].update(bbox=[500, 500, 10, 10])),
+     "lies entirely outside the 64x48 image", True),
+    ("empty-label", _mutate(lambda d: d["categories"][1].update(name="")),
+     "field 'label' must be a non-empty string", True),
 ]
 
 

@@ -15,7 +15,12 @@ import torchvision
 from tlsync.errors import TlsyncError
 from tlsync.models import ModelSpec, get_model
 from tlsync.trainer.checkpoint import (
-    load_checkpoint, load_model, rebuild_model, resolve_checkpoint, save_checkpoint, transfer_weights,
+    load_checkpoint,
+    load_model,
+    rebuild_model,
+    resolve_checkpoint,
+    save_checkpoint,
+    transfer_weights,
 )
 from tlsync.trainer.zoo import LITE0, TORCHVISION, build_model, freeze
 

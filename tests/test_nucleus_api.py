@@ -198,7 +198,8 @@ def test_image_failure_names_item_and_url_and_can_be_skipped(mock, source, store
     mock.get(f"{CDN}/processed_url/a.png", body=png())
     mock.get(f"{CDN}/processed_url/b.png", status=503)
 
-    with pytest.raises(TlsyncError, match=rf"item 'b': GET {CDN}/processed_url/b.png failed after 6 attempts"):  # no signed query
+    # The message names the URL without its signed query.
+    with pytest.raises(TlsyncError, match=rf"item 'b': GET {CDN}/processed_url/b.png failed after 6 attempts"):
         pull(store, source, {"slice_id": "slc_1"}, "horses")
     result = pull(store, source, {"slice_id": "slc_1"}, "horses", on_error="skip")
     assert result.items == 1 and sum(result.skipped.values()) == 1

@@ -9,14 +9,13 @@ import sqlite3
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
+from fake_nucleus import FakeNucleus
 
 from tlsync.connectors.nucleus import NucleusSource, NucleusTarget
 from tlsync.format import Box, ImageRef, Item
 from tlsync.testing import check_source
-from fake_nucleus import FakeNucleus
 from tlsync.testing.server import Faults
 
 KEY = "nucleus_live_8d1f0c9e2a7b"

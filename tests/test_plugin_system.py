@@ -10,8 +10,9 @@ import itertools
 import json
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import click
 import pytest
@@ -212,7 +213,8 @@ def test_load_plugins_allow_list_takes_entry_point_or_distribution_names(site, m
 
 
 def test_a_plugin_registered_in_process_is_listed_and_pulls(fresh_plugins, run_cli, store, image):
-    fresh_plugins(source_plugin("my_plugin", OneItem("mine", lambda: Item("a", ImageRef(image), [Box("cat", 1, 2, 3, 4)]))))
+    fresh_plugins(source_plugin("my_plugin",
+                                OneItem("mine", lambda: Item("a", ImageRef(image), [Box("cat", 1, 2, 3, 4)]))))
     assert "my_plugin (?): tlsync_register_sources" in run_cli("plugins").stdout
     assert "mine: yields one item the test chose (plugin my_plugin ?)" in run_cli("sources").stdout
     pulled = run_cli("pull", "--source", "mine", "--dataset", "d")
@@ -293,7 +295,8 @@ class Declared(KitSource):
     (Declared([click.Option(["--image"]), click.Option(["--api-key"])]),
      "option 'api_key' looks like a secret; list it in secret_options"),
     (Declared([click.Option(["--image"])], secret_options=("token",)), "secret_options names 'token'"),
-    (Declared([click.Option(["--image"]), click.Option(["--dataset"])]), "option --dataset clashes with `tlsync pull`'s own"),
+    (Declared([click.Option(["--image"]), click.Option(["--dataset"])]),
+     "option --dataset clashes with `tlsync pull`'s own"),
 ])
 def test_check_source_fails_declarations_the_cli_cannot_use_safely(image, source, message):
     with pytest.raises(ContractError, match=re.escape(message)):

@@ -14,12 +14,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_roboflow_local import coco_export, png, yolo_export, zip_folder
 
 from tlsync.connectors.roboflow import RoboflowSource
 from tlsync.plugins import get_source
 from tlsync.pull import pull
-
-from test_roboflow_local import coco_export, png, yolo_export, zip_folder
 
 
 @pytest.fixture
@@ -112,7 +111,9 @@ def test_removing_the_latest_version_makes_the_next_pull_read(store, tmp_path: P
 
 
 def test_yolo_split_folder_outside_the_export_is_watched(store, tmp_path: Path, no_racy_window):
-    """data.yaml may name an absolute folder elsewhere (with --allow-outside-root); editing a label there is a change."""
+    """data.yaml may name an absolute folder elsewhere (with --allow-outside-root).
+
+    Editing a label there is a change."""
     export = yolo_export(tmp_path / "export")
     elsewhere = tmp_path / "elsewhere" / "val"
     (elsewhere / "images").mkdir(parents=True)

@@ -8,13 +8,12 @@ from pathlib import Path
 import pytest
 import responses
 from responses import matchers
+from test_roboflow_local import coco_export, voc_export, yolo_export, zip_folder
 
 from tlsync.connectors.roboflow import RoboflowSource
 from tlsync.errors import TlsyncError
 from tlsync.http import HttpClient
 from tlsync.pull import pull
-
-from test_roboflow_local import coco_export, voc_export, yolo_export, zip_folder
 
 API = "https://api.roboflow.test"
 KEY = "rf-SECRET-key-0123456789"
@@ -185,7 +184,8 @@ def test_export_that_never_finishes_times_out(store):
     sleeps: list[float] = []
     with responses.RequestsMock() as rsps:
         rsps.get(export_url(), json={"progress": 0.1}, status=202)
-        with pytest.raises(TlsyncError, match=r"still being prepared after 3s; try again later or raise --export-timeout"):
+        with pytest.raises(TlsyncError,
+                           match=r"still being prepared after 3s; try again later or raise --export-timeout"):
             pull(store, recording_source(sleeps), {**OPTIONS, "export_timeout": 3}, "chess")
     assert sleeps == [1.0, 1.0, 1.0]
 

@@ -13,7 +13,6 @@ import yaml
 
 from tlsync.connectors.roboflow import photo_metadata
 
-
 # -- tiny synthetic exports (also used by test_roboflow_api.py) -------------------------------
 
 def png(width: int = 64, height: int = 48, shade: int = 0) -> bytes:
@@ -91,7 +90,8 @@ def _splits(store, ref: str) -> dict[str, int]:
 
 
 def test_chess_coco_export_folder(store, shared_datasets: Path, run_cli):
-    result = run_cli("pull", "--source", "roboflow", "--path", shared_datasets / "chess-pieces-coco", "--dataset", "chess")
+    result = run_cli("pull", "--source", "roboflow", "--path", shared_datasets / "chess-pieces-coco",
+                     "--dataset", "chess")
     assert result.exit_code == 0, result.stderr
     ds = store.open("chess")
     assert ds.info["counts"]["items"] == 289 and ds.info["counts"]["boxes"] == 2870

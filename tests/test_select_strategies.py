@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from tlsync.trainer.select_pool import build_pool
-from tlsync.trainer.select_run import choose, clamp_budget, score_pool
-from tlsync.trainer.select_strategies import STRATEGIES, binary_entropy, k_center_greedy
 from torch import nn
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from tlsync import plugins
 from tlsync.pull import pull
+from tlsync.trainer.select_pool import build_pool
+from tlsync.trainer.select_run import choose, clamp_budget, score_pool
+from tlsync.trainer.select_strategies import STRATEGIES, binary_entropy, k_center_greedy
 
 CATEGORIES = ["red"]
 
@@ -146,7 +146,6 @@ def test_budget_is_clamped_with_a_note_and_an_empty_pool_is_an_error() -> None:
 
 def test_the_images_source_keeps_the_source_contract(tmp_path: Path) -> None:
     from tlsync.connectors.images import ImagesSource
-
     from tlsync.testing import check_source
 
     solid(tmp_path / "a" / "one.png", (10, 20, 30), 1)

@@ -15,8 +15,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -161,7 +162,8 @@ def test_continuing_with_other_classes_keeps_shared_head_rows(store, run_cli) ->
 
 def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(store, run_cli, monkeypatch) -> None:
     """A corrupt batch in epoch 2 (NaN pixels) makes the loss NaN: stop, say so, keep epoch 1."""
-    from tlsync.trainer import data, train as training
+    from tlsync.trainer import data
+    from tlsync.trainer import train as training
 
     shapes(store, "nan", 4)
     poisoned = {"on": False}
@@ -201,8 +203,8 @@ def test_unusable_data_is_refused_before_anything_is_written(store, run_cli) -> 
 
 
 def test_run_directories_are_numbered_and_never_overwritten(store, run_cli) -> None:
-    from tlsync.trainer.runs import create_run_dir
     from tlsync.errors import TlsyncError
+    from tlsync.trainer.runs import create_run_dir
 
     assert create_run_dir(Path("runs"), None, "chess") == Path("runs/chess-1")
     assert create_run_dir(Path("runs"), None, "chess") == Path("runs/chess-2")

@@ -16,8 +16,8 @@ import stat
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import Callable
 
 from .errors import TlsyncError
 
@@ -206,7 +206,8 @@ def _unpack(archive: Path, entries: list[tuple[zipfile.ZipInfo, PurePosixPath]],
                     for chunk in iter(lambda: src.read(1 << 20), b""):
                         written += len(chunk)
                         if written > info.file_size:  # the header lied about the size
-                            raise UnsafeArchive(f"{archive}: entry {info.filename!r} is larger than it declares; refused")
+                            raise UnsafeArchive(f"{archive}: entry {info.filename!r} is larger than it declares; "
+                                                "refused")
                         out.write(chunk)
                         done += len(chunk)
                         if progress:

@@ -132,7 +132,8 @@ class Item:
         if not isinstance(self.id, str) or not self.id:
             raise InvalidItem(f"item {self.id!r}: field 'id' must be a non-empty string")
         if self.split is not None and self.split not in SPLITS:
-            raise InvalidItem(f"item '{self.id}': field 'split' must be one of {', '.join(SPLITS)} (got {self.split!r})")
+            raise InvalidItem(f"item '{self.id}': field 'split' must be one of {', '.join(SPLITS)} "
+                              f"(got {self.split!r})")
         if not isinstance(self.image, ImageRef):
             raise InvalidItem(f"item '{self.id}': field 'image' must be an ImageRef")
         if self.image.width is not None and self.image.height is not None:

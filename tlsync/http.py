@@ -18,7 +18,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlsplit
 
 import requests
@@ -26,6 +26,9 @@ import requests
 from .errors import SourceError
 from .secrets import redact
 from .sink import ImageTooLarge
+
+if TYPE_CHECKING:
+    from requests.sessions import _Settings  # the stubs' TypedDict; not there at run time
 
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504, 520, 524})
 
@@ -136,16 +139,19 @@ class _Session(requests.Session):
 
     def __init__(self) -> None:
         super().__init__()
-        self._environment: dict[tuple, dict[str, Any]] = {}
+        self._environment: dict[tuple, _Settings] = {}
 
-    def merge_environment_settings(self, url: str, proxies: Any, stream: Any, verify: Any, cert: Any) -> dict[str, Any]:
-        if proxies:
+    def merge_environment_settings(self, url: str | bytes | None, proxies: Any, stream: Any, verify: Any,
+                                   cert: Any) -> _Settings:
+        if proxies or not isinstance(url, str):  # requests always passes the prepared URL, a str
             return super().merge_environment_settings(url, proxies, stream, verify, cert)
         parts = urlsplit(url)
         key = (parts.scheme, parts.netloc, verify, cert)
         if key not in self._environment:
             self._environment[key] = super().merge_environment_settings(url, proxies, None, verify, cert)
-        return {**self._environment[key], "stream": requests.sessions.merge_setting(stream, self.stream)}
+        settings = self._environment[key].copy()
+        settings["stream"] = requests.sessions.merge_setting(stream, self.stream)
+        return settings
 
 
 class HttpClient:

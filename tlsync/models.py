@@ -8,9 +8,10 @@ This module never imports torch, so that ``tlsync --help`` and ``pull`` stay fas
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 from .errors import TlsyncError
 

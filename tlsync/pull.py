@@ -230,9 +230,12 @@ def _check_boxes(item: Item, ctx: PullContext) -> None:
         if ctx.on_error == "fail":
             raise InvalidItem(f"{plugins.describe_source(ctx.source_name)}: {e}") from None
         first_error = str(e)
+    width, height = item.image.width, item.image.height
+    if width is None or height is None:  # _fill sets both from the image file before this runs
+        raise InvalidItem(f"{plugins.describe_source(ctx.source_name)}: {first_error}")
     kept = []
     for box in item.annotations:
-        clipped = box.clipped(item.image.width, item.image.height)
+        clipped = box.clipped(width, height)
         if clipped is None:
             ctx.skip(f"box outside its image (first: {first_error})")
         else:
@@ -358,7 +361,7 @@ def _read_and_publish(store: Store, source: Source, ctx: PullContext, options: d
         content_hash = writer.content_hash(categories)
         versions = store.versions(name)
         skipped = _stored_counts(ctx.skipped)
-        result_kwargs = dict(
+        result_kwargs: dict[str, Any] = dict(
             dataset=name, items=writer.items, boxes=writer.boxes, categories=categories,
             skipped=skipped, not_used=ctx.not_used, notes=[for_storage(n) for n in ctx.notes],
             fetched=fetcher.fetched, cached=fetcher.cached, io_skipped=io_skipped,

@@ -14,6 +14,7 @@ import re
 import stat
 import unicodedata
 from pathlib import Path
+from typing import Literal, overload
 from urllib.parse import quote, quote_plus
 
 from .errors import TlsyncError
@@ -46,6 +47,12 @@ def _from_config(name: str) -> str | None:
         raise TlsyncError(f"{path}: not valid JSON ({e.msg})") from None
     value = data.get(name)
     return str(value) if value else None
+
+
+@overload
+def get_secret(name: str, required: Literal[True] = True) -> str: ...
+@overload
+def get_secret(name: str, required: bool) -> str | None: ...
 
 
 def get_secret(name: str, required: bool = True) -> str | None:

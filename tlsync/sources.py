@@ -12,8 +12,9 @@ import os
 import shutil
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar, Iterator
+from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
 
 import click
 

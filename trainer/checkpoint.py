@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -127,7 +127,8 @@ def load_model(run_or_file: str | os.PathLike, device: str | torch.device = "cpu
     try:
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as e:
-        raise TlsyncError(f"{path}: weights do not fit model '{model.tlsync_build['model']}' "
+        build = cast(dict[str, Any], model.tlsync_build)  # a plain dict that build_model sets
+        raise TlsyncError(f"{path}: weights do not fit model '{build['model']}' "
                           f"({str(e).splitlines()[0]})") from None
     return model.to(device).eval(), list(checkpoint["categories"]), dict(checkpoint["config"])
 
@@ -158,7 +159,8 @@ def transfer_weights(model: nn.Module, checkpoint: dict[str, Any] | str | os.Pat
     for key, current in bare.state_dict().items():
         if key not in old_state:
             raise TlsyncError(f"checkpoint has no '{key}': the model was built with another architecture "
-                              "(build it with rebuild_model(checkpoint, num_classes), which keeps e.g. frozen batch norm)")
+                              "(build it with rebuild_model(checkpoint, num_classes), "
+                              "which keeps e.g. frozen batch norm)")
         layout = layers.get(key.rpartition(".")[0])
         merged[key] = remap_rows(old_state[key], current, rows, layout) if layout else old_state[key]
     unexpected = set(old_state) - set(merged)

@@ -14,9 +14,10 @@ dropped in for multi-GPU training.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
@@ -68,7 +69,7 @@ def decode(path: Path, longest_side: int | None = None) -> Any:
     """
     from PIL import Image, ImageOps
 
-    image = Image.open(path)
+    image: Image.Image = Image.open(path)
     if longest_side:
         scale = longest_side / max(image.size)
         if scale < 1:
@@ -89,7 +90,7 @@ class DetectionDataset(Dataset):
                  transforms: v2.Transform, img_size: int):
         index = {name: i + 1 for i, name in enumerate(categories)}
         self.records = []
-        for item, path in zip(items, paths):
+        for item, path in zip(items, paths, strict=True):
             unknown = [b.label for b in item.annotations if b.label not in index]
             if unknown:
                 raise TlsyncError(f"item '{item.id}': label '{unknown[0]}' is not one of the classes "
@@ -171,7 +172,7 @@ class GroupedBatchSampler(Sampler[list[int]]):
 class SeededRandomSampler(RandomSampler):
     """A random order that depends only on ``seed`` and the epoch, so resuming replays it."""
 
-    def __init__(self, data: Dataset, seed: int):
+    def __init__(self, data: Sized, seed: int):
         super().__init__(data, generator=torch.Generator())
         self.seed = seed
         self.set_epoch(0)
@@ -209,4 +210,4 @@ def start_epoch(loader: DataLoader, epoch: int, seed: int) -> None:
     """
     loader.batch_sampler.set_epoch(epoch)  # type: ignore[union-attr]
     rank = getattr(loader.batch_sampler.sampler, "rank", 0)  # type: ignore[union-attr]
-    loader.generator.manual_seed(seed * 100_003 + epoch + 1 + rank * 7_919)  # type: ignore[union-attr]
+    loader.generator.manual_seed(seed * 100_003 + epoch + 1 + rank * 7_919)

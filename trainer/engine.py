@@ -11,8 +11,9 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -53,7 +54,8 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: 
 
     ``progress(images_done, losses_text)`` is called after every step.
     """
-    started, totals, images, failures = time.perf_counter(), {}, 0, []
+    started, images, failures = time.perf_counter(), 0, []
+    totals: dict[str, float] = {}
     for step, (batch, targets, failed) in enumerate(loader):
         failures += failed
         if not batch:
@@ -123,7 +125,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_s
 
 def rng_state() -> dict[str, Any]:
     """Every random generator's state, as plain data a ``weights_only`` load accepts."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    # The legacy MT19937 generator always gives the 5-tuple; the stub also allows a dict.
+    legacy = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
+    kind, keys, pos, has_gauss, cached = legacy
     state = {"torch": torch.get_rng_state(), "python": random.getstate(),
              "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]}
     if torch.cuda.is_available():

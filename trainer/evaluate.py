@@ -7,8 +7,9 @@ split. The files are COCO JSON so that any other tool can re-score them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 

@@ -9,10 +9,12 @@ to carry a shared class's rows into a model built for another class list.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import nn
 from torchvision.models import detection
+from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.ssd import SSD
 from torchvision.models.detection.ssdlite import SSDLiteHead
@@ -56,7 +58,7 @@ def replace_head(model: nn.Module, num_classes: int) -> None:
     model.tlsync_class_layers = layers
 
 
-def _last_conv(block: nn.Module) -> tuple[str, nn.Module]:
+def _last_conv(block: nn.Module) -> tuple[str, nn.Conv2d]:
     convs = [(name, m) for name, m in block.named_modules() if isinstance(m, nn.Conv2d)]
     return convs[-1]
 
@@ -66,29 +68,37 @@ def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, leaf, module)
 
 
-def _fresh_conv(conv: nn.Module, out_channels: int, init: str) -> nn.Module:
+def _fresh_conv(conv: nn.Module, out_channels: int, init: str) -> nn.Conv2d:
     """A conv like ``conv`` with a new output width, initialised as torchvision does for that head."""
-    new = nn.Conv2d(conv.in_channels, out_channels, conv.kernel_size, conv.stride, conv.padding,
+    if not isinstance(conv, nn.Conv2d):
+        raise TlsyncError(f"cannot replace a {type(conv).__name__} class layer (expected a Conv2d)")
+    kernel, stride = cast(tuple[int, int], conv.kernel_size), cast(tuple[int, int], conv.stride)
+    padding = conv.padding if isinstance(conv.padding, str) else cast(tuple[int, int], conv.padding)
+    new = nn.Conv2d(conv.in_channels, out_channels, kernel, stride, padding,
                     groups=conv.groups, bias=conv.bias is not None)
     if init == "prior":  # RetinaNet/FCOS: start every class at probability 0.01
         nn.init.normal_(new.weight, std=0.01)
-        nn.init.constant_(new.bias, -math.log((1 - 0.01) / 0.01))
+        bias = -math.log((1 - 0.01) / 0.01)
     elif init == "xavier":
         nn.init.xavier_uniform_(new.weight)
-        nn.init.constant_(new.bias, 0.0)
+        bias = 0.0
     else:
         nn.init.normal_(new.weight, std=0.03)
-        nn.init.constant_(new.bias, 0.0)
+        bias = 0.0
+    if new.bias is not None:  # torchvision's class convs all have one
+        nn.init.constant_(new.bias, bias)
     return new.to(device=conv.weight.device, dtype=conv.weight.dtype)
 
 
 def set_fixed_size(model: nn.Module, img_size: int) -> None:
     """SSD resizes every image to one square; anchors follow the feature maps at sizes but 300."""
-    old = model.transform
+    old, anchors = model.transform, model.anchor_generator
+    if not isinstance(old, GeneralizedRCNNTransform) or not isinstance(anchors, DefaultBoxGenerator):
+        raise TlsyncError(f"a {type(model).__name__} has no SSD transform and default boxes to resize")
     model.transform = GeneralizedRCNNTransform(img_size, img_size, old.image_mean, old.image_std,
                                                size_divisible=1, fixed_size=(img_size, img_size))
-    if model.anchor_generator.steps is not None and img_size != 300:
-        model.anchor_generator.steps = None
+    if anchors.steps is not None and img_size != 300:
+        anchors.steps = None
 
 
 def remap_rows(old: torch.Tensor, fresh: torch.Tensor, rows: list[int | None],

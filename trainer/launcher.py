@@ -46,7 +46,7 @@ T = TypeVar("T")
 Job = Callable[..., T]  # called as job(runtime=...), e.g. functools.partial(train, cfg)
 
 
-def run(job: Job, devices: int, device: str, sync_bn: bool = False) -> T:
+def run(job: Job[T], devices: int, device: str, sync_bn: bool = False) -> T:
     """Run ``job`` the way this process was started: as one rank under torchrun, as the parent
     of ``devices`` local workers, or alone. Returns rank 0's result (this rank's under torchrun)."""
     if sync_bn and resolve_device(device).type != "cuda":
@@ -67,7 +67,7 @@ def run(job: Job, devices: int, device: str, sync_bn: bool = False) -> T:
     return job()
 
 
-def run_rank(job: Job, device_name: str) -> T:
+def run_rank(job: Job[T], device_name: str) -> T:
     """Join the process group, run ``job`` as this rank, leave the group."""
     device = init_process_group(device_name)
     runtime = DistributedRuntime(device, is_main=is_main(), world_size=world_size(), rank=rank())
@@ -119,7 +119,7 @@ def _spawned_worker(local_rank: int, job: Job, devices: int, port: int, device: 
     os.environ.update(RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(devices),
                       LOCAL_WORLD_SIZE=str(devices), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     try:
-        result = run_rank(job, device)
+        result: Any = run_rank(job, device)
     except BaseException as e:  # reported to the parent, which stops the other ranks
         if os.environ.get("TLSYNC_DEBUG"):
             traceback.print_exc()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -30,13 +31,17 @@ class Lite0Features(nn.Module):
 
     def __init__(self, net: nn.Module):
         super().__init__()
-        self.stem = nn.Sequential(net._conv_stem, net._bn0, nn.ReLU6(inplace=True))
-        self.blocks = net._blocks
-        self.drop_connect_rate = net._global_params.drop_connect_rate
+        stem, bn0, blocks = net._conv_stem, net._bn0, net._blocks
+        if not (isinstance(stem, nn.Module) and isinstance(bn0, nn.Module) and isinstance(blocks, nn.ModuleList)):
+            raise TlsyncError(f"{type(net).__name__} is not an EfficientNet (no _conv_stem, _bn0, _blocks)")
+        self.stem = nn.Sequential(stem, bn0, nn.ReLU6(inplace=True))
+        self.blocks = blocks
+        # A plain namedtuple on the EfficientNet, so nn.Module's Tensor | Module typing does not apply.
+        self.drop_connect_rate: float = cast(Any, net)._global_params.drop_connect_rate
 
     def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         x = self.stem(x)
-        out = OrderedDict()
+        out: OrderedDict[str, torch.Tensor] = OrderedDict()
         for i, block in enumerate(self.blocks):
             x = block(x, drop_connect_rate=self.drop_connect_rate * i / len(self.blocks))
             if i in TAPS:
@@ -49,7 +54,7 @@ class Lite0FPN(nn.Module):
 
     def __init__(self, net: nn.Module, out_channels: int = 256):
         super().__init__()
-        self.body = Lite0Features(net)
+        self.body: Lite0Features = Lite0Features(net)
         self.fpn = FeaturePyramidNetwork(list(TAPS.values()), out_channels, extra_blocks=LastLevelMaxPool())
         self.out_channels = out_channels
 
@@ -103,7 +108,8 @@ def build_network(num_classes: int, weights: str, img_size: int) -> nn.Module:
         freeze_batchnorm(net)
     backbone = Lite0FPN(net)
     if pretrained:
-        for module in (backbone.body.stem, *backbone.body.blocks[:FROZEN_BLOCKS]):
+        body = backbone.body
+        for module in (body.stem, *body.blocks[:FROZEN_BLOCKS]):
             module.requires_grad_(False)
     anchors = AnchorGenerator(((32,), (64,), (128,), (256,)), ((0.5, 1.0, 2.0),) * 4)
     model = FasterRCNN(backbone, num_classes + 1, rpn_anchor_generator=anchors, min_size=img_size, max_size=img_size,

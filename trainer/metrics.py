@@ -16,7 +16,8 @@ from __future__ import annotations
 import contextlib
 import io
 from collections import defaultdict
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -36,7 +37,8 @@ def coco_ground_truth(items: list[Item], categories: list[str],
                       file_name: Callable[[Item], str] | None = None) -> dict[str, Any]:
     """A COCO dataset dict (image id = position + 1); ``item_id`` keeps the tlsync id."""
     cat_ids = category_ids(categories)
-    images, annotations, seen = [], [], set()
+    images, seen = [], set()
+    annotations: list[dict[str, Any]] = []
     for image_id, item in enumerate(items, 1):
         if item.id in seen:
             raise TlsyncError(f"item '{item.id}' appears twice in the ground truth")
@@ -156,8 +158,10 @@ def _coco_metrics(gt: dict[str, Any], results: list[dict[str, Any]], categories:
     return {
         "map50_95": mean(precision[:, :, valid]),
         "map50": mean(precision[0][:, valid]),
-        "per_class_ap": {name: (mean(precision[:, :, k]) if k in valid else None) for k, name in enumerate(categories)},
-        "per_class_ap50": {name: (mean(precision[0, :, k]) if k in valid else None) for k, name in enumerate(categories)},
+        "per_class_ap": {name: (mean(precision[:, :, k]) if k in valid else None)
+                         for k, name in enumerate(categories)},
+        "per_class_ap50": {name: (mean(precision[0, :, k]) if k in valid else None)
+                           for k, name in enumerate(categories)},
         "pr_curve": {
             "recall": [round(float(r), 6) for r in evaluator.params.recThrs],
             "precision": [round(float(p), 6) for p in mean_pr],
@@ -175,7 +179,8 @@ def _index(coco_class: Any, dataset: dict[str, Any]) -> Any:
 
 # -- P/R/F1 and the confusion matrix at IoU 0.5 --------------------------------------------
 
-def _pairs(gt: dict[str, Any], results: list[dict[str, Any]]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+def _pairs(gt: dict[str, Any], results: list[dict[str, Any]]
+           ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """Per image: (true xyxy, true class, predicted xyxy, predicted class, score), by falling score."""
     truth: dict[int, list[dict[str, Any]]] = defaultdict(list)
     predicted: dict[int, list[dict[str, Any]]] = defaultdict(list)

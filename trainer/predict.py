@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import os
 from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -76,16 +77,21 @@ def _predict(model: torch.nn.Module, items: Iterable[Item], image_path: Callable
             tensors = [image_tensor(p).to(device, non_blocking=True) for p in pictures]
             with torch.inference_mode():
                 outputs = model(tensors)
-            for item, picture, output in zip(batch, pictures, outputs):
+            for item, picture, output in zip(batch, pictures, outputs, strict=True):
                 yield item, picture, _boxes(output, categories, conf, *picture.size)
     finally:
         model.train(was_training)
 
 
+def _save_picture(picture: Any, fmt: str, path: str) -> None:
+    picture.save(path, format=fmt)
+
+
 def _boxes(output: dict[str, torch.Tensor], categories: list[str], conf: float, width: int, height: int) -> list[Box]:
     boxes = []
     xyxy = output["boxes"].float().cpu().tolist()
-    for (x0, y0, x1, y1), label, score in zip(xyxy, output["labels"].tolist(), output["scores"].float().cpu().tolist()):
+    labels, scores = output["labels"].tolist(), output["scores"].float().cpu().tolist()
+    for (x0, y0, x1, y1), label, score in zip(xyxy, labels, scores, strict=True):
         if score < conf:
             continue
         if not 1 <= label <= len(categories):
@@ -144,12 +150,13 @@ def predict_run(run: str | Path, sources: list[str], out: Path, conf: float, dev
         raise TlsyncError(f"none of the {len(paths)} files is a readable image (first: {next(iter(skipped))})")
 
     out.mkdir(parents=True, exist_ok=True)
-    images, predictions, names = [], [], set()
+    images, predictions = [], []
+    names: set[str] = set()
     for n, (item, picture, boxes) in enumerate(_predict(model, items, lambda i: Path(i.image.uri), categories,
                                                          device, batch_size=4, conf=conf), 1):
         drawn = out / _unique_name(Path(item.id), names)
         draw_boxes(picture, boxes, categories)
-        atomic_write_file(drawn, lambda tmp: picture.save(tmp, format="PNG" if drawn.suffix == ".png" else "JPEG"))
+        atomic_write_file(drawn, partial(_save_picture, picture, "PNG" if drawn.suffix == ".png" else "JPEG"))
         images.append({"id": n, "file_name": item.id, "drawn": drawn.name, "width": item.image.width,
                        "height": item.image.height})
         predictions.append(Item(item.id, item.image, boxes))

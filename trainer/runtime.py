@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import nn
@@ -37,7 +37,8 @@ class Runtime:
 
     def wrap(self, model: nn.Module, cfg: TrainConfig) -> nn.Module:
         """The module the training steps call (``--compile`` compiles it); checkpoints keep ``model``."""
-        return torch.compile(model) if cfg.compile else model
+        # torch.compile of a Module returns an OptimizedModule (a Module); its stub says Callable.
+        return cast(nn.Module, torch.compile(model)) if cfg.compile else model
 
     def sampler(self, dataset: Dataset, cfg: TrainConfig) -> Sampler[int] | None:
         """This process's training order; ``None``: the loader's own seeded shuffle."""

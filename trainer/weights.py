@@ -19,9 +19,10 @@ from __future__ import annotations
 import inspect
 import pickle
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
@@ -112,11 +113,11 @@ def hub_weights() -> Iterator[None]:
     """Within this block torchvision reads pretrained weights through ``load_cached``."""
     with _patch_lock:
         original = WeightsEnum.get_state_dict
-        WeightsEnum.get_state_dict = _fetch  # type: ignore[method-assign]
+        WeightsEnum.get_state_dict = _fetch
         try:
             yield
         finally:
-            WeightsEnum.get_state_dict = original  # type: ignore[method-assign]
+            WeightsEnum.get_state_dict = original
 
 
 def torchvision_weights(builder_name: str, weights: str) -> dict[str, WeightsEnum | None]:
@@ -134,7 +135,8 @@ def backbone_weights(builder_name: str) -> WeightsEnum:
     The v2 builders (both ResNet-50) name no default, their COCO weights having been
     trained from scratch; they get the same ResNet-50 as v1.
     """
-    default = inspect.signature(torchvision.models.get_model_builder(builder_name)).parameters["weights_backbone"].default
+    builder = torchvision.models.get_model_builder(builder_name)
+    default = inspect.signature(builder).parameters["weights_backbone"].default
     return default if default is not None else torchvision.models.ResNet50_Weights.IMAGENET1K_V1
 
 

@@ -115,7 +115,8 @@ def freeze(model: nn.Module, what: str) -> None:
     if hook is not None:
         hook.remove()
     if what == "backbone":
-        model._tlsync_freeze_hook = backbone.register_forward_pre_hook(_batchnorm_eval)
+        # A plain attribute (nn.Module.__setattr__ would put it in __dict__ too), popped above.
+        model.__dict__["_tlsync_freeze_hook"] = backbone.register_forward_pre_hook(_batchnorm_eval)
 
 
 def _batchnorm_eval(module: nn.Module, _inputs: Any) -> None:

@@ -31,10 +31,11 @@ import itertools
 import re
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import click
 
@@ -289,7 +290,7 @@ def _check_secrets(source: Source, values: dict[str, Any], version: DatasetVersi
 
 
 def _difference(first: list, second: list) -> str:
-    for position, (a, b) in enumerate(zip(first, second)):
+    for position, (a, b) in enumerate(zip(first, second, strict=False)):
         if a[0] != b[0]:
             return f"position {position} held item '{a[0]}', then '{b[0]}' (yield items in a stable order)"
         if a[1:3] != b[1:3]:
@@ -316,13 +317,14 @@ def check_plugin(plugin: Any, name: str | None = None) -> dict[str, Source]:
 
     Fails when its hook raises, a source is invalid or its name is already taken.
     """
-    name = name or getattr(plugin, "__name__", type(plugin).__name__)
-    with isolated_plugins(**{name: plugin}):
+    given = name or str(getattr(plugin, "__name__", type(plugin).__name__))
+    with isolated_plugins(**{given: plugin}):
         name = plugins.pm.get_name(plugin)  # its entry-point name when it is also installed
         registered = plugins.get_sources()
         if name in plugins.broken:
             raise ContractError(f"plugin '{name}' is broken: {plugins.broken[name]}")
-        sources = {n: s for n, s in registered.items() if plugins.source_plugin(n).name == name}
+        sources = {n: s for n, s in registered.items()
+                   if (info := plugins.source_plugin(n)) is not None and info.name == name}
     if not sources:
         raise ContractError(f"plugin '{name}' registered no source")
     for source in sources.values():

@@ -160,6 +160,8 @@ class LoopbackServer:
         if self._httpd is None:
             raise RuntimeError("the server is not running; use it in a with block")
         host, port = self._httpd.server_address[:2]
+        if isinstance(host, bytes):  # only for AF_UNIX-style addresses; an AF_INET host is a str
+            host = host.decode()
         return f"http://{host}:{port}"
 
     def __enter__(self) -> LoopbackServer:
@@ -285,7 +287,8 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
     def setup(self) -> None:
-        self.timeout = self.server.app.idle_timeout
+        # socketserver reads it per instance in setup(); the stub wrongly calls it a ClassVar.
+        self.timeout = self.server.app.idle_timeout  # type: ignore[misc]
         super().setup()
         # Headers and body go out in two writes; without this, Nagle's algorithm meets the
         # client's delayed ACK and every response waits ~40 ms.

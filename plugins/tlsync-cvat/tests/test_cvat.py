@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 import tlsync_cvat
+
 from tlsync.errors import SourceError
 from tlsync.pull import pull
 from tlsync.testing import check_fingerprint, check_plugin, check_source, write_image
@@ -23,7 +23,8 @@ def write_export(folder: Path, images: str, meta: str = META) -> Path:
     for seed, name in enumerate(("a.jpg", "sub/b.png", "c.jpg")):
         write_image(folder / "images" / name, 80, 60, seed=seed)
     xml = folder / "annotations.xml"
-    xml.write_text(f'<?xml version="1.0" encoding="utf-8"?>\n<annotations><version>1.1</version>{meta}{images}</annotations>')
+    xml.write_text(f'<?xml version="1.0" encoding="utf-8"?>\n'
+                   f'<annotations><version>1.1</version>{meta}{images}</annotations>')
     return xml
 
 
@@ -46,7 +47,8 @@ def test_export_keeps_the_contract_and_converts_corners_to_sizes(tmp_path, tlsyn
     items = checked.by_id()
     assert list(items) == ["a.jpg", "sub/b.png", "c.jpg"]
     car, person = items["a.jpg"].annotations
-    assert (car.label, car.x, car.y, car.width, car.height, car.metadata) == ("car", 10.5, 5, 20, 20, {"occluded": True})
+    assert (car.label, car.x, car.y, car.width, car.height, car.metadata) == (
+        "car", 10.5, 5, 20, 20, {"occluded": True})
     assert (person.x, person.y, person.width, person.height, person.metadata) == (40, 10, 40, 50, {})
     assert (items["a.jpg"].split, items["sub/b.png"].split) == ("train", "val")
     assert items["sub/b.png"].annotations == [] and items["c.jpg"].split in ("train", "val", "test")
@@ -71,8 +73,10 @@ def test_plugin_registers_one_valid_source():
 
 @pytest.mark.parametrize("box, message", [
     ('<box label="car" xtl="30" ytl="5" xbr="10" ybr="25"/>', "box 0 'car' has no area (xtl=30 xbr=10 ytl=5 ybr=25)"),
-    ('<box label="car" xtl="ten" ytl="5" xbr="30" ybr="25"/>', "box 0 'car': xtl, ytl, xbr, ybr and rotation must be numbers"),
-    ('<box label="truck" xtl="1" ytl="5" xbr="30" ybr="25"/>', "box 0: label 'truck' is not one of the export's <labels>"),
+    ('<box label="car" xtl="ten" ytl="5" xbr="30" ybr="25"/>',
+     "box 0 'car': xtl, ytl, xbr, ybr and rotation must be numbers"),
+    ('<box label="truck" xtl="1" ytl="5" xbr="30" ybr="25"/>',
+     "box 0: label 'truck' is not one of the export's <labels>"),
 ])
 def test_a_bad_box_names_file_image_and_box_and_can_be_skipped(tmp_path, tlsync_store, box, message):
     xml = write_export(tmp_path, f'<image id="0" name="a.jpg" width="80" height="60">{box}'

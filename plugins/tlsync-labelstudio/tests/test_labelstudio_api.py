@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import responses
+import tlsync_labelstudio
 from responses import matchers
 
-import tlsync_labelstudio
 from tlsync.errors import TlsyncError
 from tlsync.testing import Faults, LoopbackServer, Response, check_source, write_image
 
@@ -74,7 +74,8 @@ def test_refused_or_missing_project_is_one_clear_line_without_the_key(tlsync_sto
 def test_missing_key_or_server_says_which_variable_to_set(tlsync_store, monkeypatch):
     source = tlsync_labelstudio.LabelStudioSource()
     monkeypatch.delenv("LABEL_STUDIO_URL", raising=False)
-    with pytest.raises(TlsyncError, match="--project needs the Label Studio server: pass --url or set LABEL_STUDIO_URL"):
+    with pytest.raises(TlsyncError,
+                       match="--project needs the Label Studio server: pass --url or set LABEL_STUDIO_URL"):
         check_source(source, store=tlsync_store, project=7)
     monkeypatch.delenv("LABEL_STUDIO_API_KEY", raising=False)
     with pytest.raises(TlsyncError, match="LABEL_STUDIO_API_KEY is not set"):

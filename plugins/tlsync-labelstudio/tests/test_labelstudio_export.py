@@ -8,8 +8,8 @@ from typing import Any
 
 import defusedxml.ElementTree as ET
 import pytest
-
 import tlsync_labelstudio
+
 from tlsync.errors import SourceError
 from tlsync.pull import pull
 from tlsync.testing import check_plugin, check_source, write_image
@@ -63,8 +63,8 @@ def test_bccd_boxes_come_back_in_pixels_within_half_a_pixel(bccd, tmp_path, tlsy
     for task_id, boxes in expected.items():
         got = [(b.label, b.x, b.y, b.width, b.height) for b in items[task_id].annotations]
         assert [g[0] for g in got] == [e[0] for e in boxes], task_id
-        for g, e in zip(got, boxes):
-            assert max(abs(a - b) for a, b in zip(g[1:], e[1:])) <= 0.5, (task_id, g, e)
+        for g, e in zip(got, boxes, strict=True):
+            assert max(abs(a - b) for a, b in zip(g[1:], e[1:], strict=True)) <= 0.5, (task_id, g, e)
 
 
 def test_bccd_zero_size_boxes_are_bad_input_naming_file_task_and_result(bccd, tmp_path, tlsync_store):
