@@ -143,7 +143,7 @@ def predict(run: Path | None, model_file: Path | None, sources: tuple[str, ...],
     path = run or model_file
     assert path is not None
     if not path.exists():
-        raise TlsyncError(f"'{path}' not found")
+        raise TlsyncError(f"{'run' if run else 'model file'} '{path}' not found")
     dev = "cpu" if model_file else resolve_device(device)  # exported files run on onnxruntime/torch.jit CPU
     with progress("predict", unit="images") as update:
         result = predict_run(path, list(sources), out, conf, dev, progress=update)
