@@ -24,8 +24,8 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from tlsync.atomic import atomic_write_json, atomic_write_text
 from tlsync.errors import TlsyncError
-from tlsync.manifest import atomic_write_json, atomic_write_text
 
 CONFIG = "config.json"
 METRICS = "metrics.csv"
@@ -33,23 +33,33 @@ METRICS = "metrics.csv"
 
 def create_run_dir(project: Path, name: str | None, dataset: str, exist_ok: bool = False) -> Path:
     """Make and return a new run directory; ``mkdir`` claims the name, so concurrent runs never share one."""
+    return claim_folder(project, name, dataset, exist_ok,
+                        taken="run directory {} already exists; choose another --name or pass --exist-ok "
+                              "to write into it")
+
+
+def claim_folder(project: Path, name: str | None, stem: str, exist_ok: bool = False,
+                 taken: str = "{} already exists; choose another --name") -> Path:
+    """``project/name``, else the first free ``project/stem-N``: output folders are never overwritten.
+
+    ``taken`` is the error for a ``--name`` already in use (``{}`` is the folder).
+    """
     project.mkdir(parents=True, exist_ok=True)
     if name:
         if "/" in name or name in (".", ".."):
             raise TlsyncError(f"--name {name!r}: give a plain folder name (use --project for the parent folder)")
-        run = project / name
+        folder = project / name
         try:
-            run.mkdir(exist_ok=exist_ok)
+            folder.mkdir(exist_ok=exist_ok)
         except FileExistsError:
-            raise TlsyncError(f"run directory {run} already exists; choose another --name or pass --exist-ok "
-                              f"to write into it") from None
-        return run
+            raise TlsyncError(taken.format(folder)) from None
+        return folder
     n = 1
     while True:
-        run = project / f"{dataset}-{n}"
+        folder = project / f"{stem}-{n}"
         try:
-            run.mkdir()
-            return run
+            folder.mkdir()
+            return folder
         except FileExistsError:
             n += 1
 

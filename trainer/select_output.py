@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from tlsync.atomic import atomic_write_file, atomic_write_json, atomic_write_text
-from tlsync.errors import TlsyncError
 from tlsync.format import Box, Item
 
+from . import runs
 from .draw import draw_boxes
 
 SHEET_IMAGES = 24
@@ -33,25 +33,9 @@ THUMB = 256
 
 def claim_folder(project: Path, name: str | None, default_stem: str) -> Path:
     """Create and return a fresh selection folder; ``mkdir`` claims the name, so two selections never share one."""
-    project.mkdir(parents=True, exist_ok=True)
-    if name:
-        if "/" in name or name in (".", ".."):
-            raise TlsyncError(f"--name {name!r}: give a plain folder name (use --project for the parent folder)")
-        folder = project / name
-        try:
-            folder.mkdir()
-        except FileExistsError:
-            raise TlsyncError(f"selection {folder} already exists; choose another --name (selections are "
-                              f"never overwritten)") from None
-        return folder
-    n = 1
-    while True:
-        folder = project / f"{default_stem}-{n}"
-        try:
-            folder.mkdir()
-            return folder
-        except FileExistsError:
-            n += 1
+    return runs.claim_folder(project, name, default_stem,
+                             taken="selection {} already exists; choose another --name (selections are "
+                                   "never overwritten)")
 
 
 def histogram(boxes: Sequence[Sequence[Box]], categories: list[str]) -> dict[str, int]:
