@@ -1,0 +1,190 @@
+"""Fetching a pull's images into the store: cache hits at once, misses on worker threads.
+
+Split from ``pull.py``, which decides what becomes a version; this module only turns items
+into stored images, in the source's order, under the per-image limits.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from . import plugins
+from .errors import PluginError, TlsyncError
+from .format import Item
+from .secrets import for_storage
+from .sink import DEFAULT_DEADLINE, DEFAULT_MAX_IMAGE_BYTES, ImageTooLarge, StoreWriteError
+from .sources import Source, local_path
+from .store import IncompleteImage, Store
+
+# Attempts at a remote image that arrives cut short (no Content-Length to tell). The HTTP
+# client already retried connection errors; this catches a body that merely ends early.
+INCOMPLETE_ATTEMPTS = 3
+CACHE_BATCH = 64  # items looked up in the fetch cache at once
+
+
+def _cache_key(item: Item) -> str:
+    """Where the fetch cache looks an image up: the source's key, the URL, or path+size+mtime.
+
+    ``os.path.abspath`` rather than ``Path.resolve``: this runs for every item of every
+    re-pull, and resolving symlinks costs a stat per path component.
+    """
+    if item.image.cache_key:
+        return item.image.cache_key
+    path = local_path(item.image.uri)
+    if path is None:
+        return item.image.uri
+    where = os.path.abspath(path)
+    try:
+        st = os.stat(where)
+    except OSError:
+        return f"file:{where}"  # fetch will report the missing file
+    return f"file:{where}:{st.st_size}:{st.st_mtime_ns}"
+
+
+class FetchFailed(TlsyncError):
+    """One item's image could not be fetched; ``io`` when the cause was reading or the
+    network (worth trying again next pull) rather than the bytes themselves."""
+
+    def __init__(self, message: str, io: bool):
+        super().__init__(message)
+        self.io = io
+
+
+@dataclass
+class Limits:
+    """Per-image bounds every source's fetch runs under (``--max-image-bytes``, deadline)."""
+
+    max_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES
+    deadline: float | None = DEFAULT_DEADLINE
+
+
+class Fetcher:
+    """Puts items' images into the store: cache hits at once, misses on worker threads."""
+
+    def __init__(self, store: Store, source: Source, limits: Limits | None = None):
+        self.store, self.source = store, source
+        self.limits = limits or Limits()
+        self.fetched = self.cached = 0
+
+    def from_cache(self, items: list[Item]) -> list[Item | None]:
+        """Each item with its cached image filled in, or None where it must be fetched.
+
+        Runs on the calling thread, one lookup for a batch: a warm re-pull is all cache
+        hits, and handing each one to a worker thread would cost more than the lookup.
+        """
+        keys = [_cache_key(item) for item in items]
+        hits = self.store.cache_get_many(keys)
+        found: list[Item | None] = []
+        for item, key in zip(items, keys, strict=True):
+            hit = hits.get(key)
+            if hit:
+                self.cached += 1
+                _fill(item, *hit)
+            found.append(item if hit else None)
+        return found
+
+    def fetch(self, item: Item) -> Item | TlsyncError:
+        """Fetch one image into the store (on a worker thread).
+
+        Errors are handed back to the main thread, which applies ``--on-error``; a
+        ``StoreWriteError`` is handed back as it is, and ends the pull there.
+        """
+        remote = local_path(item.image.uri) is None
+        for attempt in range(INCOMPLETE_ATTEMPTS if remote else 1):
+            try:
+                path, sha256, width, height = self.store.add_image(
+                    lambda out: self._fetch(item, out), self.limits.max_bytes, self.limits.deadline)
+                self.store.cache_put(_cache_key(item), path, sha256, width, height)
+            except StoreWriteError as e:
+                return e
+            except IncompleteImage as e:
+                if attempt + 1 < INCOMPLETE_ATTEMPTS and remote:
+                    continue
+                return self._failed(item, e, io=remote)
+            except _SourceFetchError as e:
+                return self._failed(item, e.error, io=True)
+            except TlsyncError as e:
+                return self._failed(item, e, io=False)
+            _fill(item, path, sha256, width, height)
+            return item
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _failed(item: Item, e: TlsyncError, io: bool) -> FetchFailed:
+        """The error as the user sees it, printed or stored: signed URLs lose their query."""
+        msg = str(e)
+        if not msg.startswith("item "):
+            msg = f"item '{item.id}': image {item.image.uri}: {msg}"
+        return FetchFailed(for_storage(msg), io)
+
+    def _fetch(self, item: Item, out: Any) -> None:
+        """The source's ``fetch``, with a bug in it blamed on the source by name."""
+        try:
+            self.source.fetch(item, out)
+        except (StoreWriteError, ImageTooLarge):
+            raise
+        except TlsyncError as e:  # the source could not get the bytes: network, unreadable file
+            raise _SourceFetchError(e) from None
+        except Exception as e:
+            raise PluginError(f"item '{item.id}': {plugins.describe_source(self.source.name)} "
+                              f"fetch raised {type(e).__name__}: {e}") from e
+
+    def in_order(self, items: Iterable[Item], workers: int) -> Iterator[Item | TlsyncError]:
+        """Every item with its image in the store, in input order, misses fetched in parallel.
+
+        A bounded window of pending fetches keeps memory flat however long the source is.
+        """
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tlsync-fetch") as pool:
+            window: deque[Future | Item] = deque()
+
+            def head_ready() -> bool:
+                return bool(window) and (not isinstance(window[0], Future) or window[0].done())
+
+            def pop() -> Item | TlsyncError:
+                head = window.popleft()
+                if not isinstance(head, Future):
+                    return head
+                result = head.result()
+                self.fetched += not isinstance(result, TlsyncError)
+                return result
+
+            try:
+                for batch in _batches(items, CACHE_BATCH):
+                    for item, cached in zip(batch, self.from_cache(batch), strict=True):
+                        window.append(cached or pool.submit(self.fetch, item))
+                        while len(window) >= workers * 4 or head_ready():
+                            yield pop()
+                while window:
+                    yield pop()
+            finally:
+                for pending in window:
+                    if isinstance(pending, Future):
+                        pending.cancel()
+
+
+class _SourceFetchError(Exception):
+    """Carries a source's fetch error past ``add_image`` so the fetcher can tell it apart."""
+
+    def __init__(self, error: TlsyncError):
+        super().__init__(str(error))
+        self.error = error
+
+
+def _batches(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
+    batch: list[Item] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _fill(item: Item, path: str, sha256: str, width: int, height: int) -> None:
+    item.image.path, item.image.sha256, item.image.width, item.image.height = path, sha256, width, height
