@@ -204,7 +204,7 @@ def test_distributed_eval_equals_single_process_eval_on_the_same_checkpoint(
     ddp, one = (json.loads((tmp_path / f / "predictions.json").read_text()) for f in ("ddp-eval", "one-eval"))
     assert [(p["image_id"], p["category_id"]) for p in ddp] == [(p["image_id"], p["category_id"]) for p in one]
     for a, b in zip(ddp, one, strict=True):
-        assert a["score"] == pytest.approx(b["score"], abs=1e-4) and a["bbox"] == pytest.approx(b["bbox"], abs=1e-2)
+        assert a["score"] == pytest.approx(b["score"], abs=1e-4) and a["bbox"] == pytest.approx(b["bbox"], abs=0.02)
 
 
 def test_a_rank_that_raises_stops_the_job_naming_it_and_the_run_resumes_on_two_processes(
