@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-from click.utils import make_default_short_help
 
 from . import __version__
 from .errors import TlsyncError
@@ -60,7 +59,8 @@ def lazy_short_help(target: str, limit: int = SHORT_HELP_LIMIT) -> str:
     if texts.get("short_help"):
         return inspect.cleandoc(texts["short_help"])
     text = texts.get("help") or ast.get_docstring(node) or ""
-    return make_default_short_help(text.split("\f", 1)[0], limit).strip()
+    # click's own rule, through its public API (click.utils.make_default_short_help is deprecated in 8.5)
+    return click.Command(None, help=text.split("\f", 1)[0]).get_short_help_str(limit).strip()
 
 
 @functools.cache
