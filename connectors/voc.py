@@ -11,10 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from xml.etree.ElementTree import Element
-
-import defusedxml
-import defusedxml.ElementTree as SafeET
+from typing import TYPE_CHECKING
 
 from tlsync.errors import InvalidItem, SourceError
 from tlsync.format import SPLITS, Box, ImageRef, Item
@@ -22,6 +19,9 @@ from tlsync.paths import ExportRoot
 from tlsync.sources import PullContext
 
 from .yolo import IMAGE_EXTENSIONS
+
+if TYPE_CHECKING:
+    from xml.etree.ElementTree import Element
 
 SPLIT_FOLDERS = {"train": "train", "valid": "val", "val": "val", "test": "test"}
 ZERO_AREA = "zero-area boxes in VOC XML (xmin == xmax or ymin == ymax)"
@@ -125,6 +125,11 @@ def find_image(folder: Path, stem: str, filename: str | None) -> Path | None:
 
 def parse_annotation(ctx: PullContext, xml: Path) -> tuple[str | None, list[Box]] | None:
     """``(filename tag, boxes)`` of one VOC XML, or None when the file is refused."""
+    # Here, not at the top: every command that lists sources loads this module (through
+    # the Roboflow source), and only a VOC pull needs an XML parser.
+    import defusedxml
+    import defusedxml.ElementTree as SafeET
+
     try:
         root = SafeET.parse(xml).getroot()
     except defusedxml.DefusedXmlException as e:

@@ -11,15 +11,16 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from tlsync.errors import InvalidItem, SourceError, TlsyncError
 from tlsync.format import SPLITS, Box, ImageRef, Item
 from tlsync.images import image_info
 from tlsync.paths import ExportRoot
 from tlsync.sources import PullContext
+
+if TYPE_CHECKING:
+    import yaml
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 # Where exports put a split when data.yaml does not say (Roboflow writes no ``test:`` key).
@@ -54,6 +55,8 @@ def load_config(path: Path) -> dict[str, Any]:
     that then walks it (``str()`` of a split entry) expands it exponentially. Composing
     first gives the node graph, whose expanded size is counted with a budget.
     """
+    import yaml  # here, not at the top: every command that lists sources loads this module (via Roboflow)
+
     try:
         with open(path, "rb") as f:
             raw = f.read(MAX_YAML_BYTES + 1)
@@ -73,6 +76,8 @@ def load_config(path: Path) -> dict[str, Any]:
 
 def _check_expansion(path: Path, root: yaml.Node | None) -> None:
     """Count the nodes the document expands to (aliases counted each time), up to a budget."""
+    import yaml
+
     stack, seen = [root] if root is not None else [], 0
     while stack:
         node = stack.pop()

@@ -12,7 +12,6 @@ import importlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pluggy
@@ -93,6 +92,10 @@ def load_plugins() -> pluggy.PluginManager:
         except Exception as e:  # a broken built-in must not take the CLI down either
             _record_broken(module_name, f"failed to import: {type(e).__name__}: {e}")
     allowed = _allowed()
+    if allowed is not None and not allowed:
+        return pm  # none wanted: no need to read every installed distribution's entry points
+    from importlib.metadata import entry_points  # not cheap to import, and only needed here
+
     for ep in entry_points(group="tlsync"):
         dist = ep.dist.name if ep.dist else None
         if allowed is not None and ep.name not in allowed and dist not in allowed:
