@@ -165,27 +165,32 @@ class Fetcher:
 
 
 class _Workers:
-    """A fixed set of fetch threads, all started at the first fetch.
+    """A fixed set of fetch threads, started while the source reads its first items.
 
     ``ThreadPoolExecutor`` starts a thread per ``submit`` until it has ``max_workers``,
     and each start waits for the new thread to win the GIL from the ones already
     downloading: with 64 threads that put up to a switch interval (5 ms) per thread
-    between the first image request and the 64th. Started together, before any of
-    them has work, they cost about 0.1 ms each. A pull whose images are all cached
-    starts none. On exit, fetches not yet begun are cancelled and the threads joined.
+    between the first image request and the 64th. Here one starter thread starts them
+    all on entry, while the main thread waits for the source's first page (a network
+    round trip), and ``submit`` never waits for a thread: jobs queue until one is free.
+    On exit, fetches not yet begun are cancelled and the threads joined.
     """
 
     def __init__(self, workers: int):
         self.workers = workers
         self._jobs: queue.SimpleQueue[tuple[Future, Callable[[Any], Any], Any] | None] = queue.SimpleQueue()
-        self._threads: list[threading.Thread] = []
+        self._threads = [threading.Thread(target=self._work, name=f"tlsync-fetch_{n}", daemon=True)
+                         for n in range(workers)]
+        self._starter = threading.Thread(target=self._start, name="tlsync-fetch-start", daemon=True)
 
-    def submit(self, fn: Callable[[Any], Any], arg: Any) -> Future:
-        if not self._threads:
-            self._threads = [threading.Thread(target=self._work, name=f"tlsync-fetch_{n}", daemon=True)
-                             for n in range(self.workers)]
+    def _start(self) -> None:
+        try:
             for thread in self._threads:
                 thread.start()
+        except RuntimeError:  # the OS would start no more threads: those running, and this one, share the work
+            self._work()
+
+    def submit(self, fn: Callable[[Any], Any], arg: Any) -> Future:
         future: Future = Future()
         self._jobs.put((future, fn, arg))
         return future
@@ -201,6 +206,7 @@ class _Workers:
                 future.set_exception(e)
 
     def __enter__(self) -> _Workers:
+        self._starter.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -211,10 +217,12 @@ class _Workers:
                 break
             if job is not None:
                 job[0].cancel()
-        for _ in self._threads:
+        for _ in range(len(self._threads) + 1):  # one each, and one for the starter if it had to work
             self._jobs.put(None)
+        self._starter.join()
         for thread in self._threads:
-            thread.join()
+            if thread.ident is not None:
+                thread.join()
 
 
 class _SourceFetchError(Exception):
