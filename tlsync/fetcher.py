@@ -18,6 +18,7 @@ from typing import Any
 from . import plugins
 from .errors import PluginError, TlsyncError
 from .format import Item
+from .images import preload
 from .secrets import for_storage
 from .sink import DEFAULT_DEADLINE, DEFAULT_MAX_IMAGE_BYTES, ImageTooLarge, StoreWriteError
 from .sources import Source, local_path
@@ -141,7 +142,7 @@ class Fetcher:
 
         A bounded window of pending fetches keeps memory flat however long the source is.
         """
-        with _Workers(workers) as pool:
+        with _Workers(workers, preload) as pool:
             window: deque[Future | Item] = deque()
 
             def head_ready() -> bool:
@@ -173,11 +174,13 @@ class _Workers:
     between the first image request and the 64th. Here one starter thread starts them
     all on entry, while the main thread waits for the source's first page (a network
     round trip), and ``submit`` never waits for a thread: jobs queue until one is free.
-    On exit, fetches not yet begun are cancelled and the threads joined.
+    The starter then runs ``warm`` (imports the threads will need), still ahead of the
+    first image. On exit, fetches not yet begun are cancelled and the threads joined.
     """
 
-    def __init__(self, workers: int):
+    def __init__(self, workers: int, warm: Callable[[], None] | None = None):
         self.workers = workers
+        self._warm = warm
         self._jobs: queue.SimpleQueue[tuple[Future, Callable[[Any], Any], Any] | None] = queue.SimpleQueue()
         self._threads = [threading.Thread(target=self._work, name=f"tlsync-fetch_{n}", daemon=True)
                          for n in range(workers)]
@@ -189,6 +192,12 @@ class _Workers:
                 thread.start()
         except RuntimeError:  # the OS would start no more threads: those running, and this one, share the work
             self._work()
+            return
+        if self._warm is not None:
+            try:
+                self._warm()
+            except Exception:  # only a head start: the fetch that needs it meets the same error and reports it
+                pass
 
     def submit(self, fn: Callable[[Any], Any], arg: Any) -> Future:
         future: Future = Future()

@@ -54,6 +54,18 @@ def _megapixels(n: int) -> str:
     return f"{n / 1e6:,.0f} MP" if n >= 10**7 else f"{n / 1e6:,.1f} MP" if n >= 10**5 else f"{n:,} pixels"
 
 
+def preload() -> None:
+    """Import PIL and its common format plugins now rather than at the first image checked.
+
+    Fetch threads call this from a starter thread while their first downloads are in
+    flight; otherwise the first check imports PIL while every other fetch thread with an
+    image in hand queues on the import lock behind it.
+    """
+    from PIL import Image
+
+    Image.preinit()
+
+
 def image_info(path: Path) -> tuple[int, int, str]:
     """``(width, height, extension)`` of an image file, reading only its header.
 
