@@ -94,6 +94,10 @@ class FetchCache:
                 raise
         raise AssertionError("unreachable")
 
+    def warm(self) -> None:
+        """Open the lookup connection now (a corrupt file is set aside here, as on any call)."""
+        self._run("SELECT 1 FROM fetched LIMIT 1", ())
+
     def get(self, key: str) -> tuple[str, str, int, int] | None:
         return self._run("SELECT path, sha256, width, height FROM fetched WHERE key=?", (key,))
 

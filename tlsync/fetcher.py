@@ -137,12 +137,17 @@ class Fetcher:
             raise PluginError(f"item '{item.id}': {plugins.describe_source(self.source.name)} "
                               f"fetch raised {type(e).__name__}: {e}") from e
 
+    def _warm(self) -> None:
+        """What the first look-up and the first image check need, got ready off the main thread."""
+        self.store.cache_warm()
+        preload()
+
     def in_order(self, items: Iterable[Item], workers: int) -> Iterator[Item | TlsyncError]:
         """Every item with its image in the store, in input order, misses fetched in parallel.
 
         A bounded window of pending fetches keeps memory flat however long the source is.
         """
-        with _Workers(workers, preload) as pool:
+        with _Workers(workers, self._warm) as pool:
             window: deque[Future | Item] = deque()
 
             def head_ready() -> bool:

@@ -202,6 +202,10 @@ class Store:
             return row
         return None
 
+    def cache_warm(self) -> None:
+        """Open the fetch cache ahead of the first look-up (the fetcher does it while a source pages)."""
+        self._cache.warm()
+
     def cache_get_many(self, keys: list[str]) -> dict[str, tuple[str, str, int, int]]:
         """``cache_get`` for many keys at once (at most SQLite's 999 variables a call)."""
         found: dict[str, tuple[str, str, int, int]] = {}
