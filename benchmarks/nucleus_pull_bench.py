@@ -40,6 +40,7 @@ from fake_nucleus import FakeNucleus  # noqa: E402
 SLICE = "slc_bench"
 PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "chess-pieces-coco" / "train"
 TARGET = 10.0
+FIGURES = ("startup", "export", "images", "publish", "cpu")  # medians reported per cold pull
 FINDINGS = """Where the time went (cProfile of the pull process, server log timestamps), and what changed:
 - durability costs I/O: the integrity work fsyncs every image and its `images/xx/` folder before a
   version names them. Done once per folder at publish time that was 140 fsyncs in a row (0.6 s
@@ -72,7 +73,8 @@ def baseline(nucleus: FakeNucleus, out: Path) -> float:
 
 def tlsync_pull(nucleus: FakeNucleus, home: Path, python: str = sys.executable,
                 extra: tuple[str, ...] = ()) -> dict[str, float | str]:
-    """``tlsync pull`` in a subprocess: seconds, its peak RSS in MB, its last line, and phases."""
+    """``tlsync pull`` in a subprocess: seconds, its peak RSS in MB, its CPU seconds (user + system, all
+    threads: less swayed by other jobs' load than wall time), its last line, and phases."""
     env = _env(home, nucleus)
     nucleus.server.clear_log()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
@@ -95,7 +97,8 @@ def tlsync_pull(nucleus: FakeNucleus, home: Path, python: str = sys.executable,
         last_image = max(images) + nucleus.server.latency if images else first_image
         phases = {"startup": min(api) - start, "export": first_image - min(api),
                   "images": last_image - first_image, "publish": end - last_image}
-    return {"seconds": end - start, "rss": usage.ru_maxrss / 1024, "line": line, "requests": len(images), **phases}
+    return {"seconds": end - start, "rss": usage.ru_maxrss / 1024, "cpu": usage.ru_utime + usage.ru_stime,
+            "line": line, "requests": len(images), **phases}
 
 
 def _env(home: Path, nucleus: FakeNucleus) -> dict[str, str]:
@@ -146,7 +149,7 @@ def speed(args: argparse.Namespace, photos: list[bytes]) -> tuple[list[str], dic
             print(f"--concurrency {c}: {spread(times)}", flush=True)
     seconds = [float(p["seconds"]) for p in pulls]
     ratios = [b / s for b, s in zip(bases, seconds, strict=True)]
-    phase = {k: statistics.median(float(p[k]) for p in pulls) for k in ("startup", "export", "images", "publish")}
+    phase = {k: statistics.median(float(p[k]) for p in pulls) for k in FIGURES}
     figures = {"ratio": statistics.median(bases) / statistics.median(seconds), "again": float(again["seconds"]),
                "min_ratio": min(ratios), "max_ratio": max(ratios), **phase}
     rows = [
@@ -160,7 +163,7 @@ def speed(args: argparse.Namespace, photos: list[bytes]) -> tuple[list[str], dic
         rows.append(f"| `tlsync pull` before this change (`--before`) | {spread(before)} | {befores[0]['requests']} |")
         figures["before_ratio"] = statistics.median(bases) / statistics.median(before)
         figures.update({f"before_{k}": statistics.median(float(p[k]) for p in befores)
-                        for k in ("startup", "export", "images", "publish")})
+                        for k in FIGURES})
     return rows, figures
 
 
@@ -205,13 +208,14 @@ def main() -> None:
             f"target >= {TARGET:g}x: {met(f['ratio'] >= TARGET)}); "
             f"the unchanged re-pull takes {f['again']:.2f} s (target < 2 s: {met(f['again'] < 2)}). "
             f"Where a cold pull's time goes (medians): start-up {f['startup']:.2f} s, export paging "
-            f"{f['export']:.2f} s, images {f['images']:.2f} s, publishing {f['publish']:.2f} s. "
+            f"{f['export']:.2f} s, images {f['images']:.2f} s, publishing {f['publish']:.2f} s; "
+            f"the pull process used {f['cpu']:.2f} s of CPU (user + system). "
             f"Load average before/after: {load_before:.1f}/{os.getloadavg()[0]:.1f}."]
     if "before_ratio" in f:
         body += ["", f"Cold-pull cost before this change (`--before`, pulled in the same rounds): "
                      f"**{f['before_ratio']:.1f}x**; start-up {f['before_startup']:.2f} s, export paging "
                      f"{f['before_export']:.2f} s, images {f['before_images']:.2f} s, publishing "
-                     f"{f['before_publish']:.2f} s.", "", FINDINGS]
+                     f"{f['before_publish']:.2f} s; {f['before_cpu']:.2f} s of CPU.", "", FINDINGS]
     if args.big:
         seconds, rss = memory(args.big, args.python)
         body += ["", f"Memory: a {args.big:,}-item slice (8x8 images, no latency) pulls in {seconds:.0f} s "
