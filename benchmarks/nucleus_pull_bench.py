@@ -41,22 +41,30 @@ SLICE = "slc_bench"
 PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "chess-pieces-coco" / "train"
 TARGET = 10.0
 FIGURES = ("startup", "export", "images", "publish", "cpu")  # medians reported per cold pull
-FINDINGS = """Where the time went (cProfile of the pull process, server log timestamps), and what changed:
+FINDINGS = """Where the time went (cProfile and py-spy of the pull process, server log timestamps), and what changed:
 - durability costs I/O: the integrity work fsyncs every image and its `images/xx/` folder before a
   version names them. Done once per folder at publish time that was 140 fsyncs in a row (0.6 s
-  measured); they now run on each image's fetch thread, overlapping the other downloads;
-- fetch-cache lookups on the main thread: each SQLite call hands the GIL to the fetch threads and
-  waits up to 5 ms to get it back (1.4 ms per item measured); lookups now go 64 keys per query, on
-  a reader connection of their own;
-- images: bodies were spooled and copied once more; they now stream straight into the store's
-  image sink (which restarts on a retry); 16 fetch threads left a 50 ms round trip idle, the
-  default is now 64 (`--sweep`: no slower than 16 on a loaded machine, and 429s now hold back
-  every thread of the client);
-- export paging: the slice's info request now runs alongside the first export page;
-- start-up (about 0.35 s of CPU before the first request): importing requests (0.12 s), click,
-  every built-in connector (`tlsync.plugins` imports roboflow, coco, voc, yolo and yaml for a
-  Nucleus pull) and rich for a progress bar that is off when stderr is not a terminal. The last two
-  are outside this change (plugins.py, console.py); they are the next 0.1-0.2 s."""
+  measured); they run on each image's fetch thread, overlapping the other downloads (switching
+  them off altogether did not change the image phase measurably on a loaded machine);
+- fetch-cache lookups go 64 keys per query, on a reader connection of their own, now opened by the
+  fetch starter thread while the export's first page is in flight;
+- images: bodies stream straight into the store's image sink (which restarts on a retry). The 64
+  fetch threads were started one per `submit` by `ThreadPoolExecutor`, each start waiting for the
+  GIL behind the threads already downloading; they are now started together by one starter thread
+  while the export's first page loads, and PIL (the image check) is imported there too, instead of
+  by the first check with every other fetch thread queued on its import lock. `--sweep 24,32,64`
+  on a loaded machine: the same wall time (64 kept: on a quiet machine 16 left a 50 ms round trip
+  idle, and 429s hold back every thread of the client). What is left is CPU under one GIL: about
+  3.5 ms per 285 KB image (requests' own per-request work ~1 ms, hashing, the completeness check,
+  two fsyncs' kernel time), so the image phase is bound by CPU, not by latency;
+- start-up: rich is no longer imported for a progress bar on a stderr that is not a terminal,
+  YAML and the XML parser are imported by the YOLO and VOC readers that use them (not by every
+  command that loads the Roboflow source), and an empty `TLSYNC_LOAD_PLUGINS` skips the scan of
+  every installed distribution's entry points. About 40 ms less, measured on 1-item pulls; most of
+  what is left is importing requests (~0.1 s of CPU, of which charset_normalizer, which imports
+  every codec, is half), click and filelock;
+- exit: the `tlsync` program freezes the GC's objects when its command returns, which spares the
+  interpreter's final collections (~45 ms)."""
 
 
 def baseline(nucleus: FakeNucleus, out: Path) -> float:

@@ -41,6 +41,9 @@ class FetchCache:
         self._read_lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
+        # Bumped by each rebuild: a thread that met the corrupt file after another thread
+        # already set it aside retries on the new one instead of setting that aside too.
+        self._generation = 0
 
     def _open(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -70,6 +73,7 @@ class FetchCache:
 
     def _run(self, sql: str, args: tuple[Any, ...], commit: bool = False, many: bool = False) -> Any:
         for attempt in (0, 1):
+            generation = self._generation
             try:
                 if commit:
                     with self._lock:
@@ -86,7 +90,9 @@ class FetchCache:
             except sqlite3.DatabaseError as e:
                 if _code(e) in CORRUPT and attempt == 0:
                     with self._lock, self._read_lock:
-                        self._rebuild(e)
+                        if generation == self._generation:
+                            self._rebuild(e)
+                            self._generation += 1
                     continue
                 if _code(e) in WRITE_FAILED or isinstance(e, sqlite3.OperationalError):
                     raise StoreWriteError(f"cannot write the fetch cache {self.path}: {e}; nothing was published. "

@@ -179,8 +179,8 @@ class _Workers:
     between the first image request and the 64th. Here one starter thread starts them
     all on entry, while the main thread waits for the source's first page (a network
     round trip), and ``submit`` never waits for a thread: jobs queue until one is free.
-    The starter then runs ``warm`` (imports the threads will need), still ahead of the
-    first image. On exit, fetches not yet begun are cancelled and the threads joined.
+    The starter then runs ``warm`` (what the first look-up and the first image check
+    need), still ahead of the first image. On exit, fetches not yet begun are cancelled and the threads joined.
     """
 
     def __init__(self, workers: int, warm: Callable[[], None] | None = None):
