@@ -9,12 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+from torch import nn
 
 from tlsync.connectors.synthetic import SyntheticSource
 from tlsync.format import ImageRef, Item
 from tlsync.pull import pull
 from tlsync.sources import PullContext
-from tlsync.trainer.forgetting import compare
+from tlsync.trainer.checkpoint import load_model
+from tlsync.trainer.forgetting import check_forgetting, compare
 
 LITE0 = ("--model", "fasterrcnn_efficientnet_lite0_fpn", "--weights", "imagenet")
 SMALL = ("--img-size", "128", "--batch-size", "4", "--workers", "0", "--device", "cpu", "--patience", "0")
@@ -48,25 +51,41 @@ def train(run_cli, *args: Any) -> Path:
     return Path(re.search(r"^run: (.+)$", result.stdout, re.M).group(1)), result
 
 
-def test_a_child_that_forgets_a_class_is_warned_about_by_name(store, run_cli, tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+class WithoutClass(nn.Module):
+    """A model that has forgotten exactly one class: ``model``'s detections, less that class's."""
+
+    def __init__(self, model: nn.Module, label: int):
+        super().__init__()
+        self.model, self.label = model, label
+
+    def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        outputs = self.model(images)
+        return [{k: v[o["labels"] != self.label] for k, v in o.items()} for o in outputs]
+
+
+def test_a_continued_run_is_checked_on_the_parent_data(store, run_cli, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     options = {"items": 8, "size": 128, "seed": 0}
     pull(store, Seen(), options, "v1")
     pull(store, Seen(drop="triangle"), options, "v2")
-    # Caveat (measured 2026-12-01): at --lr 0.04 the child loses every class on the parent's data
-    # (AP50 0.66/0.92/0.38 -> 0 for circle/square/triangle), so this checks the warning, files and
-    # figures, not that only the dropped class falls; at the default lr, on data this small, the
-    # dropped class did not fall (triangle +0.12, the others -0.55/-0.71): noise dominates.
     parent, _ = train(run_cli, "--dataset", "v1", *LITE0, *SMALL, "--epochs", "8", "--lr", "0.02")
+    # Which classes a real continued run loses on data this small is noise (measured: at --lr 0.04 every
+    # class on one machine, circle and square but not triangle on another), so the end-to-end half checks
+    # that the warning, files and figures agree; the half below checks that a forgotten class is caught.
     child, result = train(run_cli, "--dataset", "v2", "--weights", parent, *SMALL, "--epochs", "6", "--lr", "0.04")
     forgetting = json.loads((child / "forgetting.json").read_text())
     assert forgetting["parent"]["dataset"] == "v1@1" and forgetting["parent"]["split"] == "test"
-    tri = forgetting["classes"]["triangle"]
-    assert tri["delta_ap50"] == pytest.approx(tri["child_ap50"] - tri["parent_ap50"])
-    assert tri["delta_ap50"] < -0.05, forgetting
-    assert "triangle" in forgetting["forgotten"]
-    assert re.search(r"warning: forgetting: .* for .*triangle", result.stderr)
+    rows = forgetting["classes"]
+    assert set(rows) == {"circle", "square", "triangle"}
+    for row in rows.values():
+        assert row["delta_ap50"] == pytest.approx(row["child_ap50"] - row["parent_ap50"])
+    fell = sorted(n for n, r in rows.items() if r["delta_ap50"] < -forgetting["tolerance_ap50"])
+    assert sorted(forgetting["forgotten"]) == fell
+    for name in fell:
+        assert re.search(rf"warning: forgetting: .* for .*{name}", result.stderr)
+    if not fell:
+        assert "warning: forgetting" not in result.stderr
     child_eval = json.loads((child / "eval" / "parent" / "metrics.json").read_text())
     assert child_eval["dataset"] == "v1@1" and child_eval["map50_95"] == forgetting["overall"]["child_map50_95"]
     assert "Forgetting" in (child / "report.html").read_text()
@@ -74,6 +93,18 @@ def test_a_child_that_forgets_a_class_is_warned_about_by_name(store, run_cli, tm
     assert table.exit_code == 0 and "on parent data" in table.stdout
     off, _ = train(run_cli, "--dataset", "v2", "--weights", parent, *SMALL, "--epochs", "1", "--forget-check", "off")
     assert not (off / "forgetting.json").exists()
+
+    # The parent itself, less its triangle detections, is a child that forgot triangle and nothing else.
+    config = json.loads((child / "config.json").read_text())
+    model, categories, _ = load_model(parent / "weights" / "best.pt", device="cpu")
+    forgot = WithoutClass(model, categories.index("triangle") + 1)
+    check = check_forgetting(tmp_path / "check", {**config, "categories": categories}, forgot,
+                             torch.device("cpu"), store)
+    assert check is not None and check["classes"]["triangle"]["parent_ap50"] > 0.1, check
+    assert check["forgotten"] == ["triangle"]
+    assert check["classes"]["triangle"]["child_ap50"] == 0.0
+    for name in ("circle", "square"):
+        assert check["classes"][name]["delta_ap50"] == pytest.approx(0.0, abs=0.01)
 
 
 def test_new_and_dropped_classes_are_named_not_scored() -> None:

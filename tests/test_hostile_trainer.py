@@ -61,3 +61,32 @@ def test_predict_on_a_folder_skips_and_names_bombs_and_truncated_files(run_cli, 
     assert f"skipped {photos / 'cut.jpg'}: not a readable image" in result.stderr
     images = json.loads((tmp_path / "preds" / "images.json").read_text())["images"]
     assert [Path(i["file_name"]).name for i in images] == ["good.png"]
+
+
+def test_predict_skips_a_file_whose_pixels_do_not_decode(run_cli, tmp_path, monkeypatch):
+    """A file whose structure looks whole (so the up-front check passes) but whose pixels fail to decode."""
+    from tlsync.errors import TlsyncError
+    from tlsync.trainer import predict
+
+    monkeypatch.chdir(tmp_path)
+    run = make_run(Path("runs/math"), mathtext_dataset(tmp_path / "export", run_cli))
+    photos = tmp_path / "photos"
+    for name in ("a.png", "cursed.png", "b.png"):
+        write_image(photos / name, width=96, height=96)
+    decode = predict.load_image
+
+    def load_image(path: Path):
+        if path.name == "cursed.png":
+            raise TlsyncError(f"{path}: cannot decode image (OSError)")
+        return decode(path)
+
+    monkeypatch.setattr(predict, "load_image", load_image)
+    result = run_cli("predict", "--run", run, photos, "--out", tmp_path / "preds", "--device", "cpu")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.startswith("2 images")
+    assert f"skipped {photos / 'cursed.png'}: {photos / 'cursed.png'}: cannot decode image" in result.stderr
+    images = json.loads((tmp_path / "preds" / "images.json").read_text())["images"]
+    assert [Path(i["file_name"]).name for i in images] == ["a.png", "b.png"]
+    monkeypatch.setattr(predict, "load_image", lambda path: load_image(photos / "cursed.png"))
+    again = run_cli("predict", "--run", run, photos, "--out", tmp_path / "preds2", "--device", "cpu")
+    assert again.exit_code == 1 and "none of the 3 files decodes as an image" in again.stderr

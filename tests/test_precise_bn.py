@@ -116,6 +116,25 @@ def test_frozen_batch_norm_is_left_alone() -> None:
     assert not any(m in heads for m in model.backbone.modules())
 
 
+@pytest.mark.parametrize("name", [LITE0, MOBILENET, SSDLITE])
+def test_the_short_statistics_pass_gives_what_the_whole_model_would(name: str, home: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Precise BN stops after the last part with live batch norm (R-CNN: the backbone; SSDLite: the head).
+
+    That is what keeps its cost small beside an epoch; the statistics must not change for it."""
+    from tlsync.trainer import precise_bn
+
+    dataset = train_dataset(home, 64)
+    short, whole = scratch(name), scratch(name)
+    assert precise_bn.stats_forward(short, precise_bn.live_batchnorms(short)) is not short
+    precise_bn.recompute(short, dataset, batches=3, batch_size=4, seed=0, device=torch.device("cpu"))
+    monkeypatch.setattr(precise_bn, "stats_forward", lambda model, layers: model)
+    precise_bn.recompute(whole, dataset, batches=3, batch_size=4, seed=0, device=torch.device("cpu"))
+    a, b = bn_stats(short), bn_stats(whole)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6) for k in a)
+    assert any(not torch.equal(v, bn_stats(scratch(name))[k]) for k, v in a.items())
+
+
 def recompute_job(home: str, *, runtime: Any) -> dict[str, list[float]]:
     """This rank's share of the recompute (module level, so that spawned workers can import it).
 

@@ -98,7 +98,8 @@ def export_run(run: Path, fmt: str, weights: str | None, img_size: int | None, o
     write_sidecar(folder, meta, target.name, file_entry(target, fmt, opset if fmt == "onnx" else None, "fp32"))
     click.echo(f"exported: {target} ({target.stat().st_size / 1e6:.1f} MB)")
     original = cached(parity.torch_outputs(model))
-    results = [check(target, original, version, categories, check_images, max_map_drop)]
+    candidates = parity.torch_candidates(model)
+    results = [check(target, original, version, categories, check_images, max_map_drop, candidates)]
     if int8 is not None:
         from .quantize import quantize as run_quantize
 
@@ -107,7 +108,7 @@ def export_run(run: Path, fmt: str, weights: str | None, img_size: int | None, o
         write_sidecar(folder, meta, int8.name, {**file_entry(int8, "onnx", opset, "int8"), "quantization": how})
         click.echo(f"exported: {int8} ({int8.stat().st_size / 1e6:.1f} MB, {how['method']} int8; "
                    f"{target.stat().st_size / int8.stat().st_size:.1f}x smaller)")
-        results.append(check(int8, original, version, categories, check_images, max_map_drop))
+        results.append(check(int8, original, version, categories, check_images, max_map_drop, candidates))
     return results
 
 
@@ -185,14 +186,20 @@ def cached(run: Callable[[torch.Tensor], parity.Outputs]) -> Callable[[torch.Ten
 
 
 def check(path: Path, original: Callable[[torch.Tensor], parity.Outputs], version: Any, categories: list[str],
-          limit: int | None, max_map_drop: float) -> tuple[Path, bool, str]:
-    """Run the parity check of ``path`` and record the outcome in its model.json entry."""
+          limit: int | None, max_map_drop: float,
+          candidates: parity.Candidates) -> tuple[Path, bool, str]:
+    """Run the parity check of ``path`` and record the outcome in its model.json entry.
+
+    ``candidates`` (the original with NMS and caps lifted) prove tie swaps in an fp32 file; an
+    int8 file is held to its mAP cost, so no tie is looked for there.
+    """
     exported = load_exported(path)
     quantized = exported.meta["files"][path.name].get("precision") == "int8"
+    ties = None if quantized else candidates
     with progress(f"parity check {path.name}", unit="images") as update:
         result = parity.compare(original, exported.run_one, version, parity.check_split(version), categories,
-                                limit, progress=update)
-    limits = parity.probe_shapes(original, exported.run_one, result.pop("probe_image"), quantized)
+                                limit, progress=update, candidates=ties)
+    limits = parity.probe_shapes(original, exported.run_one, result.pop("probe_image"), quantized, ties)
     verified, why = parity.verdict(result, quantized, max_map_drop)
     if quantized:
         result["max_map_drop"] = max_map_drop
@@ -218,4 +225,5 @@ def recheck(path: Path, run: Path | None, dataset: str | None, limit: int | None
         raise TlsyncError(f"{checkpoint} changed since {path.name} was exported (sha256 differs); re-export instead")
     model, categories, config = load_for_export(checkpoint, meta["input"]["img_size"])
     version = Store().open(dataset or meta.get("dataset") or _dataset(config, run))
-    return check(path, cached(parity.torch_outputs(model)), version, categories, limit, max_map_drop)
+    return check(path, cached(parity.torch_outputs(model)), version, categories, limit, max_map_drop,
+                 parity.torch_candidates(model))

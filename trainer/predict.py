@@ -64,16 +64,22 @@ def predict_items(model: torch.nn.Module, items: Iterable[Item], image_path: Cal
 
 
 def _predict(model: torch.nn.Module, items: Iterable[Item], image_path: Callable[[Item], Path],
-             categories: list[str], device: str | torch.device, batch_size: int,
-             conf: float) -> Iterator[tuple[Item, Any, list[Box]]]:
-    """``(item, decoded picture, boxes)``: the picture too, so ``predict_run`` draws without decoding twice."""
+             categories: list[str], device: str | torch.device, batch_size: int, conf: float,
+             unreadable: Callable[[Item, TlsyncError], None] | None = None) -> Iterator[tuple[Item, Any, list[Box]]]:
+    """``(item, decoded picture, boxes)``: the picture too, so ``predict_run`` draws without decoding twice.
+
+    With ``unreadable``, an item whose pixels do not decode (a file whose structure looked
+    whole) is handed to it and left out; without it, the decode error stops the run.
+    """
     device = torch.device(device)
     was_training = model.training
     model.eval()
     try:
         iterator = iter(items)
         while batch := list(islice(iterator, batch_size)):
-            pictures = [load_image(image_path(item)) for item in batch]
+            batch, pictures = _decode(batch, image_path, unreadable)
+            if not batch:
+                continue
             tensors = [image_tensor(p).to(device, non_blocking=True) for p in pictures]
             with torch.inference_mode():
                 outputs = model(tensors)
@@ -81,6 +87,21 @@ def _predict(model: torch.nn.Module, items: Iterable[Item], image_path: Callable
                 yield item, picture, _boxes(output, categories, conf, *picture.size)
     finally:
         model.train(was_training)
+
+
+def _decode(batch: list[Item], image_path: Callable[[Item], Path],
+            unreadable: Callable[[Item, TlsyncError], None] | None) -> tuple[list[Item], list[Any]]:
+    kept, pictures = [], []
+    for item in batch:
+        try:
+            pictures.append(load_image(image_path(item)))
+        except TlsyncError as e:
+            if unreadable is None:
+                raise
+            unreadable(item, e)
+            continue
+        kept.append(item)
+    return kept, pictures
 
 
 def _save_picture(picture: Any, fmt: str, path: str) -> None:
@@ -152,8 +173,11 @@ def predict_run(run: str | Path, sources: list[str], out: Path, conf: float, dev
     out.mkdir(parents=True, exist_ok=True)
     images, predictions = [], []
     names: set[str] = set()
+    def unreadable(item: Item, error: TlsyncError) -> None:
+        skipped[item.id] = str(error)
+
     for n, (item, picture, boxes) in enumerate(_predict(model, items, lambda i: Path(i.image.uri), categories,
-                                                         device, batch_size=4, conf=conf), 1):
+                                                         device, 4, conf, unreadable), 1):
         drawn = out / _unique_name(Path(item.id), names)
         draw_boxes(picture, boxes, categories)
         atomic_write_file(drawn, partial(_save_picture, picture, "PNG" if drawn.suffix == ".png" else "JPEG"))
@@ -162,6 +186,8 @@ def predict_run(run: str | Path, sources: list[str], out: Path, conf: float, dev
         predictions.append(Item(item.id, item.image, boxes))
         if progress:
             progress(n, total=len(items))
+    if not predictions:
+        raise TlsyncError(f"none of the {len(paths)} files decodes as an image (first: {next(iter(skipped.values()))})")
     image_ids = {item.id: i for i, item in enumerate(predictions, 1)}
     atomic_write_json(out / "images.json", {
         "images": images, "categories": [{"id": i, "name": name} for i, name in enumerate(categories, 1)]})
