@@ -191,3 +191,16 @@ def test_a_real_curve_through_the_cli(store, run_cli, tmp_path: Path, monkeypatc
     refused = run_cli("curve", "--resume", folder, "--epochs", "3")
     assert refused.exit_code != 0 and "--epochs" in refused.stderr
     assert np.isfinite(data["points"][0]["map50_95"])
+
+
+def test_a_curve_still_rising_steeply_is_flagged() -> None:
+    """thermal's measured points up to 50% (benchmarks/learning_curve.py, 2 seeds): the fit puts the plateau
+    at its bound of 1.0 and under-predicts the measured 100% point (0.309) by 0.076; it must say so."""
+    measured = {18: (0.024, 0.038), 36: (0.067, 0.088), 53: (0.143, 0.102), 71: (0.177, 0.204)}
+    points = [{"fraction": n / 142, "train_images": n, "seed": s, "map50_95": m, "map50": 0.0}
+              for n, values in measured.items() for s, m in enumerate(values)]
+    result = analyse(points)
+    assert result.fit is not None and result.fit.a > 0.99
+    assert any("plateau sits at its bound" in w for w in result.warnings)
+    assert result.to_dict()["poor"]
+    assert not any("plateau" in w for w in analyse(power_law_points(0.7, 2.0, 0.6, noise=0.004)).warnings)

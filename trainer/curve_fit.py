@@ -150,6 +150,11 @@ def _fit_warnings(fit: Fit, sizes: dict[int, list[float]], predictions: list[dic
                         "this shape")
     if fit.c >= 2.99 or fit.c <= 0.011:
         warnings.append(f"exponent c={fit.c:.2f} sits at its bound: the points barely constrain the curve")
+    if fit.a >= 0.999:
+        # benchmarks/learning_curve.py: thermal's points up to 50% did this, and under-predicted 100% by 0.076
+        warnings.append("the plateau sits at its bound (mAP 1.0): the points are still rising steeply and do not "
+                        "show where the curve levels off; the predictions extend the rising part, which tends "
+                        "to under-predict")
     wide = [p for p in predictions if p["low"] is not None and p["high"] - p["low"] > 0.1]
     if wide:
         warnings.append(f"wide intervals (up to {max(p['high'] - p['low'] for p in wide):.2f} mAP): "
