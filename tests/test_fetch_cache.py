@@ -1,11 +1,16 @@
-"""The fetch cache under threads: a corrupt file met by two of them at once is set aside once."""
+"""The fetch cache under threads and in-process pulls: a corrupt file met by two threads at once is
+set aside once, and a pull leaves no connection behind."""
 
 from __future__ import annotations
 
 import itertools
+import os
 import sqlite3
 import threading
 from pathlib import Path
+
+import pytest
+from test_store_failures import coco_folder
 
 from tlsync.fetch_cache import FetchCache
 
@@ -44,3 +49,30 @@ def test_two_threads_meeting_a_corrupt_cache_set_it_aside_once(tmp_path: Path):
     assert not errors, errors
     assert len(list(tmp_path.glob("fetch-cache.sqlite.corrupt-*"))) == 1
     assert cache.get_many(["k"]) == {"k": ("images/ab/x.jpg", "ab", 4, 3)}
+
+
+def _open_cache_files() -> list[str]:
+    names = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # closed since the listing
+        if "fetch-cache.sqlite" in target:
+            names.append(target)
+    return names
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to list open files")
+def test_a_pull_closes_the_fetch_cache_when_it_ends(tmp_path: Path, run_cli):
+    """A connection left for the garbage collector deletes ``fetch-cache.sqlite-wal`` by name
+    whenever it is collected. After a rebuild that name is the new cache's: CI saw a pull
+    that had just refilled a rebuilt cache answer "0 from cache" on the next pull. Programs
+    that pull in-process (tests, notebooks, a service) hold no handle once a pull returns."""
+    export = coco_folder(tmp_path / "export", n=2)
+    result = run_cli("pull", "--source", "coco", "--path", export, "--dataset", "cells")
+    assert result.exit_code == 0, result.stderr
+    assert _open_cache_files() == []
+    result = run_cli("pull", "--source", "coco", "--path", export, "--dataset", "cells", "--reread")
+    assert "2 from cache" in result.stdout
+    assert _open_cache_files() == []

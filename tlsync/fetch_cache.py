@@ -100,6 +100,17 @@ class FetchCache:
                 raise
         raise AssertionError("unreachable")
 
+    def close(self) -> None:
+        """Close both connections (the next call reopens them). A pull closes its cache when it
+        ends: a connection left for the garbage collector checkpoints and deletes
+        ``fetch-cache.sqlite-wal`` *by name* when it is finally closed, and if the cache was rebuilt
+        in between, that name belongs to the new cache, whose newest entries it would take along."""
+        with self._lock, self._read_lock:
+            for db in (self._db, self._reader):
+                if db is not None:
+                    db.close()
+            self._db = self._reader = None
+
     def warm(self) -> None:
         """Open the lookup connection now (a corrupt file is set aside here, as on any call)."""
         self._run("SELECT 1 FROM fetched LIMIT 1", ())

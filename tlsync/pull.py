@@ -97,21 +97,24 @@ def pull(
     if version is not None:
         raise TlsyncError(f"--dataset {dataset!r}: give a name; pull picks the next version itself")
     ctx = PullContext(store, source.name, on_error)
-    with store.lock(name):
-        # Taken before reading, so a file edited during this pull makes the record stale.
-        inputs = _inputs_key(source, ctx, options, split_ratios, on_error)
-        if inputs and not reread and (quick := _unchanged_since_last_pull(store, name, inputs)):
-            quick.seconds = time.perf_counter() - started
-            return quick
-        result = _read_and_publish(store, source, ctx, options, name, split_ratios, concurrency, progress,
-                                   limits or Limits())
-        result.seconds = time.perf_counter() - started
-        store.record_pull(name, {
-            "inputs": None if result.io_skipped else inputs, "version": result.version,
-            "items": result.items, "boxes": result.boxes,
-            "categories": result.categories, "skipped": result.skipped, "not_used": result.not_used,
-        })
-        return result
+    try:
+        with store.lock(name):
+            # Taken before reading, so a file edited during this pull makes the record stale.
+            inputs = _inputs_key(source, ctx, options, split_ratios, on_error)
+            if inputs and not reread and (quick := _unchanged_since_last_pull(store, name, inputs)):
+                quick.seconds = time.perf_counter() - started
+                return quick
+            result = _read_and_publish(store, source, ctx, options, name, split_ratios, concurrency, progress,
+                                       limits or Limits())
+            result.seconds = time.perf_counter() - started
+            store.record_pull(name, {
+                "inputs": None if result.io_skipped else inputs, "version": result.version,
+                "items": result.items, "boxes": result.boxes,
+                "categories": result.categories, "skipped": result.skipped, "not_used": result.not_used,
+            })
+            return result
+    finally:
+        store.cache_close()  # see FetchCache.close: never leave it to the garbage collector
 
 
 def _inputs_key(source: Source, ctx: PullContext, options: dict[str, Any],

@@ -213,6 +213,9 @@ class Store:
             found.update(self._cache.get_many(keys[start:start + 500]))
         return {key: row for key, row in found.items() if (self.home / row[0]).exists()}
 
+    def cache_close(self) -> None:
+        self._cache.close()
+
     def cache_put(self, key: str, path: str, sha256: str, width: int, height: int) -> None:
         self._cache.put(key, path, sha256, width, height)
 
