@@ -71,7 +71,7 @@ def version(store: Any, name: str, train_images: int) -> Any:
     return store.open(name)
 
 
-def sizes(text: str, names: list[str]) -> dict[str, int]:
+def per_dataset(text: str, names: list[str], what: str) -> dict[str, int]:
     """``320`` for every dataset, or ``chess=320,thermal=192``: chess's pieces vanish at sizes where
     thermal's dogs and people survive, and a CPU budget buys more epochs at the smaller size."""
     if "=" not in text:
@@ -79,7 +79,7 @@ def sizes(text: str, names: list[str]) -> dict[str, int]:
     given = {k: int(v) for k, v in (part.split("=") for part in text.split(",") if part)}
     missing = [n for n in names if n not in given]
     if missing:
-        sys.exit(f"--img-size names no size for {', '.join(missing)}")
+        sys.exit(f"{what} gives nothing for {', '.join(missing)}")
     return given
 
 
@@ -87,7 +87,8 @@ def run_one(dataset: str, weights: str, seed: int, img_size: int, args: argparse
     from tlsync.trainer.train import TrainConfig, train
 
     print(f"--- {dataset} from {weights}, seed {seed}, {args.epochs} epochs at {img_size} px", flush=True)
-    return train(TrainConfig(dataset=dataset, model=MODEL, weights=weights, img_size=img_size,
+    lr = args.scratch_lr if weights == "none" else None  # None: tlsync's default for the batch
+    return train(TrainConfig(dataset=dataset, model=MODEL, weights=weights, img_size=img_size, lr=lr,
                              epochs=args.epochs, batch_size=4, device="cpu", patience=0, seed=seed,
                              project=str(project), name=f"{dataset.split('@')[0]}-{weights}-s{seed}"))
 
@@ -102,6 +103,7 @@ def curve(run: Path) -> dict[str, Any]:
         total += float(r["seconds"])
         clock.append(total)
     return {"dataset": config["dataset"].split("@")[0], "weights": config["weights"], "seed": config["seed"],
+            "lr": config["lr"],
             "img_size": config["img_size"], "threads": config.get("versions", {}).get("torch_threads"),
             "clock": clock, "outside_training": [float(r["seconds"]) - float(r["train_seconds"]) for r in rows],
             "train_seconds": [float(r["train_seconds"]) for r in rows], "loss": [float(r["loss"]) for r in rows],
@@ -119,7 +121,7 @@ def spread(values: list[float]) -> str:
     return f"{mean:.3f} ± {statistics.stdev(values):.3f}" if len(values) > 1 else f"{mean:.3f}"
 
 
-def dataset_section(curves: list[dict[str, Any]], name: str) -> str:
+def dataset_section(curves: list[dict[str, Any]], name: str, train_images: dict[str, int]) -> str:
     t = [c for c in curves if c["dataset"] == name and c["weights"] == "imagenet"]
     s = [c for c in curves if c["dataset"] == name and c["weights"] == "none"]
     pairs = list(zip(sorted(t, key=lambda c: c["seed"]), sorted(s, key=lambda c: c["seed"]), strict=True))
@@ -143,7 +145,8 @@ def dataset_section(curves: list[dict[str, Any]], name: str) -> str:
     cost = (f"Precise BN's cost: {spread(extra)} s per epoch (scratch's seconds outside the training steps minus "
             f"transfer's, whose frozen batch norm needs none), against {steps:.1f} s of training steps per epoch.")
     seeds = ", ".join(str(c["seed"]) for c in s)
-    head = f"{name} at {s[0]['img_size']} px: {len(pairs)} seeds ({seeds}), {epochs} epochs each"
+    head = (f"{name} at {s[0]['img_size']} px, first {train_images[name] or 'all'} train images: {len(pairs)} "
+            f"seeds ({seeds}), {epochs} epochs each, lr transfer {t[0]['lr']:g} / scratch {s[0]['lr']:g}")
     curve_rows = "\n".join(
         f"| {e + 1} | {spread([c['loss'][e] for c in s])} | {spread([c['map50'][e] for c in s])} | "
         f"{spread([c['map50_95'][e] for c in s])} | {spread([c['map50'][e] for c in t])} |" for e in range(epochs))
@@ -167,6 +170,7 @@ Scratch learning curve (test split after each epoch; transfer's mAP50 beside it)
 def write_table(runs: list[Path], args: argparse.Namespace) -> None:
     curves = [curve(run) for run in runs]
     names = list(dict.fromkeys(c["dataset"] for c in curves))
+    train_images = per_dataset(args.train_images, names, "--train-images")
     first = curves[0]
     per = {c["dataset"]: c["img_size"] for c in curves}
     sizes_text = ",".join(f"{k}={v}" for k, v in per.items()) if len(set(per.values())) > 1 else str(first["img_size"])
@@ -174,13 +178,15 @@ def write_table(runs: list[Path], args: argparse.Namespace) -> None:
     body = f"""
 {MODEL}, batch 4, tlsync's default SGD schedule (warm-up 1 epoch, cosine), precise
 batch norm on (the default); transfer = `--weights imagenet`, scratch = `--weights none`. Train split: the
-first {args.train_images or 'all'} train images by id; every figure is the test split's mAP after that epoch
+first N train images by id (N below); every figure is the test split's mAP after that epoch
 (the runs' val split is the test split; no model selection). Mean ± standard deviation over the seeds{threads}.
-{''.join(dataset_section(curves, name) for name in names)}"""
+{''.join(dataset_section(curves, name, train_images) for name in names)}"""
     print(body)
     command = (f"python benchmarks/transfer_vs_scratch.py --datasets {','.join(names)} --seeds {args.seeds} "
                f"--epochs {len(first['map50'])} --img-size {sizes_text} --train-images {args.train_images}")
-    update_section("transfer_vs_scratch", f"Transfer learning vs scratch ({', '.join(names)})", body, command)
+    if args.scratch_lr:
+        command += f" --scratch-lr {args.scratch_lr:g}"
+    update_section(args.section, f"Transfer learning vs scratch ({', '.join(names)})", body, command)
 
 
 def main() -> None:
@@ -189,14 +195,20 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1", help="Comma-separated seeds (2 or more give a spread).")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--img-size", default="320", help="One size, or per dataset: chess=320,thermal=192.")
-    parser.add_argument("--train-images", type=int, default=60, help="First N train images by id (0: all).")
+    parser.add_argument("--train-images", default="60", help="First N train images by id (0: all), or per dataset.")
+    parser.add_argument("--scratch-lr", type=float, default=None, help="Scratch's lr (default: tlsync's default).")
+    parser.add_argument("--starts", default=",".join(STARTS), help="Which starts to train (the other's runs may be "
+                        "linked into --keep DIR from an earlier run, for --table-only).")
+    parser.add_argument("--section", default="transfer_vs_scratch", help="BENCHMARKS.md section to write.")
     parser.add_argument("--keep", type=Path, default=None, help="Keep the runs here (for `tlsync compare`).")
     parser.add_argument("--table-only", type=Path, default=None, metavar="DIR",
                         help="Rebuild the table from runs kept earlier with --keep DIR; train nothing.")
     args = parser.parse_args()
     names = [n for n in args.datasets.split(",") if n]
     seeds = [int(s) for s in args.seeds.split(",") if s]
-    img_sizes = sizes(args.img_size, names)
+    img_sizes = per_dataset(args.img_size, names, "--img-size")
+    counts = per_dataset(args.train_images, names, "--train-images")
+    starts = [w for w in args.starts.split(",") if w in STARTS]
     if args.table_only:
         write_table(sorted(p for p in args.table_only.iterdir() if (p / "metrics.csv").exists()), args)
         return
@@ -213,10 +225,10 @@ def main() -> None:
         store = Store()
         runs = []
         for name in names:
-            dataset = version(store, name, args.train_images).ref
+            dataset = version(store, name, counts[name]).ref
             # Alternate the starts seed by seed, so a machine that slows down mid-way hurts both alike.
             for seed in seeds:
-                runs += [run_one(dataset, weights, seed, img_sizes[name], args, project) for weights in STARTS]
+                runs += [run_one(dataset, weights, seed, img_sizes[name], args, project) for weights in starts]
         write_table(runs, args)
 
 

@@ -1,0 +1,74 @@
+"""``--weights none`` runs really learn (issue 12): val mAP climbs and stays up while the loss falls.
+
+The bug these guard against: a scratch EfficientNet-Lite0 scored val mAP50 0.27 after its first
+epoch and ~0 after every later one while its loss kept falling, because batch norm's running
+statistics (momentum 0.01) described weights hundreds of steps old. Precise BN (precise_bn.py)
+scores and saves statistics of the current weights; test_precise_bn.py checks that mechanism
+exactly, these check its outcome on a task easy enough to learn in a few CPU epochs: one class of
+large bright squares on dark noise, 24 train and 8 val images.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tlsync import plugins
+from tlsync.pull import pull
+from tlsync.store import Store
+
+
+def squares(export: Path, items: int, size: int) -> Path:
+    """A COCO folder: each image has one or two squares of 1/5 to 1/2 its side."""
+    export.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    images, annotations = [], []
+    for i in range(items):
+        pixels = rng.integers(0, 90, (size, size, 3), dtype=np.uint8)
+        for k in range(int(rng.integers(1, 3))):
+            side = int(rng.integers(size // 5, size // 2))
+            x, y = (int(v) for v in rng.integers(0, size - side, 2))
+            pixels[y:y + side, x:x + side] = (220, 60 + 40 * k, 40)
+            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": 1,
+                                "bbox": [x, y, side, side]})
+        Image.fromarray(pixels).save(export / f"{i}.png")
+        images.append({"id": i + 1, "file_name": f"{i}.png", "width": size, "height": size})
+    (export / "_annotations.coco.json").write_text(json.dumps(
+        {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "square"}]}))
+    return export
+
+
+def scratch_run(tmp_path: Path, model: str, img_size: int, epochs: int, lr: float) -> tuple[list[float], list[float]]:
+    from tlsync.trainer.train import TrainConfig, train
+
+    store = Store(tmp_path / "home")
+    pull(store, plugins.get_source("coco"), {"path": squares(tmp_path / "export", 32, img_size)}, "squares",
+         split_ratios=(0.75, 0.25, 0.0))
+    run = train(TrainConfig(dataset="squares", model=model, weights="none", img_size=img_size, epochs=epochs,
+                            batch_size=4, lr=lr, workers=0, device="cpu", patience=0,
+                            project=str(tmp_path / "runs"), name="scratch"), store=store)
+    with open(run / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    return [float(r["loss"]) for r in rows], [float(r["map50"]) for r in rows]
+
+
+@pytest.mark.parametrize(("model", "img_size", "epochs", "lr", "peak"), [
+    # Measured here: mAP50 0 / 0 / 0.10 / 0.59 / 0.41 / 0.54 over 6 epochs (10 epochs at 128 px reach 1.0).
+    ("fasterrcnn_efficientnet_lite0_fpn", 96, 6, 0.02, 0.3),
+    # MobileNet-320's RPN learns slower from scratch: at lr 0.02 its objectness loss fell 0.69 -> 0.13
+    # over 10 epochs (Lite0's: 0.13 after 2) and val mAP50 peaked at 0.13. At 0.04, measured here:
+    # 0 / 0 / 0.01 / 0.17 / 0 / 0.12 / 0.10 / 0.32 / 0.35 / 0.33. It is held to less than Lite0.
+    ("fasterrcnn_mobilenet_v3_large_320_fpn", 128, 10, 0.04, 0.15),
+])
+def test_a_scratch_run_learns_and_does_not_collapse(tmp_path: Path, model: str, img_size: int, epochs: int,
+                                                    lr: float, peak: float) -> None:
+    losses, map50 = scratch_run(tmp_path, model, img_size, epochs, lr)
+    assert losses[-1] < 0.6 * losses[0], losses
+    best = max(map50)
+    assert best >= peak, map50
+    assert map50[-1] >= 0.4 * best, f"val mAP50 fell back after its best epoch: {map50}"
