@@ -40,6 +40,9 @@ from fake_nucleus import FakeNucleus  # noqa: E402
 SLICE = "slc_bench"
 PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "chess-pieces-coco" / "train"
 TARGET = 10.0
+# The children's working folder: ``python -m`` puts the current folder first on sys.path, so run from
+# a checkout, ``--before``'s interpreter would import that checkout's tlsync instead of its own.
+NEUTRAL = tempfile.gettempdir()
 FIGURES = ("startup", "export", "images", "publish", "cpu")  # medians reported per cold pull
 FINDINGS = """Where the time went (cProfile and py-spy of the pull process, server log timestamps), and what changed:
 - durability costs I/O: the integrity work fsyncs every image and its `images/xx/` folder before a
@@ -88,7 +91,7 @@ def tlsync_pull(nucleus: FakeNucleus, home: Path, python: str = sys.executable,
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.monotonic()
         child = subprocess.Popen([python, "-m", "tlsync", "pull", "--source", "nucleus", "--slice", SLICE,
-                                  "--dataset", "bench", *extra], env=env, stdout=out, stderr=err)
+                                  "--dataset", "bench", *extra], env=env, stdout=out, stderr=err, cwd=NEUTRAL)
         _, status, usage = os.wait4(child.pid, 0)  # reaped here, so the rusage is this child's alone
         end = time.monotonic()
         out.seek(0)
@@ -120,7 +123,8 @@ def _env(home: Path, nucleus: FakeNucleus) -> dict[str, str]:
 
 def warm_up(python: str, nucleus: FakeNucleus, home: Path) -> None:
     """One start-up before timing, so bytecode is cached and files are in the page cache."""
-    subprocess.run([python, "-m", "tlsync", "sources"], env=_env(home, nucleus), capture_output=True, check=True)
+    subprocess.run([python, "-m", "tlsync", "sources"], env=_env(home, nucleus), capture_output=True, check=True,
+                   cwd=NEUTRAL)
 
 
 def spread(values: list[float]) -> str:
