@@ -200,8 +200,11 @@ class HttpClient:
                 return max(0.0, min(wait, self.max_backoff * 4))
         return random.uniform(0, min(self.max_backoff, self.backoff * 2**attempt))
 
-    def _wait_for_host(self, host: str) -> None:
-        """Sleep while ``host`` is calming down, unless this thread set (and slept) the calm."""
+    def _wait_for_host(self, url: str) -> None:
+        """Sleep while ``url``'s host is calming down, unless this thread set (and slept) the calm."""
+        if not self._calm_until:  # no 429 yet (the usual case): no parsing, no lock, for every request
+            return
+        host = urlsplit(url).netloc
         with self._calm_lock:
             until, who = self._calm_until.get(host, (0.0, None))
         wait = until - time.monotonic()
@@ -230,10 +233,9 @@ class HttpClient:
         timeout = kwargs.pop("timeout", self.timeout)
         connect, read = timeout if isinstance(timeout, tuple) else (timeout, timeout)
         label = f"{what}: " if what else ""
-        host = urlsplit(url).netloc
         for attempt in range(self.attempts):
             response = None
-            self._wait_for_host(host)
+            self._wait_for_host(url)
             left = None if ends is None else ends - time.monotonic()
             if left is not None and left <= 0:
                 raise HttpError(f"{label}{method} {url} did not finish within its deadline (--download-timeout)")
@@ -253,7 +255,7 @@ class HttpClient:
                                 response.status_code if response is not None else None)
             delay = self._delay(attempt, response)
             if response is not None and response.status_code == 429:
-                self._calm(host, delay)
+                self._calm(urlsplit(url).netloc, delay)
             self.sleep(delay if ends is None else max(0.0, min(delay, ends - time.monotonic())))
         raise AssertionError("unreachable")
 

@@ -22,7 +22,7 @@ import re
 import threading
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import requests
 import urllib3
@@ -44,7 +44,7 @@ from urllib3.exceptions import SSLError as Urllib3SSLError
 
 _STOCK_SEND = HTTPAdapter.send  # ``responses`` and friends patch it: then requests must send
 # Printable ASCII only, no user info: nothing that requests would quote, IDNA-encode or turn into auth.
-_PLAIN_URL = re.compile(r"https?://[A-Za-z0-9.\-]+(:\d+)?(/[\x21-\x7e]*)?(\?[\x21-\x7e]*)?", re.IGNORECASE)
+_PLAIN_URL = re.compile(r"(https?)://([A-Za-z0-9.\-]+(?::\d+)?)([/?][\x21-\x7e]*)?", re.IGNORECASE)
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
@@ -108,10 +108,13 @@ class DirectResponse:
 class _Plan:
     """How one scheme://host is reached: requests' adapter and connection pool for it."""
 
-    def __init__(self, adapter: HTTPAdapter, pool: Any, key: Any):
+    def __init__(self, adapter: HTTPAdapter, pool: Any, key: Any, headers: dict[str, Any]):
         self.adapter = adapter
         self.pool = pool
         self.key = key  # what the pool was looked up with, to look it up again after eviction
+        # The session's headers as a plain dict, taken once: urllib3 copies them on every request, and
+        # copying requests' CaseInsensitiveDict is slow Python. The session is HttpClient's own.
+        self.headers = headers
 
 
 class DirectGet:
@@ -140,14 +143,15 @@ class DirectGet:
         raise requests.TooManyRedirects(f"Exceeded {self.session.max_redirects} redirects.")
 
     def _send(self, plan: _Plan, url: str, timeout: tuple[float, float]) -> DirectResponse:
-        parts = urlsplit(url)
-        target = requote_uri(f"{parts.path or '/'}{'?' + parts.query if parts.query else ''}")
+        plain = _PLAIN_URL.fullmatch(url.split("#", 1)[0])
+        rest = (plain.group(3) if plain else None) or ""
+        target = requote_uri(rest if rest.startswith("/") else f"/{rest}")  # requests' path_url, fragment dropped
         pool = plan.pool
         if pool.pool is None:  # evicted from the pool manager (and closed) since: ask for it again
             pool = plan.pool = plan.adapter.poolmanager.connection_from_host(**plan.key[0], pool_kwargs=plan.key[1])
             plan.adapter.cert_verify(pool, url, *plan.key[2])
         try:
-            raw = pool.urlopen("GET", target, headers=self.session.headers, redirect=False, assert_same_host=False,
+            raw = pool.urlopen("GET", target, headers=plan.headers, redirect=False, assert_same_host=False,
                                preload_content=False, decode_content=False, retries=plan.adapter.max_retries,
                                timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]))
         except (ProtocolError, OSError, MaxRetryError, ClosedPoolError, Urllib3Error) as e:
@@ -158,10 +162,9 @@ class DirectGet:
         session = self.session
         if (HTTPAdapter.send is not _STOCK_SEND or session.auth is not None or session.params or session.cert
                 or session.verify is False or any(session.hooks.values()) or len(session.cookies)
-                or not _PLAIN_URL.fullmatch(url.split("#", 1)[0])):
+                or not (plain := _PLAIN_URL.fullmatch(url.split("#", 1)[0]))):
             return None
-        parts = urlsplit(url)
-        host = (parts.scheme.lower(), parts.netloc.lower())
+        host = (plain.group(1).lower(), plain.group(2).lower())
         adapter = session.get_adapter(url)
         if host not in self._plans or ((plan := self._plans[host]) is not None and plan.adapter is not adapter):
             with self._lock:
@@ -184,4 +187,5 @@ class DirectGet:
         host_params, pool_kwargs = adapter.build_connection_pool_key_attributes(request, verify, cert)
         pool = adapter.poolmanager.connection_from_host(**host_params, pool_kwargs=pool_kwargs)
         adapter.cert_verify(pool, url, verify, cert)
-        return _Plan(adapter, pool, (host_params, pool_kwargs, (verify, cert)))
+        headers: dict[str, Any] = dict(self.session.headers.items())
+        return _Plan(adapter, pool, (host_params, pool_kwargs, (verify, cert)), headers)

@@ -141,7 +141,7 @@ def _check_jpeg(f: IO[bytes]) -> None:
     first SOS is the real end of image, never a thumbnail's (those sit in APP1, before).
     Bytes after EOI (motion photos append a video) are allowed, as every decoder does.
     """
-    size = f.seek(0, os.SEEK_END)
+    size = os.fstat(f.fileno()).st_size  # not seek(0, SEEK_END): that would drop the header from f's buffer
     if size < 4:
         raise TlsyncError("not a readable image (truncated JPEG: no end-of-image marker)")
     scan = _jpeg_scan_start(f)
@@ -194,7 +194,7 @@ def _has_eoi(f: IO[bytes], scan: int, size: int) -> bool:
 
 def _check_png(f: IO[bytes]) -> None:
     """Every chunk, from the signature to ``IEND``, is present in full (lengths only, no CRC)."""
-    size = f.seek(0, os.SEEK_END)
+    size = os.fstat(f.fileno()).st_size
     f.seek(0)
     if f.read(8) != _PNG_SIGNATURE:
         raise TlsyncError("not a readable image (bad PNG signature)")
