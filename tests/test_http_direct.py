@@ -1,0 +1,116 @@
+"""Downloads sent straight through urllib3 (``tlsync.http_direct``) keep requests' behaviour where it matters.
+
+Each test runs ``HttpClient.download`` against a real loopback server. Where the direct path must
+be the one taken, the session's ``request`` is made to fail, so a silent fallback to requests
+cannot make the test pass; where requests must send (a proxy, a ``.netrc`` entry), the server
+checks that what requests would do was done.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import pytest
+
+from tlsync.http import HttpClient, HttpError
+from tlsync.testing.server import LoopbackServer, Response
+
+BODY = bytes(range(256)) * 400  # 100 KB
+
+
+@pytest.fixture
+def sleeps() -> list[float]:
+    return []
+
+
+def direct_client(sleeps: list[float], monkeypatch: pytest.MonkeyPatch, **kwargs) -> HttpClient:
+    """A client whose downloads must not go through ``requests.Session.request``."""
+    client = HttpClient(sleep=sleeps.append, **kwargs)
+
+    def refuse(*args, **kw):
+        raise AssertionError("this download should not have gone through requests")
+
+    monkeypatch.setattr(client.session, "request", refuse)
+    return client
+
+
+def test_a_redirect_is_followed_to_the_body(sleeps, monkeypatch):
+    with LoopbackServer() as server:
+        server.route("GET", "/a.jpg")(lambda request: Response(302, b"", {"Location": "/b.jpg?sig=x%2Fy"}))
+        server.route("GET", "/b.jpg")(lambda request: Response(200, BODY))
+        out = io.BytesIO()
+        assert direct_client(sleeps, monkeypatch).download(server.url + "/a.jpg", out) == len(BODY)
+        assert [(r.path, r.query) for r in server.log] == [("/a.jpg", ""), ("/b.jpg", "sig=x%2Fy")]
+    assert out.getvalue() == BODY
+
+
+def test_endless_redirects_are_an_error_not_a_hang(sleeps, monkeypatch):
+    with LoopbackServer() as server:
+        server.route("GET", "/loop.jpg")(lambda request: Response(302, b"", {"Location": "/loop.jpg"}))
+        client = direct_client(sleeps, monkeypatch)
+        client.session.max_redirects = 3
+        with pytest.raises(HttpError, match="could not be sent.*TooManyRedirects"):
+            client.download(server.url + "/loop.jpg", io.BytesIO())
+        assert len(server.log) == 4
+
+
+def test_a_body_shorter_than_its_content_length_is_fetched_again(sleeps, monkeypatch):
+    answers = iter([Response(200, BODY, cut_at=len(BODY) // 2), Response(200, BODY)])
+    with LoopbackServer() as server:
+        server.route("GET", "/img.jpg")(lambda request: next(answers))
+        out = io.BytesIO()
+        assert direct_client(sleeps, monkeypatch).download(server.url + "/img.jpg", out) == len(BODY)
+        assert len(server.log) == 2
+    assert out.getvalue() == BODY, "only the whole body was written"
+    assert len(sleeps) == 1, "with a backoff between the attempts"
+
+
+def test_server_errors_and_429_are_retried_with_its_retry_after(sleeps, monkeypatch):
+    answers = iter([Response(503), Response(429, b"", {"Retry-After": "2"}), Response(200, BODY)])
+    with LoopbackServer() as server:
+        server.route("GET", "/img.jpg")(lambda request: next(answers))
+        out = io.BytesIO()
+        assert direct_client(sleeps, monkeypatch).download(server.url + "/img.jpg", out) == len(BODY)
+    assert len(sleeps) == 2 and sleeps[1] == 2.0
+
+
+def test_a_missing_image_is_not_retried(sleeps, monkeypatch):
+    with LoopbackServer() as server:
+        with pytest.raises(HttpError, match=r"GET .*/nope\.jpg returned HTTP 404"):
+            direct_client(sleeps, monkeypatch).download(server.url + "/nope.jpg", io.BytesIO())
+        assert len(server.log) == 1
+
+
+def test_a_refused_connection_is_retried_then_reported(sleeps, monkeypatch):
+    with LoopbackServer() as server:
+        url = server.url + "/img.jpg"
+    with pytest.raises(HttpError, match=r"failed after 3 attempts \(ConnectionError\)"):
+        direct_client(sleeps, monkeypatch, attempts=3).download(url, io.BytesIO())
+    assert len(sleeps) == 2
+
+
+def test_an_environment_proxy_is_used(sleeps, monkeypatch):
+    with LoopbackServer() as proxy:
+        proxy.route("GET", "/img.jpg")(lambda request: Response(200, BODY))
+        for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        monkeypatch.setenv("http_proxy", proxy.url)
+        out = io.BytesIO()
+        HttpClient(sleep=sleeps.append).download("http://images.example.test/img.jpg", out)
+        [seen] = proxy.log
+    assert seen.headers["Host"] == "images.example.test" and out.getvalue() == BODY
+
+
+def test_netrc_credentials_for_the_host_are_sent(sleeps, monkeypatch, tmp_path: Path):
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login cdn-user password cdn-pass\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    with LoopbackServer() as server:
+        server.route("GET", "/img.jpg")(lambda request: Response(200, BODY))
+        HttpClient(sleep=sleeps.append).download(server.url + "/img.jpg", io.BytesIO())
+        [seen] = server.log
+    assert seen.headers["Authorization"] == "Basic " + base64.b64encode(b"cdn-user:cdn-pass").decode()
