@@ -173,8 +173,8 @@ class DirectGet:
 
     def _new_plan(self, url: str, adapter: Any) -> _Plan | None:
         """The pool requests would send ``url`` through, if nothing about the host asks for requests."""
-        if type(adapter) is not HTTPAdapter:
-            return None
+        if type(adapter) is not HTTPAdapter or not hasattr(adapter, "build_connection_pool_key_attributes"):
+            return None  # a custom adapter, or requests < 2.32: requests sends
         settings = self.session.merge_environment_settings(url, {}, None, None, None)
         verify, cert = settings.get("verify"), settings.get("cert")
         if select_proxy(url, settings.get("proxies") or {}) or cert:
