@@ -186,3 +186,21 @@ def test_https_downloads_verify_the_server_against_the_ca_bundle_requests_would_
     out = io.BytesIO()
     assert direct_client(sleeps, monkeypatch).download(url, out) == len(BODY)
     assert out.getvalue() == BODY
+
+
+def test_a_cookie_for_the_image_host_is_sent_and_one_for_another_host_does_not_matter(sleeps, monkeypatch):
+    """requests sends the session's cookies to the hosts they belong to: an image host's cookie keeps its
+    downloads on requests; the API's own cookie (here one for another host) leaves them direct."""
+    with LoopbackServer() as server:
+        server.route("GET", "/img.jpg")(lambda request: Response(200, BODY))
+        port = server.url.rsplit(":", 1)[1]
+        client = HttpClient(sleep=sleeps.append)
+        client.session.cookies.set("lb", "api-node-3", domain="api.example.test")
+        refuse = direct_client(sleeps, monkeypatch).session.request
+        monkeypatch.setattr(client.session, "request", refuse)
+        client.download(f"http://127.0.0.1:{port}/img.jpg", io.BytesIO())  # direct: no AssertionError
+        monkeypatch.undo()
+        client.session.cookies.set("cdn", "edge-7", domain="127.0.0.1")
+        client.download(f"http://127.0.0.1:{port}/img.jpg", io.BytesIO())
+        first, second = server.log
+    assert "Cookie" not in first.headers and second.headers.get("Cookie") == "cdn=edge-7"

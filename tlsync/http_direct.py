@@ -12,7 +12,7 @@ requests exceptions, so callers and their messages do not change).
 
 Anything that might make requests behave differently goes through requests instead: a
 mocked or custom transport adapter, a proxy or ``.netrc`` entry for the host, client
-certificates or ``verify=False``, session cookies, auth, hooks or params, extra request
+certificates or ``verify=False``, session cookies for the host, auth, hooks or params, extra request
 options, credentials or unusual characters in the URL, and redirects to such a URL.
 """
 
@@ -46,6 +46,13 @@ _STOCK_SEND = HTTPAdapter.send  # ``responses`` and friends patch it: then reque
 # Printable ASCII only, no user info: nothing that requests would quote, IDNA-encode or turn into auth.
 _PLAIN_URL = re.compile(r"(https?)://([A-Za-z0-9.\-]+(?::\d+)?)([/?][\x21-\x7e]*)?", re.IGNORECASE)
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+def _domain_matches(hostname: str, domain: str) -> bool:
+    """A cookie of ``domain`` may go to ``hostname`` (the cookie jar names a dotless host ``host.local``)."""
+    domain = domain.lstrip(".").lower()
+    names = (hostname, f"{hostname}.local") if "." not in hostname else (hostname,)
+    return any(name == domain or name.endswith(f".{domain}") for name in names)
 
 
 def translate(e: Exception) -> Exception:
@@ -123,6 +130,7 @@ class DirectGet:
     def __init__(self, session: requests.Session):
         self.session = session
         self._plans: dict[tuple[str, str], _Plan | None] = {}
+        self._cookie_hosts: dict[tuple[str, int], bool] = {}
         self._lock = threading.Lock()
 
     def get(self, url: str, timeout: tuple[float, float]) -> requests.Response | DirectResponse | None:
@@ -161,15 +169,31 @@ class DirectGet:
     def _plan(self, url: str) -> _Plan | None:
         session = self.session
         if (HTTPAdapter.send is not _STOCK_SEND or session.auth is not None or session.params or session.cert
-                or session.verify is False or any(session.hooks.values()) or len(session.cookies)
+                or session.verify is False or any(session.hooks.values())
                 or not (plain := _PLAIN_URL.fullmatch(url.split("#", 1)[0]))):
             return None
         host = (plain.group(1).lower(), plain.group(2).lower())
+        if self._has_cookies_for(host[1].rsplit(":", 1)[0]):
+            return None
         adapter = session.get_adapter(url)
         if host not in self._plans or ((plan := self._plans[host]) is not None and plan.adapter is not adapter):
             with self._lock:
                 self._plans[host] = self._new_plan(url, adapter)
         return self._plans[host]
+
+    def _has_cookies_for(self, hostname: str) -> bool:
+        """Whether the session holds a cookie whatever its path for ``hostname``: then requests must send.
+
+        The API's own cookies (a load balancer's, say) must not turn every image download back
+        into a requests one; only a cookie for the image host does. Cached until the jar changes.
+        """
+        jar = self.session.cookies
+        if not len(jar):
+            return False
+        key = (hostname, len(jar))
+        if key not in self._cookie_hosts:
+            self._cookie_hosts[key] = any(_domain_matches(hostname, c.domain) for c in jar)
+        return self._cookie_hosts[key]
 
     def _new_plan(self, url: str, adapter: Any) -> _Plan | None:
         """The pool requests would send ``url`` through, if nothing about the host asks for requests."""
