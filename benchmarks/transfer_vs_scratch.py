@@ -1,7 +1,7 @@
 """The seed experiment: transfer learning vs training from scratch, at equal epochs and equal wall time.
 
     python benchmarks/transfer_vs_scratch.py [--datasets chess,thermal] [--seeds 0,1] [--epochs 4]
-        [--img-size 320] [--train-images 60] [--keep DIR]
+        [--img-size 320 | --img-size chess=320,thermal=192] [--train-images 60] [--keep DIR]
     python benchmarks/transfer_vs_scratch.py --table-only DIR     # the table again, from runs kept in DIR
 
 For each dataset (../shared/datasets, pulled through the roboflow source) and each seed,
@@ -71,11 +71,23 @@ def version(store: Any, name: str, train_images: int) -> Any:
     return store.open(name)
 
 
-def run_one(dataset: str, weights: str, seed: int, args: argparse.Namespace, project: Path) -> Path:
+def sizes(text: str, names: list[str]) -> dict[str, int]:
+    """``320`` for every dataset, or ``chess=320,thermal=192``: chess's pieces vanish at sizes where
+    thermal's dogs and people survive, and a CPU budget buys more epochs at the smaller size."""
+    if "=" not in text:
+        return dict.fromkeys(names, int(text))
+    given = {k: int(v) for k, v in (part.split("=") for part in text.split(",") if part)}
+    missing = [n for n in names if n not in given]
+    if missing:
+        sys.exit(f"--img-size names no size for {', '.join(missing)}")
+    return given
+
+
+def run_one(dataset: str, weights: str, seed: int, img_size: int, args: argparse.Namespace, project: Path) -> Path:
     from tlsync.trainer.train import TrainConfig, train
 
-    print(f"--- {dataset} from {weights}, seed {seed}, {args.epochs} epochs", flush=True)
-    return train(TrainConfig(dataset=dataset, model=MODEL, weights=weights, img_size=args.img_size,
+    print(f"--- {dataset} from {weights}, seed {seed}, {args.epochs} epochs at {img_size} px", flush=True)
+    return train(TrainConfig(dataset=dataset, model=MODEL, weights=weights, img_size=img_size,
                              epochs=args.epochs, batch_size=4, device="cpu", patience=0, seed=seed,
                              project=str(project), name=f"{dataset.split('@')[0]}-{weights}-s{seed}"))
 
@@ -130,7 +142,8 @@ def dataset_section(curves: list[dict[str, Any]], name: str) -> str:
     steps = statistics.fmean(x for c in s for x in c["train_seconds"])
     cost = (f"Precise BN's cost: {spread(extra)} s per epoch (scratch's seconds outside the training steps minus "
             f"transfer's, whose frozen batch norm needs none), against {steps:.1f} s of training steps per epoch.")
-    head = f"{name}: {len(pairs)} seeds ({', '.join(str(c['seed']) for c in s)}), {epochs} epochs each"
+    seeds = ", ".join(str(c["seed"]) for c in s)
+    head = f"{name} at {s[0]['img_size']} px: {len(pairs)} seeds ({seeds}), {epochs} epochs each"
     curve_rows = "\n".join(
         f"| {e + 1} | {spread([c['loss'][e] for c in s])} | {spread([c['map50'][e] for c in s])} | "
         f"{spread([c['map50_95'][e] for c in s])} | {spread([c['map50'][e] for c in t])} |" for e in range(epochs))
@@ -155,16 +168,18 @@ def write_table(runs: list[Path], args: argparse.Namespace) -> None:
     curves = [curve(run) for run in runs]
     names = list(dict.fromkeys(c["dataset"] for c in curves))
     first = curves[0]
+    per = {c["dataset"]: c["img_size"] for c in curves}
+    sizes_text = ",".join(f"{k}={v}" for k, v in per.items()) if len(set(per.values())) > 1 else str(first["img_size"])
     threads = f", {first['threads']} torch thread(s)" if first["threads"] else ""
     body = f"""
-{MODEL} at {first['img_size']} px, batch 4, tlsync's default SGD schedule (warm-up 1 epoch, cosine), precise
+{MODEL}, batch 4, tlsync's default SGD schedule (warm-up 1 epoch, cosine), precise
 batch norm on (the default); transfer = `--weights imagenet`, scratch = `--weights none`. Train split: the
 first {args.train_images or 'all'} train images by id; every figure is the test split's mAP after that epoch
 (the runs' val split is the test split; no model selection). Mean ± standard deviation over the seeds{threads}.
 {''.join(dataset_section(curves, name) for name in names)}"""
     print(body)
     command = (f"python benchmarks/transfer_vs_scratch.py --datasets {','.join(names)} --seeds {args.seeds} "
-               f"--epochs {len(first['map50'])} --img-size {first['img_size']} --train-images {args.train_images}")
+               f"--epochs {len(first['map50'])} --img-size {sizes_text} --train-images {args.train_images}")
     update_section("transfer_vs_scratch", f"Transfer learning vs scratch ({', '.join(names)})", body, command)
 
 
@@ -173,7 +188,7 @@ def main() -> None:
     parser.add_argument("--datasets", default="chess,thermal", help="Comma-separated: chess, thermal.")
     parser.add_argument("--seeds", default="0,1", help="Comma-separated seeds (2 or more give a spread).")
     parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--img-size", type=int, default=320)
+    parser.add_argument("--img-size", default="320", help="One size, or per dataset: chess=320,thermal=192.")
     parser.add_argument("--train-images", type=int, default=60, help="First N train images by id (0: all).")
     parser.add_argument("--keep", type=Path, default=None, help="Keep the runs here (for `tlsync compare`).")
     parser.add_argument("--table-only", type=Path, default=None, metavar="DIR",
@@ -181,6 +196,7 @@ def main() -> None:
     args = parser.parse_args()
     names = [n for n in args.datasets.split(",") if n]
     seeds = [int(s) for s in args.seeds.split(",") if s]
+    img_sizes = sizes(args.img_size, names)
     if args.table_only:
         write_table(sorted(p for p in args.table_only.iterdir() if (p / "metrics.csv").exists()), args)
         return
@@ -200,7 +216,7 @@ def main() -> None:
             dataset = version(store, name, args.train_images).ref
             # Alternate the starts seed by seed, so a machine that slows down mid-way hurts both alike.
             for seed in seeds:
-                runs += [run_one(dataset, weights, seed, args, project) for weights in STARTS]
+                runs += [run_one(dataset, weights, seed, img_sizes[name], args, project) for weights in STARTS]
         write_table(runs, args)
 
 

@@ -51,17 +51,18 @@ def test_two_threads_meeting_a_corrupt_cache_set_it_aside_once(tmp_path: Path):
     assert cache.get_many(["k"]) == {"k": ("images/ab/x.jpg", "ab", 4, 3)}
     cache.close()
     if Path("/proc/self/fd").is_dir():  # the connections that met the corrupt file were closed too, not left
-        assert [f for f in _open_cache_files() if str(tmp_path) in f] == []  # to the GC (see the test below)
+        assert _open_cache_files(tmp_path) == []  # to the garbage collector (see the test below)
 
 
-def _open_cache_files() -> list[str]:
+def _open_cache_files(under: Path) -> list[str]:
+    """This process's open files under ``under`` that belong to a fetch cache."""
     names = []
     for fd in os.listdir("/proc/self/fd"):
         try:
             target = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
             continue  # closed since the listing
-        if "fetch-cache.sqlite" in target:
+        if target.startswith(str(under)) and "fetch-cache.sqlite" in target:
             names.append(target)
     return names
 
@@ -75,7 +76,7 @@ def test_a_pull_closes_the_fetch_cache_when_it_ends(tmp_path: Path, run_cli):
     export = coco_folder(tmp_path / "export", n=2)
     result = run_cli("pull", "--source", "coco", "--path", export, "--dataset", "cells")
     assert result.exit_code == 0, result.stderr
-    assert _open_cache_files() == []
+    assert _open_cache_files(tmp_path) == []
     result = run_cli("pull", "--source", "coco", "--path", export, "--dataset", "cells", "--reread")
     assert "2 from cache" in result.stdout
-    assert _open_cache_files() == []
+    assert _open_cache_files(tmp_path) == []
