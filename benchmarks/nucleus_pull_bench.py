@@ -46,30 +46,28 @@ TARGET = 10.0
 # a checkout, ``--before``'s interpreter would import that checkout's tlsync instead of its own.
 NEUTRAL = tempfile.gettempdir()
 FIGURES = ("startup", "export", "images", "publish", "cpu")  # medians reported per cold pull
-FINDINGS = """Where the time went (cProfile and py-spy of the pull process, server log timestamps), and what changed:
-- durability costs I/O: the integrity work fsyncs every image and its `images/xx/` folder before a
-  version names them. Done once per folder at publish time that was 140 fsyncs in a row (0.6 s
-  measured); they run on each image's fetch thread, overlapping the other downloads (switching
-  them off altogether did not change the image phase measurably on a loaded machine);
-- fetch-cache lookups go 64 keys per query, on a reader connection of their own, now opened by the
-  fetch starter thread while the export's first page is in flight;
-- images: bodies stream straight into the store's image sink (which restarts on a retry). The 64
-  fetch threads were started one per `submit` by `ThreadPoolExecutor`, each start waiting for the
-  GIL behind the threads already downloading; they are now started together by one starter thread
-  while the export's first page loads, and PIL (the image check) is imported there too, instead of
-  by the first check with every other fetch thread queued on its import lock. `--sweep 24,32,64`
-  on a loaded machine: the same wall time (64 kept: on a quiet machine 16 left a 50 ms round trip
-  idle, and 429s hold back every thread of the client). What is left is CPU under one GIL: about
-  3.5 ms per 285 KB image (requests' own per-request work ~1 ms, hashing, the completeness check,
-  two fsyncs' kernel time), so the image phase is bound by CPU, not by latency;
-- start-up: rich is no longer imported for a progress bar on a stderr that is not a terminal,
-  YAML and the XML parser are imported by the YOLO and VOC readers that use them (not by every
-  command that loads the Roboflow source), and an empty `TLSYNC_LOAD_PLUGINS` skips the scan of
-  every installed distribution's entry points. About 40 ms less, measured on 1-item pulls; most of
-  what is left is importing requests (~0.1 s of CPU, of which charset_normalizer, which imports
-  every codec, is half), click and filelock;
-- exit: the `tlsync` program freezes the GC's objects when its command returns, which spares the
-  interpreter's final collections (~45 ms)."""
+FINDINGS = """Where the time went (py-spy `--gil` samples of the pull process: which code held the GIL,
+6 pulls each, same load; CPU from os.wait4; server log timestamps), and what changed this round:
+- the image phase is bound by CPU under one GIL, not by latency: 1.73 ms of GIL per 285 KB image
+  before (requests' own per-request work 0.33 ms, urllib3/http.client 0.60, the image check 0.25,
+  the store's temp file/rename/fsyncs 0.32, http.py 0.10), 1.10 ms after (requests 0.04, urllib3
+  0.43, check 0.16, store 0.26, http.py 0.09);
+- plain image GETs now go straight to the urllib3 pool requests' own adapter would use
+  (`tlsync/http_direct.py`: same headers, timeouts, CA bundle, error names and messages); anything
+  that could make requests behave differently (proxy, .netrc, a cookie for the host, client certs,
+  a mocked or mounted adapter, odd URLs) still goes through requests;
+- the completeness check opens each image once and reads it through one buffer (PIL's header read,
+  then the JPEG segment walk and a 64 KB tail read for EOI) instead of a second open and an mmap;
+- the download watchdog is woken only when a new deadline comes first (it was woken on every
+  download, taking the GIL from the fetch threads), and no lock is taken per request until a 429;
+- process CPU per cold pull, 10-12 alternating pulls against a separate fake-server process:
+  1.27 -> 1.06 s and 1.55 -> 1.33 s (medians, two sessions at load 3-6); wall time at that load
+  followed the machine's load more than the code;
+- the benchmark itself: a pull started right after the baseline paid for writing the baseline's
+  57 MB out (ext4 flushes other files' dirty data at a journal commit): 0.17 s median in 6 paired
+  runs. Every pull now starts after `os.sync()`, and `--before` alternates with tlsync in first
+  place. Still not done: requests (and charset_normalizer, ~35 ms, through it) is imported before
+  the first request; PIL's JPEG header parse is kept (its checks are the training decoder's)."""
 
 
 def baseline(nucleus: FakeNucleus, out: Path) -> float:
