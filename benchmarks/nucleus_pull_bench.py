@@ -60,9 +60,10 @@ FINDINGS = """Where the time went (py-spy `--gil` samples of the pull process: w
   then the JPEG segment walk and a 64 KB tail read for EOI) instead of a second open and an mmap;
 - the download watchdog is woken only when a new deadline comes first (it was woken on every
   download, taking the GIL from the fetch threads), and no lock is taken per request until a 429;
-- process CPU per cold pull, 10-12 alternating pulls against a separate fake-server process:
-  1.27 -> 1.06 s and 1.55 -> 1.33 s (medians, two sessions at load 3-6); wall time at that load
-  followed the machine's load more than the code;
+- process CPU per cold pull (medians of 8-12 alternating pulls against a separate fake-server
+  process, four sessions at load 3-10): 1.27 -> 1.06, 1.55 -> 1.33, 1.33 -> 1.12, 1.47 -> 1.20 s.
+  Wall time at that load followed the machine more than the code (medians within +-0.3 s either
+  way); the longest paired run (12 rounds) had the new pull faster in 11 of 12, by 0.28 s median;
 - the benchmark itself: a pull started right after the baseline paid for writing the baseline's
   57 MB out (ext4 flushes other files' dirty data at a journal commit): 0.17 s median in 6 paired
   runs. Every pull now starts after `os.sync()`, and `--before` alternates with tlsync in first
