@@ -204,3 +204,29 @@ def test_a_cookie_for_the_image_host_is_sent_and_one_for_another_host_does_not_m
         client.download(f"http://127.0.0.1:{port}/img.jpg", io.BytesIO())
         first, second = server.log
     assert "Cookie" not in first.headers and second.headers.get("Cookie") == "cdn=edge-7"
+
+
+def test_urllib3_failures_become_the_exceptions_requests_raises_for_them():
+    """So retries (connection errors, timeouts) and "could not be sent" (bad URL, bad header) stay as they were."""
+    import requests
+    from urllib3.exceptions import (
+        ConnectTimeoutError,
+        LocationValueError,
+        MaxRetryError,
+        NewConnectionError,
+        ProtocolError,
+        ReadTimeoutError,
+        SSLError,
+    )
+
+    from tlsync.http_direct import translate
+
+    def retried(reason: Exception) -> Exception:
+        return translate(MaxRetryError(None, "/img.jpg", reason))  # type: ignore[arg-type]
+
+    assert type(retried(ConnectTimeoutError("slow"))) is requests.ConnectTimeout
+    assert type(retried(NewConnectionError(None, "refused"))) is requests.ConnectionError  # type: ignore[arg-type]
+    assert type(retried(SSLError("bad cert"))) is requests.exceptions.SSLError
+    assert type(translate(ReadTimeoutError(None, "/img.jpg", "slow"))) is requests.ReadTimeout  # type: ignore[arg-type]
+    assert type(translate(ProtocolError("reset"))) is requests.ConnectionError
+    assert type(translate(LocationValueError("no host"))) is requests.exceptions.InvalidURL

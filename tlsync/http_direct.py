@@ -32,6 +32,7 @@ from urllib3.exceptions import (
     ClosedPoolError,
     ConnectTimeoutError,
     DecodeError,
+    LocationValueError,
     MaxRetryError,
     NewConnectionError,
     ProtocolError,
@@ -42,6 +43,7 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import ProxyError as Urllib3ProxyError
 from urllib3.exceptions import SSLError as Urllib3SSLError
 
+_INVALID_HEADER: Any = getattr(urllib3.exceptions, "InvalidHeader", ())  # urllib3 >= 2 only
 _STOCK_SEND = HTTPAdapter.send  # ``responses`` and friends patch it: then requests must send
 # Printable ASCII only, no user info: nothing that requests would quote, IDNA-encode or turn into auth.
 _PLAIN_URL = re.compile(r"(https?)://([A-Za-z0-9.\-]+(?::\d+)?)([/?][\x21-\x7e]*)?", re.IGNORECASE)
@@ -72,6 +74,10 @@ def translate(e: Exception) -> Exception:
         return requests.exceptions.SSLError(e)
     if isinstance(e, ReadTimeoutError):
         return requests.ReadTimeout(e)
+    if isinstance(e, LocationValueError):  # not retried, as requests does not retry a bad URL
+        return requests.exceptions.InvalidURL(e)
+    if isinstance(e, _INVALID_HEADER):
+        return requests.exceptions.InvalidHeader(e)
     if isinstance(e, (ProtocolError, OSError, ClosedPoolError, Urllib3Error)):
         return requests.ConnectionError(e)
     return e
