@@ -14,7 +14,9 @@ both. Each tlsync pull is split into where its time goes, from the server's requ
 start-up (process start to the first API request), export paging (to the first image
 request), images (first to last image answer) and publishing (to process exit).
 ``--sweep`` repeats the cold pull at other ``--concurrency`` values (how the default was
-chosen); ``--python`` runs another checkout's interpreter for a before/after figure.
+chosen); ``--before`` pulls with another checkout's interpreter in the same rounds (every other
+round first), for a before/after figure. Every pull starts with the disk's dirty data written back
+(``os.sync``), so that no pull pays for the baseline's (or the previous pull's) writes.
 Targets: tlsync >= 10x faster than the baseline; the unchanged re-pull under 2 s; peak RSS
 of the 100,000-item pull (tiny images, no latency) under 300 MB.
 """
@@ -40,31 +42,33 @@ from fake_nucleus import FakeNucleus  # noqa: E402
 SLICE = "slc_bench"
 PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "chess-pieces-coco" / "train"
 TARGET = 10.0
+# The children's working folder: ``python -m`` puts the current folder first on sys.path, so run from
+# a checkout, ``--before``'s interpreter would import that checkout's tlsync instead of its own.
+NEUTRAL = tempfile.gettempdir()
 FIGURES = ("startup", "export", "images", "publish", "cpu")  # medians reported per cold pull
-FINDINGS = """Where the time went (cProfile and py-spy of the pull process, server log timestamps), and what changed:
-- durability costs I/O: the integrity work fsyncs every image and its `images/xx/` folder before a
-  version names them. Done once per folder at publish time that was 140 fsyncs in a row (0.6 s
-  measured); they run on each image's fetch thread, overlapping the other downloads (switching
-  them off altogether did not change the image phase measurably on a loaded machine);
-- fetch-cache lookups go 64 keys per query, on a reader connection of their own, now opened by the
-  fetch starter thread while the export's first page is in flight;
-- images: bodies stream straight into the store's image sink (which restarts on a retry). The 64
-  fetch threads were started one per `submit` by `ThreadPoolExecutor`, each start waiting for the
-  GIL behind the threads already downloading; they are now started together by one starter thread
-  while the export's first page loads, and PIL (the image check) is imported there too, instead of
-  by the first check with every other fetch thread queued on its import lock. `--sweep 24,32,64`
-  on a loaded machine: the same wall time (64 kept: on a quiet machine 16 left a 50 ms round trip
-  idle, and 429s hold back every thread of the client). What is left is CPU under one GIL: about
-  3.5 ms per 285 KB image (requests' own per-request work ~1 ms, hashing, the completeness check,
-  two fsyncs' kernel time), so the image phase is bound by CPU, not by latency;
-- start-up: rich is no longer imported for a progress bar on a stderr that is not a terminal,
-  YAML and the XML parser are imported by the YOLO and VOC readers that use them (not by every
-  command that loads the Roboflow source), and an empty `TLSYNC_LOAD_PLUGINS` skips the scan of
-  every installed distribution's entry points. About 40 ms less, measured on 1-item pulls; most of
-  what is left is importing requests (~0.1 s of CPU, of which charset_normalizer, which imports
-  every codec, is half), click and filelock;
-- exit: the `tlsync` program freezes the GC's objects when its command returns, which spares the
-  interpreter's final collections (~45 ms)."""
+FINDINGS = """Where the time went (py-spy `--gil` samples of the pull process: which code held the GIL,
+6 pulls each, same load; CPU from os.wait4; server log timestamps), and what changed this round:
+- the image phase is bound by CPU under one GIL, not by latency: 1.73 ms of GIL per 285 KB image
+  before (requests' own per-request work 0.33 ms, urllib3/http.client 0.60, the image check 0.25,
+  the store's temp file/rename/fsyncs 0.32, http.py 0.10), 1.10 ms after (requests 0.04, urllib3
+  0.43, check 0.16, store 0.26, http.py 0.09);
+- plain image GETs now go straight to the urllib3 pool requests' own adapter would use
+  (`tlsync/http_direct.py`: same headers, timeouts, CA bundle, error names and messages); anything
+  that could make requests behave differently (proxy, .netrc, a cookie for the host, client certs,
+  a mocked or mounted adapter, odd URLs) still goes through requests;
+- the completeness check opens each image once and reads it through one buffer (PIL's header read,
+  then the JPEG segment walk and a 64 KB tail read for EOI) instead of a second open and an mmap;
+- the download watchdog is woken only when a new deadline comes first (it was woken on every
+  download, taking the GIL from the fetch threads), and no lock is taken per request until a 429;
+- process CPU per cold pull (medians of 8-12 alternating pulls against a separate fake-server
+  process, four sessions at load 3-10): 1.27 -> 1.06, 1.55 -> 1.33, 1.33 -> 1.12, 1.47 -> 1.20 s.
+  Wall time at that load followed the machine more than the code (medians within +-0.3 s either
+  way); the longest paired run (12 rounds) had the new pull faster in 11 of 12, by 0.28 s median;
+- the benchmark itself: a pull started right after the baseline paid for writing the baseline's
+  57 MB out (ext4 flushes other files' dirty data at a journal commit): 0.17 s median in 6 paired
+  runs. Every pull now starts after `os.sync()`, and `--before` alternates with tlsync in first
+  place. Still not done: requests (and charset_normalizer, ~35 ms, through it) is imported before
+  the first request; PIL's JPEG header parse is kept (its checks are the training decoder's)."""
 
 
 def baseline(nucleus: FakeNucleus, out: Path) -> float:
@@ -88,7 +92,7 @@ def tlsync_pull(nucleus: FakeNucleus, home: Path, python: str = sys.executable,
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.monotonic()
         child = subprocess.Popen([python, "-m", "tlsync", "pull", "--source", "nucleus", "--slice", SLICE,
-                                  "--dataset", "bench", *extra], env=env, stdout=out, stderr=err)
+                                  "--dataset", "bench", *extra], env=env, stdout=out, stderr=err, cwd=NEUTRAL)
         _, status, usage = os.wait4(child.pid, 0)  # reaped here, so the rusage is this child's alone
         end = time.monotonic()
         out.seek(0)
@@ -118,9 +122,20 @@ def _env(home: Path, nucleus: FakeNucleus) -> dict[str, str]:
     return env
 
 
+def settle() -> None:
+    """Write back what the previous run left dirty (the baseline's 57 MB, the last pull's store).
+
+    A pull fsyncs every image, and on ext4 (data=ordered) a journal commit also flushes other
+    files' dirty data: a pull started right after the baseline paid for writing the baseline's
+    files out (0.17 s median, 6 paired runs on the loaded 2-core machine: 1.87 s against 1.70 s).
+    """
+    os.sync()
+
+
 def warm_up(python: str, nucleus: FakeNucleus, home: Path) -> None:
     """One start-up before timing, so bytecode is cached and files are in the page cache."""
-    subprocess.run([python, "-m", "tlsync", "sources"], env=_env(home, nucleus), capture_output=True, check=True)
+    subprocess.run([python, "-m", "tlsync", "sources"], env=_env(home, nucleus), capture_output=True, check=True,
+                   cwd=NEUTRAL)
 
 
 def spread(values: list[float]) -> str:
@@ -129,7 +144,9 @@ def spread(values: list[float]) -> str:
 
 def speed(args: argparse.Namespace, photos: list[bytes]) -> tuple[list[str], dict[str, float]]:
     """Alternating rounds of baseline and cold tlsync pulls, then one unchanged re-pull."""
-    bases, pulls, befores, again = [], [], [], None
+    bases: list[float] = []
+    pulls: list[dict[str, float | str]] = []
+    befores: list[dict[str, float | str]] = []
     with FakeNucleus(latency=args.latency, photos=photos) as nucleus, tempfile.TemporaryDirectory() as tmp:
         nucleus.add_dataset("ds_bench", "bench")
         nucleus.add_slice(SLICE, "ds_bench", [])
@@ -141,18 +158,26 @@ def speed(args: argparse.Namespace, photos: list[bytes]) -> tuple[list[str], dic
             folder = Path(tmp) / f"baseline{n}"
             folder.mkdir()
             bases.append(baseline(nucleus, folder))
-            pulls.append(tlsync_pull(nucleus, Path(tmp) / f"home{n}", args.python))
+            # Every other round pulls ``--before`` first: neither checkout always follows the baseline.
+            order: list[tuple[list[dict[str, float | str]], str, str]] = [(pulls, f"home{n}", args.python)]
             if args.before:
-                befores.append(tlsync_pull(nucleus, Path(tmp) / f"before{n}", args.before))
+                order.insert(n % 2, (befores, f"before{n}", args.before))
+            for results, home, python in order:
+                settle()
+                results.append(tlsync_pull(nucleus, Path(tmp) / home, python))
             print(f"round {n + 1}: baseline {bases[-1]:.2f} s, tlsync {pulls[-1]['seconds']:.2f} s "
                   f"({pulls[-1]['line']})" + (f", before {befores[-1]['seconds']:.2f} s" if befores else ""),
                   flush=True)
+        settle()
         again = tlsync_pull(nucleus, Path(tmp) / "home0", args.python)
         print(f"re-pull: {again['seconds']:.2f} s, {again['requests']} image requests ({again['line']})")
         sweep = {}
         for c in args.sweep:
-            times = [float(tlsync_pull(nucleus, Path(tmp) / f"sweep{c}-{n}", args.python,
-                                       ("--concurrency", str(c)))["seconds"]) for n in range(args.rounds)]
+            times = []
+            for n in range(args.rounds):
+                settle()
+                times.append(float(tlsync_pull(nucleus, Path(tmp) / f"sweep{c}-{n}", args.python,
+                                               ("--concurrency", str(c)))["seconds"]))
             sweep[c] = times
             print(f"--concurrency {c}: {spread(times)}", flush=True)
     seconds = [float(p["seconds"]) for p in pulls]

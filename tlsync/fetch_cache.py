@@ -48,13 +48,19 @@ class FetchCache:
     def _open(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, timeout=60, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        # Survives a killed process (WAL); only a power cut can lose the last entries, and
-        # a lost cache entry costs one re-download. FULL would fsync once per image.
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute("CREATE TABLE IF NOT EXISTS fetched "
-                   "(key TEXT PRIMARY KEY, path TEXT, sha256 TEXT, width INT, height INT)")
-        db.execute("SELECT 1 FROM fetched LIMIT 1").fetchall()
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            # Survives a killed process (WAL); only a power cut can lose the last entries, and
+            # a lost cache entry costs one re-download. FULL would fsync once per image.
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("CREATE TABLE IF NOT EXISTS fetched "
+                       "(key TEXT PRIMARY KEY, path TEXT, sha256 TEXT, width INT, height INT)")
+            db.execute("SELECT 1 FROM fetched LIMIT 1").fetchall()
+        except BaseException:
+            # A corrupt file fails here: closed now, not by the garbage collector, which would
+            # remove fetch-cache.sqlite-wal by name after the rebuilt cache has taken that name.
+            db.close()
+            raise
         return db
 
     def _rebuild(self, e: sqlite3.Error) -> None:

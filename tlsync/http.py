@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import requests
 
 from .errors import SourceError
+from .http_direct import DirectGet
 from .secrets import redact
 from .sink import ImageTooLarge
 
@@ -60,11 +61,13 @@ class _Watchdog:
     def add(self, deadline: float, action: Callable[[], None]) -> int:
         with self._wake:
             handle = next(self._ids)
+            earliest = not self._heap or deadline < self._heap[0][0]
             heapq.heappush(self._heap, (deadline, handle, action))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="tlsync-deadlines", daemon=True)
                 self._thread.start()
-            self._wake.notify()
+            if earliest:  # else it sleeps until an earlier deadline anyway: waking it costs every thread the GIL
+                self._wake.notify()
             return handle
 
     def cancel(self, handle: int) -> None:
@@ -171,6 +174,8 @@ class HttpClient:
         """``pool_size``: keep-alive connections per host; set it to at least the number of
         threads sharing this client, or requests opens (and drops) a connection per request."""
         self.session = session or _Session()
+        # A session the caller built may carry anything (adapters, auth, hooks): it sends everything itself.
+        self._direct = DirectGet(self.session) if session is None else None
         if pool_size:
             adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
             self.session.mount("http://", adapter)
@@ -195,8 +200,11 @@ class HttpClient:
                 return max(0.0, min(wait, self.max_backoff * 4))
         return random.uniform(0, min(self.max_backoff, self.backoff * 2**attempt))
 
-    def _wait_for_host(self, host: str) -> None:
-        """Sleep while ``host`` is calming down, unless this thread set (and slept) the calm."""
+    def _wait_for_host(self, url: str) -> None:
+        """Sleep while ``url``'s host is calming down, unless this thread set (and slept) the calm."""
+        if not self._calm_until:  # no 429 yet (the usual case): no parsing, no lock, for every request
+            return
+        host = urlsplit(url).netloc
         with self._calm_lock:
             until, who = self._calm_until.get(host, (0.0, None))
         wait = until - time.monotonic()
@@ -214,26 +222,26 @@ class HttpClient:
             if until > self._calm_until.get(host, (0.0, None))[0]:
                 self._calm_until[host] = (until, threading.get_ident())
 
-    def request(self, method: str, url: str, what: str = "", ends: float | None = None,
+    def request(self, method: str, url: str, what: str = "", ends: float | None = None, direct: bool = False,
                 **kwargs: Any) -> requests.Response:
         """Send with retries; return the first non-retryable response (the caller checks it).
 
         ``ends`` (a ``time.monotonic()`` value) bounds all attempts together: each one's
-        read timeout and each backoff are cut to what is left of it.
+        read timeout and each backoff are cut to what is left of it. ``direct``: the caller
+        only streams the body (``download``), so a plain GET may skip requests (``http_direct``).
         """
         timeout = kwargs.pop("timeout", self.timeout)
         connect, read = timeout if isinstance(timeout, tuple) else (timeout, timeout)
         label = f"{what}: " if what else ""
-        host = urlsplit(url).netloc
         for attempt in range(self.attempts):
             response = None
-            self._wait_for_host(host)
+            self._wait_for_host(url)
             left = None if ends is None else ends - time.monotonic()
             if left is not None and left <= 0:
                 raise HttpError(f"{label}{method} {url} did not finish within its deadline (--download-timeout)")
             try:
-                response = self.session.request(method, url, timeout=(connect, read if left is None else
-                                                                      max(0.05, min(read, left))), **kwargs)
+                response = self._send(method, url, (connect, read if left is None else max(0.05, min(read, left))),
+                                      kwargs, direct)
                 if response.status_code not in RETRY_STATUS:
                     return response
                 reason = f"HTTP {response.status_code}"
@@ -247,9 +255,18 @@ class HttpClient:
                                 response.status_code if response is not None else None)
             delay = self._delay(attempt, response)
             if response is not None and response.status_code == 429:
-                self._calm(host, delay)
+                self._calm(urlsplit(url).netloc, delay)
             self.sleep(delay if ends is None else max(0.0, min(delay, ends - time.monotonic())))
         raise AssertionError("unreachable")
+
+    def _send(self, method: str, url: str, timeout: tuple[float, float], kwargs: dict[str, Any],
+              direct: bool) -> Any:
+        """One attempt: a download's plain GET straight through urllib3 where nothing needs requests."""
+        if direct and self._direct is not None and method == "GET" and kwargs == {"stream": True}:
+            response = self._direct.get(url, timeout)
+            if response is not None:
+                return response
+        return self.session.request(method, url, timeout=timeout, **kwargs)
 
     def json(self, method: str, url: str, what: str = "", **kwargs: Any) -> Any:
         """Request and decode JSON, with a clear error for a non-2xx status or a bad body."""
@@ -286,7 +303,7 @@ class HttpClient:
         # else gets a spool first, so that it only ever receives a whole body.
         direct = callable(getattr(out, "reset", None))
         for attempt in range(self.attempts):
-            response = self.request("GET", url, what, stream=True, ends=ends, **kwargs)
+            response = self.request("GET", url, what, stream=True, ends=ends, direct=True, **kwargs)
             if not response.ok:
                 response.close()
                 raise HttpError(f"{label}GET {url} returned HTTP {response.status_code}", response.status_code)

@@ -17,7 +17,6 @@ and ``--on-error skip`` counts it like any other bad input.
 
 from __future__ import annotations
 
-import mmap
 import os
 import re
 import struct
@@ -34,6 +33,7 @@ DEFAULT_MAX_PIXELS = 2 * 89_478_485
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # JPEG markers that stand alone (no length field): TEM, RST0-7, SOI, EOI.
 _STANDALONE = {0x01, *range(0xD0, 0xDA)}
+_BUFFER = 1 << 16  # one read covers a JPEG's or PNG's header segments; no isatty() call either
 
 
 def max_pixels() -> int:
@@ -72,13 +72,22 @@ def image_info(path: Path) -> tuple[int, int, str]:
     EXIF orientation is applied to the size, since training decodes with it applied. A
     canvas over ``max_pixels()`` is refused here, so no caller ever decodes one.
     """
+    try:
+        with open(path, "rb", buffering=_BUFFER) as f:
+            return _info(f)
+    except OSError as e:
+        raise TlsyncError(f"not a readable image ({_why(e)})") from None
+
+
+def _info(f: IO[bytes]) -> tuple[int, int, str]:
+    """``image_info`` of an open file (left anywhere: callers seek before reading again)."""
     from PIL import Image, UnidentifiedImageError
 
     limit = max_pixels()
     if limit > 2 * (Image.MAX_IMAGE_PIXELS or limit):  # the user raised it: PIL (here and in training) too
         Image.MAX_IMAGE_PIXELS = limit // 2 + 1
     try:
-        with Image.open(path) as im:
+        with Image.open(f) as im:
             fmt = im.format or ""
             width, height = im.size
             _check_pixels(width, height, limit)
@@ -107,11 +116,13 @@ def check_complete_image(path: Path) -> tuple[int, int, str]:
     """``image_info`` plus proof that the file holds the whole image, not just its header.
 
     The one check every stored image passes (local files and downloads alike): the
-    header is sane and bounded, and no part of the file is missing.
+    header is sane and bounded, and no part of the file is missing. The file is opened
+    once for both, and read through one buffer: every fetch thread of a pull runs this,
+    and each system call hands the GIL to the others and waits to win it back.
     """
-    width, height, ext = image_info(path)
     try:
-        with open(path, "rb") as f:
+        with open(path, "rb", buffering=_BUFFER) as f:
+            width, height, ext = _info(f)
             if ext == ".jpg":
                 _check_jpeg(f)
             elif ext == ".png":
@@ -130,33 +141,61 @@ def _check_jpeg(f: IO[bytes]) -> None:
     first SOS is the real end of image, never a thumbnail's (those sit in APP1, before).
     Bytes after EOI (motion photos append a video) are allowed, as every decoder does.
     """
-    size = os.fstat(f.fileno()).st_size
+    size = os.fstat(f.fileno()).st_size  # not seek(0, SEEK_END): that would drop the header from f's buffer
     if size < 4:
         raise TlsyncError("not a readable image (truncated JPEG: no end-of-image marker)")
-    with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        pos = 2
-        while True:
-            while pos < size and data[pos] == 0xFF and pos + 1 < size and data[pos + 1] == 0xFF:
-                pos += 1  # fill bytes before a marker
-            if pos + 4 > size or data[pos] != 0xFF:
-                break
-            marker = data[pos + 1]
-            if marker in _STANDALONE:
-                pos += 2
-                continue
-            length = int.from_bytes(data[pos + 2:pos + 4], "big")
-            if marker == 0xDA:  # start of scan: EOI is almost always in the last few bytes
-                scan = pos + 2 + length
-                if data.rfind(b"\xff\xd9", max(scan, size - 65536)) >= 0 or data.find(b"\xff\xd9", scan) >= 0:
-                    return
-                break
-            pos += 2 + length
-    raise TlsyncError("not a readable image (truncated JPEG: no end-of-image marker after its image data)")
+    scan = _jpeg_scan_start(f)
+    if scan is None or not _has_eoi(f, scan, size):
+        raise TlsyncError("not a readable image (truncated JPEG: no end-of-image marker after its image data)")
+
+
+def _jpeg_scan_start(f: IO[bytes]) -> int | None:
+    """Where the first scan's data starts, walking the segments; None if they are cut short."""
+    base, head = 0, b""
+
+    def window(at: int, n: int) -> bytes:  # bytes [at, at + n) of the file, fewer at its end
+        nonlocal base, head
+        if at < base or at + n > base + len(head):
+            f.seek(at)  # the header PIL just read is still in f's buffer: usually no system call
+            base, head = at, f.read(max(n, _BUFFER // 2))
+        return head[at - base:at - base + n]
+
+    pos = 2
+    while True:
+        while window(pos, 2) == b"\xff\xff":
+            pos += 1  # fill bytes before a marker
+        segment = window(pos, 4)
+        if len(segment) < 4 or segment[0] != 0xFF:
+            return None
+        marker = segment[1]
+        if marker in _STANDALONE:
+            pos += 2
+            continue
+        length = int.from_bytes(segment[2:4], "big")
+        if marker == 0xDA:  # start of scan: EOI is almost always in the last few bytes
+            return pos + 2 + length
+        pos += 2 + length
+
+
+def _has_eoi(f: IO[bytes], scan: int, size: int) -> bool:
+    """Whether FF D9 starts anywhere at or after ``scan``: the last 64 KB first, then the rest."""
+    start = max(scan, size - 65536)
+    f.seek(start)
+    if f.read(max(0, size - start)).rfind(b"\xff\xd9") >= 0:
+        return True
+    pos = scan
+    while pos < start:  # EOI before a long trailer: walk forward, chunks overlapping by a byte
+        f.seek(pos)
+        if f.read(min((1 << 20) + 1, start + 1 - pos)).find(b"\xff\xd9") >= 0:
+            return True
+        pos += 1 << 20
+    return False
 
 
 def _check_png(f: IO[bytes]) -> None:
     """Every chunk, from the signature to ``IEND``, is present in full (lengths only, no CRC)."""
     size = os.fstat(f.fileno()).st_size
+    f.seek(0)
     if f.read(8) != _PNG_SIGNATURE:
         raise TlsyncError("not a readable image (bad PNG signature)")
     pos = 8
