@@ -186,7 +186,8 @@ first N train images by id (N below); every figure is the test split's mAP after
                f"--epochs {len(first['map50'])} --img-size {sizes_text} --train-images {args.train_images}")
     if args.scratch_lr:
         command += f" --scratch-lr {args.scratch_lr:g}"
-    update_section(args.section, f"Transfer learning vs scratch ({', '.join(names)})", body, command)
+    lr = f", scratch at lr {args.scratch_lr:g}" if args.scratch_lr else ""
+    update_section(args.section, f"Transfer learning vs scratch ({', '.join(names)}){lr}", body, command)
 
 
 def main() -> None:
@@ -229,6 +230,8 @@ def main() -> None:
             # Alternate the starts seed by seed, so a machine that slows down mid-way hurts both alike.
             for seed in seeds:
                 runs += [run_one(dataset, weights, seed, img_sizes[name], args, project) for weights in starts]
+        if args.keep:  # every run kept there, earlier ones (and another start's, linked in) included
+            runs = sorted(p for p in args.keep.iterdir() if (p / "metrics.csv").exists())
         write_table(runs, args)
 
 

@@ -5,7 +5,8 @@ epoch and ~0 after every later one while its loss kept falling, because batch no
 statistics (momentum 0.01) described weights hundreds of steps old. Precise BN (precise_bn.py)
 scores and saves statistics of the current weights; test_precise_bn.py checks that mechanism
 exactly, these check its outcome on a task easy enough to learn in a few CPU epochs: one class of
-large bright squares on dark noise, 24 train and 8 val images.
+large bright squares on dark noise, 25 train and 7 val images. Each run's best.pt must also hold
+the statistics of its own weights: what val scored is what eval, predict and push get.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from tlsync import plugins
@@ -43,18 +46,51 @@ def squares(export: Path, items: int, size: int) -> Path:
     return export
 
 
-def scratch_run(tmp_path: Path, model: str, img_size: int, epochs: int, lr: float) -> tuple[list[float], list[float]]:
+def scratch_run(tmp_path: Path, model: str, img_size: int, epochs: int, lr: float) -> Path:
     from tlsync.trainer.train import TrainConfig, train
 
     store = Store(tmp_path / "home")
     pull(store, plugins.get_source("coco"), {"path": squares(tmp_path / "export", 32, img_size)}, "squares",
          split_ratios=(0.75, 0.25, 0.0))
-    run = train(TrainConfig(dataset="squares", model=model, weights="none", img_size=img_size, epochs=epochs,
+    return train(TrainConfig(dataset="squares", model=model, weights="none", img_size=img_size, epochs=epochs,
                             batch_size=4, lr=lr, workers=0, device="cpu", patience=0,
-                            project=str(tmp_path / "runs"), name="scratch"), store=store)
+                             project=str(tmp_path / "runs"), name="scratch"), store=store)
+
+
+def curve(run: Path) -> tuple[list[float], list[float]]:
     with open(run / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     return [float(r["loss"]) for r in rows], [float(r["map50"]) for r in rows]
+
+
+def predictions(model: torch.nn.Module, version: Any) -> list[dict[str, torch.Tensor]]:
+    from torchvision.transforms.functional import to_tensor
+
+    from tlsync.trainer.predict import load_image
+
+    images = [to_tensor(load_image(version.image_path(item))) for item in version.items("val")]
+    with torch.no_grad():
+        return model.eval()(images)
+
+
+def assert_statistics_match_weights(run: Path, store: Store) -> None:
+    """best.pt's statistics, and so its eval-mode predictions, are those a fresh recompute gives."""
+    from tlsync.trainer.checkpoint import load_model
+    from tlsync.trainer.data import DetectionDataset, train_transforms
+    from tlsync.trainer.precise_bn import live_batchnorms, recompute_for_run
+
+    model, _, config = load_model(run / "weights" / "best.pt")  # weights_only=True inside
+    again, _, _ = load_model(run / "weights" / "best.pt")
+    version = store.open("squares")
+    items = list(version.items("train"))
+    dataset = DetectionDataset(items, [version.image_path(i) for i in items], version.categories,
+                               train_transforms(config["img_size"]), config["img_size"])
+    assert len(live_batchnorms(again)) > 0
+    recompute_for_run(again, dataset, config, torch.device("cpu"))
+    saved, fresh = model.state_dict(), again.state_dict()
+    assert all(torch.equal(saved[k], fresh[k]) for k in saved if k.endswith(("running_mean", "running_var")))
+    for a, b in zip(predictions(model, version), predictions(again, version), strict=True):
+        assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.parametrize(("model", "img_size", "epochs", "lr", "peak"), [
@@ -67,8 +103,10 @@ def scratch_run(tmp_path: Path, model: str, img_size: int, epochs: int, lr: floa
 ])
 def test_a_scratch_run_learns_and_does_not_collapse(tmp_path: Path, model: str, img_size: int, epochs: int,
                                                     lr: float, peak: float) -> None:
-    losses, map50 = scratch_run(tmp_path, model, img_size, epochs, lr)
+    run = scratch_run(tmp_path, model, img_size, epochs, lr)
+    losses, map50 = curve(run)
     assert losses[-1] < 0.6 * losses[0], losses
     best = max(map50)
     assert best >= peak, map50
     assert map50[-1] >= 0.4 * best, f"val mAP50 fell back after its best epoch: {map50}"
+    assert_statistics_match_weights(run, Store(tmp_path / "home"))
