@@ -10,10 +10,12 @@ import errno
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from tlsync.errors import TlsyncError
 from tlsync.sources import Source
 
 N = 10
@@ -246,3 +248,25 @@ def test_a_corrupt_fetch_cache_is_rebuilt_with_a_warning(tmp_path: Path, run_cli
     assert "unchanged, still cells@1" in result.stdout
     assert list(store.home.glob("fetch-cache.sqlite.corrupt-*"))
     assert "3 from cache" in pull(run_cli, export, "--reread").stdout
+
+
+# -- the dataset lock ---------------------------------------------------------------------------
+
+def test_a_dataset_held_by_another_process_is_refused_and_freed_when_that_process_dies(store):
+    """Two pulls of one dataset never write at once; a pull killed with -9 leaves no lock behind."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from tlsync.store import Store\n"
+         f"with Store({str(store.home)!r}).lock('cells'):\n    print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(TlsyncError, match=r"dataset 'cells' is locked by another pull .*\.lock"):
+            with store.lock("cells", timeout=0.3):
+                pass
+        with store.lock("other", timeout=0.3):  # other datasets are not held up
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with store.lock("cells", timeout=5):
+        pass

@@ -28,13 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock, Timeout
-
 from .atomic import fsync_dir
 from .errors import TlsyncError
 from .fetch_cache import FetchCache
 from .format import Item
 from .images import EXTENSIONS, check_complete_image, image_info  # noqa: F401  (re-exported)
+from .locks import LockTimeout, exclusive
 from .manifest import INFO, ITEMS, atomic_write_json, read_info, read_items
 from .sink import ImageSink, store_write_error
 
@@ -251,9 +250,9 @@ class Store:
         folder = self.datasets_dir / name
         folder.mkdir(parents=True, exist_ok=True)
         try:
-            with FileLock(str(folder / ".lock"), timeout=timeout):
+            with exclusive(folder / ".lock", timeout):
                 yield
-        except Timeout:
+        except LockTimeout:
             raise TlsyncError(f"dataset '{name}' is locked by another pull ({folder / '.lock'})") from None
 
     @contextmanager
