@@ -23,7 +23,6 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import click
-from filelock import FileLock, Timeout
 
 from tlsync.archives import DEFAULT_MAX_ENTRIES, clean_leftovers, default_max_total, extract_zip, parse_size
 from tlsync.console import progress
@@ -31,6 +30,7 @@ from tlsync.errors import SourceError
 from tlsync.format import Item
 from tlsync.hookspecs import hookimpl
 from tlsync.http import HttpClient, HttpError
+from tlsync.locks import LockTimeout, exclusive
 from tlsync.manifest import atomic_write_text
 from tlsync.paths import ALLOW_OUTSIDE_OPTION, ExportRoot
 from tlsync.secrets import get_secret
@@ -326,15 +326,11 @@ def _read(path: Path) -> str | None:
 @contextmanager
 def _locked(slot: Path) -> Iterator[None]:
     """Hold a cache slot's lock, so that two pulls of one export download and unpack it once."""
-    lock = FileLock(str(slot / ".lock"))
     try:
-        lock.acquire(timeout=LOCK_TIMEOUT)
-    except Timeout:
+        with exclusive(slot / ".lock", LOCK_TIMEOUT):
+            yield
+    except LockTimeout:
         raise SourceError(f"{slot}: another pull has held this export's lock for an hour") from None
-    try:
-        yield
-    finally:
-        lock.release()
 
 
 @hookimpl
