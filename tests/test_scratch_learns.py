@@ -110,3 +110,39 @@ def test_a_scratch_run_learns_and_does_not_collapse(tmp_path: Path, model: str, 
     assert best >= peak, map50
     assert map50[-1] >= 0.4 * best, f"val mAP50 fell back after its best epoch: {map50}"
     assert_statistics_match_weights(run, Store(tmp_path / "home"))
+
+
+def test_a_last_batch_of_one_image_does_not_stop_a_scratch_ssdlite_run(tmp_path: Path) -> None:
+    """SSDLite's last layers are 1x1 at any size, and batch norm cannot train on one image of them:
+    a train split one image over a multiple of the batch (25 images at batch 4) used to end the run
+    with "Expected more than 1 value per channel when training"."""
+    from tlsync.trainer.train import TrainConfig, train
+
+    store = Store(tmp_path / "home")
+    pull(store, plugins.get_source("coco"), {"path": squares(tmp_path / "export", 8, 64)}, "squares",
+         split_ratios=(0.75, 0.25, 0.0))
+    images = len(list(store.open("squares").items("train")))
+    assert images >= 3
+    run = train(TrainConfig(dataset="squares", model="ssdlite320_mobilenet_v3_large", weights="none", img_size=64,
+                            epochs=1, batch_size=images - 1, workers=0, device="cpu", patience=0,
+                            project=str(tmp_path / "runs"), name="lone"), store=store)
+    assert len(curve(run)[0]) == 1
+
+
+def test_the_lone_last_image_left_out_changes_with_the_epoch() -> None:
+    from torch.utils.data import RandomSampler
+
+    from tlsync.trainer.data import GroupedBatchSampler
+
+    generator = torch.Generator()
+    sampler = GroupedBatchSampler(RandomSampler(range(9), generator=generator), [i % 2 for i in range(9)], 4)
+    left_out = set()
+    for epoch in range(6):
+        generator.manual_seed(epoch)
+        batches = list(sampler)
+        assert len(batches) == len(sampler) == 2 and all(len(b) == 4 for b in batches)
+        (missing,) = set(range(9)) - {i for b in batches for i in b}
+        left_out.add(missing)
+    assert len(left_out) > 1
+    assert len(GroupedBatchSampler(RandomSampler(range(10)), [0] * 10, 4)) == 3  # a last batch of 2 is kept
+    assert len(list(GroupedBatchSampler(RandomSampler(range(1)), [0], 4))) == 1  # a single image still trains

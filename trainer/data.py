@@ -141,9 +141,14 @@ class GroupedBatchSampler(Sampler[list[int]]):
     """Batches whose images share a group, drawn in the order ``sampler`` gives.
 
     The idea of torchvision's detection references, kept small: each group fills its own
-    batch; what is left at the end is batched together, group by group. There are always
-    ``ceil(len(sampler) / batch_size)`` batches, so every rank of a distributed run takes
-    the same number of steps. ``set_epoch`` reshuffles (forwarded to the sampler).
+    batch; what is left at the end is batched together, group by group. Every rank of a
+    distributed run takes the same number of steps (``len``). ``set_epoch`` reshuffles
+    (forwarded to the sampler).
+
+    A last batch of one image is left out of that epoch (a different image each epoch, as
+    the order is reshuffled): batch norm in training mode cannot normalise one image's 1x1
+    feature maps, which SSDLite's last layers have at any size, so a scratch SSDLite on 25
+    images at batch 4 used to stop with "Expected more than 1 value per channel".
     """
 
     def __init__(self, sampler: Sampler[int], group_ids: Sequence[int], batch_size: int):
@@ -162,11 +167,19 @@ class GroupedBatchSampler(Sampler[list[int]]):
                 yield batch
                 pending[self.group_ids[index]] = []
         rest = [i for group in sorted(pending) for i in pending[group]]
+        if self._lone_last():
+            rest = rest[:-1]  # the image count is 1 more than a multiple of the batch: so is rest's
         for start in range(0, len(rest), self.batch_size):
             yield rest[start:start + self.batch_size]
 
+    def _lone_last(self) -> bool:
+        """Whether the last batch would hold a single image (left out, see above)."""
+        images = len(self.sampler)  # type: ignore[arg-type]
+        return images > 1 and self.batch_size > 1 and images % self.batch_size == 1
+
     def __len__(self) -> int:
-        return math.ceil(len(self.sampler) / self.batch_size)  # type: ignore[arg-type]
+        images = len(self.sampler)  # type: ignore[arg-type]
+        return images // self.batch_size if self._lone_last() else math.ceil(images / self.batch_size)
 
 
 class SeededRandomSampler(RandomSampler):
