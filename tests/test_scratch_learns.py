@@ -100,6 +100,8 @@ def assert_statistics_match_weights(run: Path, store: Store) -> None:
     # over 10 epochs (Lite0's: 0.13 after 2) and val mAP50 peaked at 0.13. At 0.04, measured here:
     # 0 / 0 / 0.01 / 0.17 / 0 / 0.12 / 0.10 / 0.32 / 0.35 / 0.33. It is held to less than Lite0.
     ("fasterrcnn_mobilenet_v3_large_320_fpn", 128, 10, 0.04, 0.15),
+    # SSDLite's heads keep trainable batch norm from any start. Measured here: peak 0.47, last 0.24.
+    ("ssdlite320_mobilenet_v3_large", 128, 10, 0.02, 0.2),
 ])
 def test_a_scratch_run_learns_and_does_not_collapse(tmp_path: Path, model: str, img_size: int, epochs: int,
                                                     lr: float, peak: float) -> None:
