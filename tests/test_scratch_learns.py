@@ -137,7 +137,8 @@ def test_the_lone_last_image_left_out_changes_with_the_epoch() -> None:
     from tlsync.trainer.data import GroupedBatchSampler
 
     generator = torch.Generator()
-    sampler = GroupedBatchSampler(RandomSampler(range(9), generator=generator), [i % 2 for i in range(9)], 4)
+    sampler = GroupedBatchSampler(RandomSampler(range(9), generator=generator), [i % 2 for i in range(9)], 4,
+                                  drop_lone=True)
     left_out = set()
     for epoch in range(6):
         generator.manual_seed(epoch)
@@ -146,5 +147,6 @@ def test_the_lone_last_image_left_out_changes_with_the_epoch() -> None:
         (missing,) = set(range(9)) - {i for b in batches for i in b}
         left_out.add(missing)
     assert len(left_out) > 1
-    assert len(GroupedBatchSampler(RandomSampler(range(10)), [0] * 10, 4)) == 3  # a last batch of 2 is kept
-    assert len(list(GroupedBatchSampler(RandomSampler(range(1)), [0], 4))) == 1  # a single image still trains
+    assert len(GroupedBatchSampler(RandomSampler(range(10)), [0] * 10, 4, drop_lone=True)) == 3  # 2 are kept
+    assert len(list(GroupedBatchSampler(RandomSampler(range(1)), [0], 4, drop_lone=True))) == 1  # 1 trains
+    assert len(GroupedBatchSampler(RandomSampler(range(9)), [0] * 9, 4)) == 3, "only training drops one"

@@ -145,14 +145,17 @@ class GroupedBatchSampler(Sampler[list[int]]):
     distributed run takes the same number of steps (``len``). ``set_epoch`` reshuffles
     (forwarded to the sampler).
 
-    A last batch of one image is left out of that epoch (a different image each epoch, as
-    the order is reshuffled): batch norm in training mode cannot normalise one image's 1x1
-    feature maps, which SSDLite's last layers have at any size, so a scratch SSDLite on 25
-    images at batch 4 used to stop with "Expected more than 1 value per channel".
+    With ``drop_lone`` (training), a last batch of one image is left out of that epoch (a
+    different image each epoch, as the order is reshuffled): batch norm in training mode
+    cannot normalise one image's 1x1 feature maps, which SSDLite's last layers have at any
+    size, so a scratch SSDLite on 25 images at batch 4 used to stop with "Expected more than
+    1 value per channel". Joining it to the batch before would make a batch one image larger
+    than the one the user sized to fit the GPU.
     """
 
-    def __init__(self, sampler: Sampler[int], group_ids: Sequence[int], batch_size: int):
+    def __init__(self, sampler: Sampler[int], group_ids: Sequence[int], batch_size: int, drop_lone: bool = False):
         self.sampler, self.group_ids, self.batch_size = sampler, list(group_ids), batch_size
+        self.drop_lone = drop_lone
 
     def set_epoch(self, epoch: int) -> None:
         if hasattr(self.sampler, "set_epoch"):
@@ -175,7 +178,7 @@ class GroupedBatchSampler(Sampler[list[int]]):
     def _lone_last(self) -> bool:
         """Whether the last batch would hold a single image (left out, see above)."""
         images = len(self.sampler)  # type: ignore[arg-type]
-        return images > 1 and self.batch_size > 1 and images % self.batch_size == 1
+        return self.drop_lone and images > 1 and self.batch_size > 1 and images % self.batch_size == 1
 
     def __len__(self) -> int:
         images = len(self.sampler)  # type: ignore[arg-type]
@@ -209,7 +212,7 @@ def make_loader(dataset: DetectionDataset, batch_size: int, workers: int, seed: 
     if sampler is None:
         sampler = SeededRandomSampler(dataset, seed) if shuffle else SequentialSampler(dataset)
     return DataLoader(
-        dataset, batch_sampler=GroupedBatchSampler(sampler, dataset.aspect_groups(), batch_size),
+        dataset, batch_sampler=GroupedBatchSampler(sampler, dataset.aspect_groups(), batch_size, drop_lone=True),
         num_workers=workers, collate_fn=collate, pin_memory=pin_memory, generator=torch.Generator(),
         persistent_workers=persistent_workers and workers > 0,
     )
