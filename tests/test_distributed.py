@@ -197,7 +197,14 @@ def test_distributed_eval_equals_single_process_eval_on_the_same_checkpoint(
     single = evaluate_split(model, Store(home).open(cfg["dataset"]), "val", categories, "cpu", tmp_path / "one-eval")
 
     assert single["predicted_boxes"] > 0, "an untrained model still predicts boxes; without them the test proves little"
-    assert metrics[0] == metrics[1] == single
+    assert metrics[0] == metrics[1]
+    # The F1-best confidence is read off the scores themselves, and the ranks' processes run with other
+    # thread counts than this one, so their convolutions sum in another order: a full run here saw 0.89988 vs
+    # 0.89989. Every count, AP and curve must still be equal.
+    read_off_scores = ("best_conf", "confusion_conf")
+    assert {k: v for k, v in metrics[0].items() if k not in read_off_scores} == \
+        {k: v for k, v in single.items() if k not in read_off_scores}
+    assert all(metrics[0][k] == pytest.approx(single[k], abs=1e-3) for k in read_off_scores)
     for name in ("ground_truth.json", "metrics.json"):
         assert (tmp_path / "ddp-eval" / name).read_text() == (tmp_path / "one-eval" / name).read_text()
     # Each rank convolves with its own thread count, so a score may differ in its last written digit.
