@@ -78,11 +78,11 @@ def _torchvision_builder(name: str) -> Any:
         from .weights import hub_weights, torchvision_weights
 
         is_ssd = name.startswith("ssd")
-        size: dict[str, Any] = {} if is_ssd else {"min_size": img_size, "max_size": img_size}
+        options: dict[str, Any] = {} if is_ssd else {"min_size": img_size, "max_size": img_size}
         if name in RPN_SCORE_THRESH_05 and weights != "coco":
-            size["rpn_score_thresh"] = 0.0  # see RPN_SCORE_THRESH_05
+            options["rpn_score_thresh"] = 0.0  # see RPN_SCORE_THRESH_05
         with hub_weights():
-            model = torchvision.models.get_model_builder(name)(**torchvision_weights(name, weights), **size)
+            model = torchvision.models.get_model_builder(name)(**torchvision_weights(name, weights), **options)
         replace_head(model, num_classes)
         if is_ssd:
             set_fixed_size(model, img_size)
