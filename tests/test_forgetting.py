@@ -73,7 +73,7 @@ def test_a_continued_run_is_checked_on_the_parent_data(store, run_cli, tmp_path:
     # Which classes a real continued run loses on data this small is noise (measured: at --lr 0.04 every
     # class on one machine, circle and square but not triangle on another), so the end-to-end half checks
     # that the warning, files and figures agree; the half below checks that a forgotten class is caught.
-    child, result = train(run_cli, "--dataset", "v2", "--weights", parent, *SMALL, "--epochs", "6", "--lr", "0.04")
+    child, result = train(run_cli, "--dataset", "v2", "--weights", parent, *SMALL, "--epochs", "2", "--lr", "0.04")
     forgetting = json.loads((child / "forgetting.json").read_text())
     assert forgetting["parent"]["dataset"] == "v1@1" and forgetting["parent"]["split"] == "test"
     rows = forgetting["classes"]

@@ -32,7 +32,7 @@ from tlsync.format import Item
 from tlsync.models import WEIGHTS
 from tlsync.store import DatasetVersion, Store
 
-from . import events, precise_bn, runs
+from . import events, precise_bn, roi_align_cpu, runs
 from .checkpoint import load_checkpoint, rebuild_model, resolve_checkpoint, save_checkpoint, transfer_weights
 from .data import DetectionDataset, make_loader, start_epoch, train_transforms
 from .device import resolve_device
@@ -222,7 +222,8 @@ def fit(run: Path, settings: RunSettings, version: DatasetVersion, data: TrainDa
         runtime: Runtime, state: RunState, checkpoint: dict[str, Any] | None) -> Path:
     """Set up, train epoch by epoch until done or stopped, then finish the run."""
     loop = setup(run, settings, version, data, model, runtime, checkpoint)
-    stop_reason = run_epochs(loop, state)
+    with roi_align_cpu.faster_backward():  # CPU tensors only: on CUDA nothing changes
+        stop_reason = run_epochs(loop, state)
     end_of_training(loop, state, stop_reason)
     return run
 
