@@ -5,10 +5,11 @@ sample point in scalar C++ on one thread: about 1 ms per RoI at 256 channels, so
 Faster R-CNN step of 4 images x 128 sampled RoIs spent ~0.5 s there, more than the rest
 of its backward pass together. The gradient is the same sum of bilinear weights, and the
 weights are separable: sample ``(y, x)`` gives its four neighbours ``wy(row) * wx(col)``,
-zero for both when the point lies outside the map. So each RoI's gradient is
-``Ay^T @ G @ Ax`` (``G``: its ``C x PH x PW`` output gradient; ``Ay``: ``PH x Kh`` row
-weights over a ``Kh``-row window around the RoI; ``Ax`` likewise), two batched matrix
-products, added into the input gradient with one ``index_add_``. Sample positions,
+zero for both when the point lies outside the map. So with ``Ay`` (``PH x Kh``: row
+weights over a ``Kh``-row window around the RoI) and ``Ax`` likewise, window pixel
+``(k, w)`` takes ``sum over bins (p, q) of Ay[p, k] * Ax[q, w] * G[p, q]`` (``G``: the
+RoI's output gradient): one batched matrix product per chunk of RoIs, added into the
+input gradient with one ``index_add_``. Sample positions,
 clamping and the outside-the-map rule follow torchvision's ``roi_align_kernel.cpp``
 (``bilinear_interpolate_gradient``); only the order of the additions differs (float
 rounding, ~1e-7 relative).
@@ -53,16 +54,22 @@ def _axis(start: torch.Tensor, bin_size: torch.Tensor, pooled: int, grid: int, s
     return low, high, w_low, w_high, bins.long().expand_as(low)
 
 
+def _extent(axis: Axis, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each RoI's first and last row (or column) with a non-zero weight (``size - 1, 0`` for none)."""
+    low, high, w_low, w_high, _ = axis
+    used = (w_low != 0) | (w_high != 0)
+    return torch.where(used, low, size).amin(dim=1).clamp(max=size - 1), torch.where(used, high, 0).amax(dim=1)
+
+
 def _window(axis: Axis, pooled: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Each RoI's weight matrix ``R x pooled x K`` over a ``K``-wide window, and the window's first index."""
     low, high, w_low, w_high, bins = axis
-    used = (w_low != 0) | (w_high != 0)
-    first = torch.where(used, low, size).amin(dim=1).clamp(max=size - 1)
-    last = torch.where(used, high, 0).amax(dim=1)
+    first, last = _extent(axis, size)
     width = int((last - first).clamp(min=0).max()) + 1
     first = first.clamp(max=size - width)
     weights = low.new_zeros((low.shape[0], pooled, width), dtype=w_low.dtype)
     rois = torch.arange(low.shape[0])[:, None].expand_as(low)
+    used = (w_low != 0) | (w_high != 0)
     for at, w in ((low, w_low), (high, w_high)):  # unused samples (weight 0) may lie outside the window
         weights.index_put_((rois, bins, torch.where(used, at - first[:, None], 0)), w, accumulate=True)
     return weights, first
@@ -73,10 +80,10 @@ def _take(axis: Axis, rois: torch.Tensor) -> Axis:
     return low[rois], high[rois], w_low[rois], w_high[rois], bins[rois]
 
 
-def _span(low: torch.Tensor, high: torch.Tensor, w_low: torch.Tensor, w_high: torch.Tensor) -> torch.Tensor:
+def _span(axis: Axis, size: int) -> torch.Tensor:
     """How many rows (or columns) each RoI's samples touch."""
-    used = (w_low != 0) | (w_high != 0)
-    return (torch.where(used, high, 0).amax(dim=1) - torch.where(used, low, 1 << 30).amin(dim=1)).clamp(min=0) + 1
+    first, last = _extent(axis, size)
+    return (last - first).clamp(min=0) + 1
 
 
 def roi_align_backward(grad: torch.Tensor, rois: torch.Tensor, spatial_scale: float, pooled_height: int,
@@ -115,7 +122,7 @@ def _add(out: torch.Tensor, grad: torch.Tensor, image: torch.Tensor, ys: tuple[t
     just big enough for its largest, so that small RoIs do not pay for a large one's window.
     """
     along_y, along_x = _axis(*ys, pooled[0], grid[0], size[0]), _axis(*xs, pooled[1], grid[1], size[1])
-    order = torch.argsort(_span(*along_y[:4]) * _span(*along_x[:4]))
+    order = torch.argsort(_span(along_y, size[0]) * _span(along_x, size[1]))
     channels = grad.shape[2]
     for part in torch.split(order, CHUNK):
         n = len(part)
