@@ -50,8 +50,11 @@ def tlsync_register_targets(register: Callable[[Target], None]) -> None:
     A target that also overrides ``send_selection(selection, run, **options)`` can
     receive ``tlsync select --target NAME``: a ``tlsync.targets.Selection`` of the
     images picked for labelling (best first, with the run's predicted boxes), with
-    the target's ``selection_options`` as keyword arguments. It must send only what
-    the platform lacks, so a re-run after a failure completes the job.
+    the target's ``selection_options`` as keyword arguments. The same method receives
+    ``tlsync audit --target NAME``: a ``Selection`` of the images whose labels look
+    wrong (``strategy`` ``"audit"``), the suggested labelling as each item's boxes and
+    the current labels in ``selection.labels``, for a reviewer to compare. It must send
+    only what the platform lacks, so a re-run after a failure completes the job.
     """
 
 

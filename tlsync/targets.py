@@ -1,5 +1,6 @@
-"""What a target is: somewhere ``tlsync push`` sends a run's predictions (e.g. Nucleus), and
-where ``tlsync select`` sends the images picked for labelling.
+"""What a target is: somewhere ``tlsync push`` sends a run's predictions (e.g. Nucleus), where
+``tlsync select`` sends the images picked for labelling, and where ``tlsync audit`` sends the
+images whose labels look wrong, for review.
 
 The core runs the model (through the trainer) and hands the target plain ``Item``s whose
 boxes carry ``confidence``; a target never imports the trainer.
@@ -28,6 +29,13 @@ class Selection:
     the same order. ``image_path`` gives the stored file of an item (for uploading);
     ``folder`` is the local ``selections/<name>/`` already written, where a target may
     note what it sent.
+
+    ``tlsync audit`` sends a review in the same form: ``items`` are the suspect images with
+    the suggested labelling as their boxes (``confidence`` set), ``scores`` how suspect each
+    image is, ``strategy`` is ``"audit"``, ``folder`` the ``audits/<name>/`` folder, and
+    ``labels`` holds the same images with their current labels (the platform's own), in the
+    same order, so a target can show the label and the suggestion side by side. It is None
+    for a selection: those images have no labels yet.
     """
 
     name: str
@@ -37,6 +45,7 @@ class Selection:
     strategy: str
     folder: Path
     image_path: Callable[[Item], Path]
+    labels: list[Item] | None = None
 
 
 class Target(ABC):
@@ -76,4 +85,7 @@ class Target(ABC):
 def check_target(obj: Any, plugin: str) -> Target:
     if not isinstance(obj, Target) or not getattr(obj, "name", None):
         raise TlsyncError(f"plugin '{plugin}' registered {obj!r}, which is not a named tlsync.targets.Target")
+    from .plugin_options import check_options
+
+    check_options(obj, "target", plugin)
     return obj
