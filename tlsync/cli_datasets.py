@@ -6,13 +6,18 @@ from pathlib import Path
 
 import click
 
+from .cli_derive import derive_command
+from .console import echo
 from .errors import TlsyncError
 from .store import Store
 
 
 @click.group()
 def datasets() -> None:
-    """List, show and remove local datasets."""
+    """List, show, derive and remove local datasets."""
+
+
+datasets.add_command(derive_command)
 
 
 @datasets.command(name="list")
@@ -32,13 +37,13 @@ def list_datasets() -> None:
             rows.append((name, f"@{latest}", "?", "?", "?", "UNREADABLE", ""))
             unreadable.append(why)
     if len(rows) == 1:
-        click.echo(f"no datasets in {store.datasets_dir} yet: tlsync pull --source ... --dataset NAME")
+        echo(f"no datasets in {store.datasets_dir} yet: tlsync pull --source ... --dataset NAME")
         return
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     for why in unreadable:
-        click.echo(f"warning: unreadable: {why}", err=True)
+        echo(f"warning: unreadable: {why}", err=True)
 
 
 def _row(store: Store, name: str) -> tuple[str, str, str, str, str, str, str]:
@@ -54,21 +59,21 @@ def show(ref: str) -> None:
     """Per-split and per-class counts of NAME or NAME@N."""
     ds = Store().open(ref)
     info = ds.info
-    click.echo(f"{ds.ref}  ({info['source']['name']}, created {info['created']})")
-    click.echo(f"content hash {info['content_hash']}")
+    echo(f"{ds.ref}  ({info['source']['name']}, created {info['created']})")
+    echo(f"content hash {info['content_hash']}")
     params = ", ".join(f"{k}={v}" for k, v in info["source"]["params"].items())
     if params:
-        click.echo(f"source params: {params}")
+        echo(f"source params: {params}")
     counts = info["counts"]
-    click.echo(f"{counts['items']} items ({counts['negatives']} without boxes), {counts['boxes']} boxes")
+    echo(f"{counts['items']} items ({counts['negatives']} without boxes), {counts['boxes']} boxes")
     for split, c in counts["splits"].items():
-        click.echo(f"  {split:<6} {c['items']:>7} items {c['boxes']:>8} boxes")
-    click.echo(f"{len(info['categories'])} classes:")
+        echo(f"  {split:<6} {c['items']:>7} items {c['boxes']:>8} boxes")
+    echo(f"{len(info['categories'])} classes:")
     for name in info["categories"]:
-        click.echo(f"  {name:<24} {counts['classes'].get(name, 0):>8} boxes")
+        echo(f"  {name:<24} {counts['classes'].get(name, 0):>8} boxes")
     for what in ("skipped", "not_used"):
         for reason, n in info.get(what, {}).items():
-            click.echo(f"{what.replace('_', ' ')}: {n} x {reason}")
+            echo(f"{what.replace('_', ' ')}: {n} x {reason}")
 
 
 @datasets.command()
@@ -78,10 +83,11 @@ def rm(ref: str, yes: bool) -> None:
     """Remove NAME@N, or every version of NAME (cached images stay, shared)."""
     store = Store()
     store.open(ref)  # a clear error if it does not exist
-    if not yes:
-        click.confirm(f"remove {ref}?", abort=True)
+    if not yes and not click.confirm(f"remove {ref}?"):
+        echo(f"kept {ref}: nothing removed")  # declining is an answer, not an error: exit 0
+        return
     for removed in store.remove(ref):
-        click.echo(f"removed {removed}")
+        echo(f"removed {removed}")
 
 
 @datasets.command()
@@ -102,20 +108,20 @@ def check(ref: str, threshold: int | None, json_out: Path | None, show: int) -> 
     ds = Store().open(ref)
     report = find_duplicates(ds, DEFAULT_THRESHOLD if threshold is None else threshold)
     for kind, groups in (("exact", report.exact), (f"near (<= {report.threshold} bits)", report.near)):
-        click.echo(f"{kind} duplicates: {len(groups)} group(s), {sum(g.crosses for g in groups)} crossing splits")
+        echo(f"{kind} duplicates: {len(groups)} group(s), {sum(g.crosses for g in groups)} crossing splits")
         for group in sorted(groups, key=lambda g: not g.crosses)[:show]:
             mark = "CROSSES " + "/".join(group.splits) if group.crosses else group.splits[0]
             copies = ", ".join(f"{c.item_id} ({c.split})" for c in group.copies)
-            click.echo(f"  [{mark}] {copies}" + (f"  distance {group.distance}" if group.distance else ""))
+            echo(f"  [{mark}] {copies}" + (f"  distance {group.distance}" if group.distance else ""))
         if len(groups) > show:
-            click.echo(f"  ... {len(groups) - show} more (--show N, or --json FILE for all)")
+            echo(f"  ... {len(groups) - show} more (--show N, or --json FILE for all)")
     for line in report.unreadable[:5]:
         info(f"not hashed, unreadable: {line}")
     if json_out:
         atomic_write_json(json_out, report.to_dict())
-        click.echo(f"report: {json_out}")
+        echo(f"report: {json_out}")
     crossing = sum(g.crosses for g in [*report.exact, *report.near])
-    click.echo(f"{ds.ref}: {report.items} items, {len(report.exact)} exact and {len(report.near)} near duplicate "
+    echo(f"{ds.ref}: {report.items} items, {len(report.exact)} exact and {len(report.near)} near duplicate "
                f"group(s); {crossing} cross splits" + (" (test scores may be optimistic)" if crossing else ""))
 
 
@@ -130,5 +136,5 @@ def export(ref: str, fmt: str, out: Path, split: str | None) -> None:
 
     ds = Store().open(ref)
     counts = export_coco(ds, out, split)
-    click.echo(f"exported {ds.ref}: {counts['images']} images, {counts['annotations']} boxes, "
+    echo(f"exported {ds.ref}: {counts['images']} images, {counts['annotations']} boxes, "
                f"{counts['categories']} classes -> {out / 'annotations.json'}")

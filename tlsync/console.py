@@ -1,14 +1,16 @@
-"""Terminal output: one stderr console, progress bars, and the secret and control-character filters.
+"""Terminal output: one stderr console, progress, and the secret and control-character filters.
 
-rich is imported lazily, so that ``tlsync --help`` stays fast, and not at all for a
-progress bar on a stderr that is not a terminal (a CI log, a benchmark's pipe): there is
-nothing to draw, and importing rich would be a tenth of a quick pull's start-up.
+rich is imported lazily, so that ``tlsync --help`` stays fast, and not at all for progress
+on a stderr that is not a terminal (a CI log, a benchmark's pipe): there is no bar to draw,
+and importing rich would be a tenth of a quick pull's start-up.
 
 Class names, ids, file names and server messages come from data tlsync does not control;
 an escape sequence in one (``\x1b]0;...``, ``\x1b[2J``, a right-to-left override) would
 retitle, clear or rewrite the user's terminal. ``printable`` shows such characters as
-``\x1b``-style escapes, and ``printable_output`` applies it to everything the command
-writes to stdout and stderr, whichever module prints.
+``\x1b``-style escapes, and it is applied where a message is formatted: ``echo``, ``info``,
+a progress description and the CLI's error line. It is never applied to the output stream
+itself, which carries the progress bar's own control codes (and a library's, such as a
+download bar's carriage returns): a terminal must get those as they are.
 """
 
 from __future__ import annotations
@@ -17,14 +19,18 @@ import io
 import os
 import re
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from .errors import TlsyncError
 from .secrets import redact
 
 # C0 controls but tab and newline, DEL, C1 controls, and the bidirectional-text overrides.
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+PROGRESS_EVERY_ENV = "TLSYNC_PROGRESS_EVERY"
+DEFAULT_PROGRESS_EVERY = 30.0  # seconds between plain progress lines: a line a minute is too quiet for CI
 
 
 def _escape(match: re.Match[str]) -> str:
@@ -37,11 +43,19 @@ def printable(text: str) -> str:
     return _CONTROL.sub(_escape, text)
 
 
-class _PrintableStream(io.TextIOBase):
-    """A text stream that passes writes through ``printable``; everything else is the inner stream's.
+def echo(message: str, *, err: bool = False) -> None:
+    """A line for stdout (results people pipe) or, with ``err``, stderr: secrets redacted,
+    control characters from data escaped. Every CLI line that may quote data goes through here."""
+    import click
 
-    ``rich_proxied_file`` is how rich unwraps a proxy: its progress bars keep their own
-    escape codes, and what tlsync passes to rich is cleaned by ``info``/``progress``.
+    click.echo(printable(redact(message)), err=err)
+
+
+class EscapedStream(io.TextIOBase):
+    """A text stream that passes writes through ``printable``, for text printed without ``echo``.
+
+    ``rich_proxied_file`` is how rich finds the stream under a proxy; ``console`` follows it
+    through every layer, so the bar's own codes reach the terminal unfiltered.
     """
 
     def __init__(self, inner: Any):
@@ -55,10 +69,10 @@ class _PrintableStream(io.TextIOBase):
         self.rich_proxied_file.flush()
 
     def isatty(self) -> bool:
-        return self.rich_proxied_file.isatty()
+        return bool(self.rich_proxied_file.isatty())
 
     def fileno(self) -> int:
-        return self.rich_proxied_file.fileno()
+        return int(self.rich_proxied_file.fileno())
 
     @property
     def encoding(self) -> str:  # type: ignore[override]
@@ -73,7 +87,7 @@ class _PrintableStream(io.TextIOBase):
 def printable_output() -> Iterator[None]:
     """Route ``sys.stdout`` and ``sys.stderr`` through ``printable`` for the duration."""
     saved = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = _PrintableStream(sys.stdout), _PrintableStream(sys.stderr)
+    sys.stdout, sys.stderr = EscapedStream(sys.stdout), EscapedStream(sys.stderr)
     try:
         yield
     finally:
@@ -85,12 +99,31 @@ def printable_output() -> Iterator[None]:
         sys.stdout, sys.stderr = saved
 
 
-def console() -> Any:
-    from rich.console import Console
+def _innermost(stream: Any) -> Any:
+    """The real stream under rich's ``FileProxy`` (a live bar's) and ``EscapedStream``."""
+    while (inner := getattr(stream, "rich_proxied_file", None)) is not None:
+        stream = inner
+    return stream
 
+
+def console() -> Any:
+    """The one rich console: stderr, never highlighting (data must not look like markup)."""
     global _console
     if _console is None:
-        _console = Console(stderr=True, highlight=False)
+        from rich.console import Console
+
+        class StderrConsole(Console):
+            """rich's console, writing to the real stderr whatever wraps ``sys.stderr`` now."""
+
+            @property
+            def file(self) -> Any:
+                return _innermost(sys.stderr)
+
+            @file.setter
+            def file(self, new_file: Any) -> None:
+                self._file = new_file
+
+        _console = StderrConsole(stderr=True, highlight=False)
     return _console
 
 
@@ -109,10 +142,10 @@ def _surely_not_a_terminal() -> bool:
     """True where rich would certainly draw nothing: stderr is no tty and no variable forces one.
 
     A subset of rich's own ``Console.is_terminal`` rule (``FORCE_COLOR`` and
-    ``TTY_COMPATIBLE`` can make a pipe count as a terminal); anything less clear-cut,
-    or a console already made, is left to rich.
+    ``TTY_COMPATIBLE`` can make a pipe count as a terminal); anything less clear-cut
+    is left to rich.
     """
-    if _console is not None or "FORCE_COLOR" in os.environ or os.environ.get("TTY_COMPATIBLE") == "1":
+    if "FORCE_COLOR" in os.environ or os.environ.get("TTY_COMPATIBLE") == "1":
         return False
     try:
         return not sys.stderr.isatty()
@@ -120,18 +153,76 @@ def _surely_not_a_terminal() -> bool:
         return False
 
 
-def _no_bar(completed: float, total: float | None = None, **fields: Any) -> None:
-    """``update`` when no bar is drawn."""
+def _draws_a_bar() -> bool:
+    """Whether progress is a bar (a terminal) or plain lines (a log, a pipe, a notebook cell)."""
+    if _console is not None:
+        return bool(_console.is_terminal)
+    return not _surely_not_a_terminal() and bool(console().is_terminal)
+
+
+def progress_every() -> float:
+    """Seconds between plain progress lines: ``$TLSYNC_PROGRESS_EVERY``, else 30."""
+    env = os.environ.get(PROGRESS_EVERY_ENV)
+    if not env:
+        return DEFAULT_PROGRESS_EVERY
+    try:
+        seconds = float(env)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise TlsyncError(f"{PROGRESS_EVERY_ENV}={env!r}: give the seconds between progress lines, such as 30")
+    return seconds
+
+
+def clock(seconds: float) -> str:
+    """``0:05:07``: the form rich's bar shows elapsed and remaining time in."""
+    whole = int(seconds)
+    return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
+
+
+class PlainProgress:
+    """Progress as plain lines on stderr, at most one per ``every`` seconds.
+
+    Where nobody watches a terminal (CI, nohup, a log file) a bar is nothing, and a line per
+    step would drown the log; a line every half minute with the count, the rate and the time
+    left says the work is alive and when it will end, as a training log's readers expect.
+    """
+
+    def __init__(self, description: str, total: float | None, unit: str, every: float):
+        self.description, self.total, self.unit, self.every = description, total, unit, every
+        self.started = self.last = time.monotonic()
+
+    def __call__(self, completed: float, total: float | None = None, description: str | None = None,
+                 **_fields: Any) -> None:
+        if total is not None:
+            self.total = total
+        if description is not None:
+            self.description = description
+        now = time.monotonic()
+        if now - self.last < self.every or (_console is not None and _console.quiet):
+            return
+        self.last = now
+        sys.stderr.write(self.line(completed, now - self.started) + "\n")
+        sys.stderr.flush()
+
+    def line(self, completed: float, elapsed: float) -> str:
+        rate = completed / elapsed if elapsed > 0 else 0.0
+        done = f"{completed:,.0f}/{self.total:,.0f}" if self.total else f"{completed:,.0f}"
+        text = f"{self.description}: {done} {self.unit}, {rate:,.1f} {self.unit}/s, elapsed {clock(elapsed)}"
+        if self.total and rate > 0:
+            text += f", ETA {clock(max(0.0, self.total - completed) / rate)}"
+        return printable(redact(text))
 
 
 @contextmanager
 def progress(description: str, total: float | None = None, unit: str = "items") -> Iterator[Callable[..., None]]:
-    """A progress bar with a rate; yields ``update(completed, total=None, **fields)``.
+    """Progress of one phase; yields ``update(completed, total=None, description=None, **fields)``.
 
-    Quiet (no bar) when stderr is not a terminal, e.g. in CI logs.
+    A rich bar with a rate on a terminal; without one, ``PlainProgress`` lines (never rich,
+    which a pull without a terminal does not even import).
     """
-    if _surely_not_a_terminal():
-        yield _no_bar
+    if not _draws_a_bar():
+        yield PlainProgress(description, total, unit, progress_every())
         return
     from rich.progress import (
         BarColumn,
@@ -146,13 +237,16 @@ def progress(description: str, total: float | None = None, unit: str = "items") 
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
     ]
-    with Progress(*columns, console=console(), transient=False, disable=not console().is_terminal) as bar:
+    with Progress(*columns, console=console(), transient=False) as bar:
         task = bar.add_task(printable(redact(description)), total=total, rate="")
 
-        def update(completed: float, total: float | None = None, **fields: Any) -> None:
+        def update(completed: float, total: float | None = None, description: str | None = None,
+                   **fields: Any) -> None:
             elapsed = bar.tasks[task].elapsed or 0.0
             rate = f"{completed / elapsed:,.1f} {unit}/s" if elapsed > 0 else ""
             extra: dict[str, Any] = {"total": total} if total is not None else {}
+            if description is not None:
+                extra["description"] = printable(redact(description))
             bar.update(task, completed=completed, rate=rate, **extra, **fields)
 
         yield update
