@@ -7,10 +7,11 @@ and importing rich would be a tenth of a quick pull's start-up.
 Class names, ids, file names and server messages come from data tlsync does not control;
 an escape sequence in one (``\x1b]0;...``, ``\x1b[2J``, a right-to-left override) would
 retitle, clear or rewrite the user's terminal. ``printable`` shows such characters as
-``\x1b``-style escapes, and it is applied where a message is formatted: ``echo``, ``info``,
-a progress description and the CLI's error line. It is never applied to the output stream
-itself, which carries the progress bar's own control codes (and a library's, such as a
-download bar's carriage returns): a terminal must get those as they are.
+``\x1b``-style escapes. It is applied where a message is formatted (``echo``, ``info``, a
+progress description, the CLI's error line), and, as a backstop for text printed any other
+way (a plugin's ``print``), ``printable_output`` applies it to plain writes to stdout and
+stderr. It is never applied to what rich renders: the console writes beneath that backstop,
+so a progress bar's own control codes reach the terminal as codes, and draw a bar.
 """
 
 from __future__ import annotations
@@ -237,7 +238,9 @@ def progress(description: str, total: float | None = None, unit: str = "items") 
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
     ]
-    with Progress(*columns, console=console(), transient=False) as bar:
+    # While the bar is live rich routes plain writes through its own proxy, which would pass some
+    # characters it does not decode (a right-to-left override); they are escaped before it.
+    with Progress(*columns, console=console(), transient=False) as bar, printable_output():
         task = bar.add_task(printable(redact(description)), total=total, rate="")
 
         def update(completed: float, total: float | None = None, description: str | None = None,
