@@ -51,7 +51,7 @@ def small_versions(store: Any, name: str, n_train: int, n_val: int) -> tuple[Any
     """``<name>-small`` (first n_train train / n_val val items by id, all of test) and its half-train version."""
     from tlsync import plugins
     from tlsync.pull import pull
-    from tlsync.trainer.curve_subsets import write_version
+    from tlsync.trainer.curve.subsets import write_version
 
     pull(store, plugins.get_source("roboflow"), dict(SOURCES[name]), name)
     full = store.open(name)
@@ -68,9 +68,7 @@ def small_versions(store: Any, name: str, n_train: int, n_val: int) -> tuple[Any
 
 def run(label: str, version: Any, weights: str, epochs: int, seed: int, args: argparse.Namespace,
         project: Path, **extra: Any) -> dict[str, Any]:
-    from tlsync.trainer.checkpoint import load_model
-    from tlsync.trainer.evaluate import evaluate_split
-    from tlsync.trainer.train import TrainConfig, train
+    from tlsync.trainer import TrainConfig, evaluate_split, load_model, train
 
     started = time.perf_counter()
     cfg = TrainConfig(dataset=version.ref, model=MODEL, weights=weights, img_size=args.img_size, epochs=epochs,
@@ -88,7 +86,7 @@ def run(label: str, version: Any, weights: str, epochs: int, seed: int, args: ar
 
 def one_seed(name: str, parent_v: Any, full_v: Any, seed: int, args: argparse.Namespace,
              project: Path) -> dict[str, dict[str, Any]]:
-    from tlsync.trainer.train import BASE_LR
+    from tlsync.trainer.training.fit import BASE_LR
 
     e = args.epochs
     tag = f"{name}-s{seed}"

@@ -73,8 +73,7 @@ def train_and_export(model: str, weights: str, args: argparse.Namespace) -> Path
 
 
 def runtimes(run: Path, threads: int) -> dict[str, Callable[[torch.Tensor], Any]]:
-    from tlsync.trainer.checkpoint import load_model
-    from tlsync.trainer.exported import load_exported
+    from tlsync.trainer import load_exported, load_model
 
     eager, _, _ = load_model(run)
 
@@ -128,7 +127,7 @@ def op_profile(path: Path, images: list[torch.Tensor], threads: int) -> list[tup
 
 def measure(model: str, run: Path, args: argparse.Namespace, dataset: str = "bench@1") -> dict[str, Any]:
     from tlsync.store import Store
-    from tlsync.trainer.predict import image_tensor, load_image
+    from tlsync.trainer.evaluation.predict import image_tensor, load_image
 
     version = Store().open(dataset)
     items = list(version.items("val"))[:args.images]

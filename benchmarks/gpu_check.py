@@ -128,8 +128,8 @@ def amp_steps(name: str, plan: Plan, dtype: Any) -> str:
     import torch
 
     from tlsync.models import get_model
-    from tlsync.trainer.engine import build_optimizer, build_scheduler, train_one_epoch
-    from tlsync.trainer.zoo import build_model
+    from tlsync.trainer import build_model
+    from tlsync.trainer.training.engine import build_optimizer, build_scheduler, train_one_epoch
 
     device = torch.device(plan.device)
     size = max(plan.img_size, get_model(name).min_size)
@@ -211,8 +211,8 @@ def check_compile(ctx: Context) -> list[Result]:
 
 LOAD_ON_CPU = """
 import sys, torch
-from tlsync.trainer.checkpoint import load_model
-from tlsync.trainer.distributed import weights_digest
+from tlsync.trainer import load_model
+from tlsync.trainer.distributed.ddp import weights_digest
 assert not torch.cuda.is_available()
 model, categories, _ = load_model(sys.argv[1], "cpu")
 with torch.no_grad():
@@ -224,9 +224,8 @@ print(weights_digest(model), sorted(out))
 def check_checkpoint(ctx: Context) -> list[Result]:
     import torch
 
-    from tlsync.trainer.checkpoint import save_checkpoint
-    from tlsync.trainer.distributed import weights_digest
-    from tlsync.trainer.zoo import build_model
+    from tlsync.trainer import build_model, save_checkpoint
+    from tlsync.trainer.distributed.ddp import weights_digest
 
     device = torch.device(ctx.plan.device)
     model = build_model("fasterrcnn_mobilenet_v3_large_fpn", 3, "none", ctx.plan.img_size).to(device).train()

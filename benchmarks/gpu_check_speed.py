@@ -23,7 +23,7 @@ def collate(batch: list[Any]) -> tuple[Any, ...]:
 def tlsync_ips(ctx: Context, model: str, version: Any, tag: str) -> float:
     """Train images/s of ``tlsync train`` itself: its best epoch after the first (cudnn autotuning)."""
     from tlsync.store import Store
-    from tlsync.trainer.train import TrainConfig, train
+    from tlsync.trainer import TrainConfig, train
 
     plan = ctx.plan
     cfg = TrainConfig(dataset=version.ref, model=model, weights="none", epochs=plan.speed_epochs, batch_size=plan.batch,
@@ -39,9 +39,8 @@ def bare_ips(ctx: Context, model: str, version: Any) -> float:
     """The torchvision fine-tuning tutorial's loop on the same GPU, AMP, workers and RoI sampling."""
     import torch
 
-    from tlsync.trainer.engine import amp_settings
-    from tlsync.trainer.train import TrainConfig, default_workers
-    from tlsync.trainer.zoo import build_model
+    from tlsync.trainer import TrainConfig, build_model, default_workers
+    from tlsync.trainer.training.engine import amp_settings
 
     plan, device = ctx.plan, torch.device(ctx.plan.device)
     torch.manual_seed(0)
@@ -113,8 +112,8 @@ def loader_ips(ctx: Context, version: Any) -> tuple[float, int, int]:
     """(images/s, workers, images) of ``make_loader`` over the train items, second pass (warm page cache)."""
     import torch
 
-    from tlsync.trainer.data import DetectionDataset, make_loader, start_epoch, train_transforms
-    from tlsync.trainer.train import default_workers
+    from tlsync.trainer import default_workers
+    from tlsync.trainer.training.data import DetectionDataset, make_loader, start_epoch, train_transforms
 
     items = list(version.items("train"))[: ctx.plan.loader_images]
     dataset = DetectionDataset(items, [version.image_path(i) for i in items], version.categories,

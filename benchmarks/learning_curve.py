@@ -46,10 +46,10 @@ def main() -> None:
         from tlsync import plugins
         from tlsync.pull import pull
         from tlsync.store import Store
-        from tlsync.trainer.curve import new_plan, run_curve, train_point
-        from tlsync.trainer.curve_fit import analyse
-        from tlsync.trainer.curve_report import summary
-        from tlsync.trainer.curve_subsets import parse_fractions
+        from tlsync.trainer.curve.fit import analyse
+        from tlsync.trainer.curve.report import summary
+        from tlsync.trainer.curve.run import new_plan, run_curve, train_point
+        from tlsync.trainer.curve.subsets import parse_fractions
 
         store = Store()
         pull(store, plugins.get_source("roboflow"), {"path": PATHS[args.dataset]}, args.dataset)

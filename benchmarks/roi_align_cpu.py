@@ -5,7 +5,7 @@
 Each model (Faster R-CNN Lite0 and MobileNet-320, weights none, 3 classes) trains on the
 same 4 random images with two boxes each, 128 sampled RoIs per image (``TrainConfig``'s
 default), at each ``--sizes`` px: a round times ``--steps`` forward+backward steps with
-torchvision's kernel, then as many with ``trainer/roi_align_cpu.py``'s, alternating which
+torchvision's kernel, then as many with ``trainer/training/roi_align_cpu.py``'s, alternating which
 goes first, so that load from other processes falls on both. Reported: median seconds per
 step of each and their ratio (min and max over rounds). The gradients themselves are
 checked against torchvision's in ``tests/test_roi_align_cpu.py``.
@@ -29,7 +29,7 @@ MODELS = ("fasterrcnn_efficientnet_lite0_fpn", "fasterrcnn_mobilenet_v3_large_32
 
 
 def step_seconds(model: torch.nn.Module, size: int, steps: int, fast: bool) -> float:
-    from tlsync.trainer.roi_align_cpu import faster_backward
+    from tlsync.trainer.training.roi_align_cpu import faster_backward
 
     images = [torch.rand(3, size, size, generator=torch.Generator().manual_seed(i)) for i in range(4)]
     box = torch.tensor([[0.1, 0.1, 0.45, 0.5], [0.3, 0.35, 0.9, 0.8]]) * size
@@ -44,7 +44,7 @@ def step_seconds(model: torch.nn.Module, size: int, steps: int, fast: bool) -> f
 
 
 def main() -> None:
-    from tlsync.trainer.zoo import build_model
+    from tlsync.trainer import build_model
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=4)

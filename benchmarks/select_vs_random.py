@@ -71,9 +71,7 @@ def subset(store: Any, full: Any, name: str, train_ids: set[str], keep_eval: boo
 
 def train_and_test(dataset: str, weights: str, epochs: int, size: int, seed: int, project: Path, name: str,
                    test: Any, freeze: str | None = None) -> dict[str, Any]:
-    from tlsync.trainer.checkpoint import load_model
-    from tlsync.trainer.evaluate import evaluate_split
-    from tlsync.trainer.train import TrainConfig, train
+    from tlsync.trainer import TrainConfig, evaluate_split, load_model, train
 
     run = train(TrainConfig(dataset=dataset, model=None if weights != "imagenet" else MODEL, weights=weights,
                             img_size=size, epochs=epochs, device="cpu", patience=0, workers=0, seed=seed,
@@ -87,9 +85,9 @@ def experiment(args: argparse.Namespace, project: Path, began_all: float) -> tup
     from tlsync import plugins
     from tlsync.pull import pull
     from tlsync.store import Store
-    from tlsync.trainer.checkpoint import load_model
-    from tlsync.trainer.select_pool import build_pool
-    from tlsync.trainer.select_run import choose, score_pool
+    from tlsync.trainer import load_model
+    from tlsync.trainer.select.pool import build_pool
+    from tlsync.trainer.select.run import choose, score_pool
 
     store = Store()
     pull(store, plugins.get_source("roboflow"), {"path": THERMAL}, "thermal-all")

@@ -63,8 +63,8 @@ class TutorialDataset(torch.utils.data.Dataset):
 
 def bare_loop(version, epochs: int, batch_size: int, workers: int, rois: int) -> list[float]:
     """Seconds per epoch of the tutorial's loop."""
-    from tlsync.trainer.roi_align_cpu import faster_backward
-    from tlsync.trainer.zoo import build_model
+    from tlsync.trainer import build_model
+    from tlsync.trainer.training.roi_align_cpu import faster_backward
 
     torch.manual_seed(0)
     model = build_model(MODEL, len(version.categories), "none", SIZE)
@@ -90,7 +90,7 @@ def bare_loop(version, epochs: int, batch_size: int, workers: int, rois: int) ->
 
 def tlsync_train(epochs: int, batch_size: int, workers: int, rois: int, project: Path) -> list[dict[str, float]]:
     """``tlsync train`` on the same data; its metrics.csv rows (seconds, train_seconds)."""
-    from tlsync.trainer.train import TrainConfig, train
+    from tlsync.trainer import TrainConfig, train
 
     run = train(TrainConfig(dataset="thermal", model=MODEL, weights="none", img_size=SIZE, epochs=epochs,
                             batch_size=batch_size, workers=workers, rois_per_image=rois, device="cpu",
@@ -101,7 +101,7 @@ def tlsync_train(epochs: int, batch_size: int, workers: int, rois: int, project:
 
 def pipeline_rate(version, batch_size: int) -> float:
     """Images/s of decode + augment + collate, in this process, through tlsync's loader."""
-    from tlsync.trainer.data import DetectionDataset, make_loader, start_epoch, train_transforms
+    from tlsync.trainer.training.data import DetectionDataset, make_loader, start_epoch, train_transforms
 
     items = list(version.items("train"))
     dataset = DetectionDataset(items, [version.image_path(i) for i in items], version.categories,

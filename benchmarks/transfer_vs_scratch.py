@@ -84,7 +84,7 @@ def per_dataset(text: str, names: list[str], what: str) -> dict[str, int]:
 
 
 def run_one(dataset: str, weights: str, seed: int, img_size: int, args: argparse.Namespace, project: Path) -> Path:
-    from tlsync.trainer.train import TrainConfig, train
+    from tlsync.trainer import TrainConfig, train
 
     print(f"--- {dataset} from {weights}, seed {seed}, {args.epochs} epochs at {img_size} px", flush=True)
     lr = args.scratch_lr if weights == "none" else None  # None: tlsync's default for the batch

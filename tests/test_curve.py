@@ -12,9 +12,9 @@ import pytest
 from tlsync.connectors.synthetic import SyntheticSource
 from tlsync.format import Box, ImageRef, Item
 from tlsync.pull import pull
-from tlsync.trainer.curve import CURVE, load_plan, new_plan, run_curve
-from tlsync.trainer.curve_fit import analyse
-from tlsync.trainer.curve_subsets import materialise, nested_order, parse_fractions, subset_size
+from tlsync.trainer.curve.fit import analyse
+from tlsync.trainer.curve.run import CURVE, load_plan, new_plan, run_curve
+from tlsync.trainer.curve.subsets import materialise, nested_order, parse_fractions, subset_size
 
 SMALL = ("--model", "fasterrcnn_efficientnet_lite0_fpn", "--weights", "imagenet", "--img-size", "64",
          "--batch-size", "2", "--workers", "0", "--device", "cpu")
@@ -113,7 +113,7 @@ def test_a_poor_fit_is_reported() -> None:
 
 def fake_training(store, seen: list[str]):
     """A stand-in trainer for tests of the curve's bookkeeping: records the point, writes a run that scores."""
-    from tlsync.trainer import curve as curve_module
+    from tlsync.trainer.curve import run as curve_module
 
     def train_point(cfg) -> Path:
         seen.append(cfg.name)

@@ -67,7 +67,7 @@ def pull_tiny(home: Path, shade: int = 0) -> None:
 
 
 def config(project: Path, **overrides: Any):
-    from tlsync.trainer.train import TrainConfig
+    from tlsync.trainer import TrainConfig
 
     settings = dict(dataset="tiny", model=MODEL, weights="none", img_size=SIZE, epochs=1, batch_size=2, workers=0,
                     device="cpu", devices=2, project=str(project), name="ddp", patience=0)
@@ -83,8 +83,8 @@ def train_job(cfg: Any, home: str, crash_marker: str | None = None, *, runtime: 
     after epoch 1's checkpoint), recording the time in that file: a worker crashing mid-run.
     """
     from tlsync.store import Store
-    from tlsync.trainer.distributed import weights_digest
-    from tlsync.trainer.train import train
+    from tlsync.trainer import train
+    from tlsync.trainer.distributed.ddp import weights_digest
 
     models = []
     wrap, evaluate = runtime.wrap, runtime.evaluate
@@ -107,14 +107,14 @@ def train_job(cfg: Any, home: str, crash_marker: str | None = None, *, runtime: 
 def train_on_own_store_job(cfg: Any, homes: list[str], *, runtime: Any) -> None:
     """Each rank reads its own TLSYNC_HOME, as each machine of a multi-node run does."""
     from tlsync.store import Store
-    from tlsync.trainer.train import train
+    from tlsync.trainer import train
 
     train(cfg, store=Store(homes[runtime.rank]), runtime=runtime)
 
 
 def eval_job(checkpoint: str, home: str, out_dir: str, *, runtime: Any) -> dict[str, Any]:
     from tlsync.store import Store
-    from tlsync.trainer.checkpoint import load_model
+    from tlsync.trainer import load_model
 
     model, categories, cfg = load_model(checkpoint, runtime.device)
     version = Store(home).open(cfg["dataset"])
@@ -123,7 +123,7 @@ def eval_job(checkpoint: str, home: str, out_dir: str, *, runtime: Any) -> dict[
 
 def hang_job(*, runtime: Any) -> None:
     """Rank 1 stays alive but never arrives at the barrier rank 0 waits at."""
-    from tlsync.trainer.distributed import barrier
+    from tlsync.trainer.distributed.ddp import barrier
 
     if runtime.rank == 1:
         time.sleep(600)
@@ -151,7 +151,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def finished(home: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, Any]]]:
     """A finished 2-process, 1-epoch run and what each rank returned."""
-    from tlsync.trainer.launcher import launch
+    from tlsync.trainer import launch
 
     project = tmp_path_factory.mktemp("runs")
     results = launch(partial(train_job, config(project), str(home)), devices=2, device="cpu")
@@ -161,8 +161,8 @@ def finished(home: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path
 # -- tests -------------------------------------------------------------------------------------
 
 def test_two_process_run_writes_one_run_directory_and_both_ranks_end_with_identical_weights(finished) -> None:
-    from tlsync.trainer.checkpoint import load_checkpoint, load_model
-    from tlsync.trainer.distributed import weights_digest
+    from tlsync.trainer import load_checkpoint, load_model
+    from tlsync.trainer.distributed.ddp import weights_digest
 
     project, results = finished
     assert [r["rank"] for r in results] == [0, 1]
@@ -187,9 +187,7 @@ def test_two_process_run_writes_one_run_directory_and_both_ranks_end_with_identi
 def test_distributed_eval_equals_single_process_eval_on_the_same_checkpoint(
         finished, home: Path, tmp_path: Path) -> None:
     from tlsync.store import Store
-    from tlsync.trainer.checkpoint import load_model
-    from tlsync.trainer.evaluate import evaluate_split
-    from tlsync.trainer.launcher import launch
+    from tlsync.trainer import evaluate_split, launch, load_model
 
     checkpoint = finished[0] / "ddp" / "weights" / "best.pt"
     metrics = launch(partial(eval_job, str(checkpoint), str(home), str(tmp_path / "ddp-eval")), devices=2, device="cpu")
@@ -216,8 +214,7 @@ def test_distributed_eval_equals_single_process_eval_on_the_same_checkpoint(
 
 def test_a_rank_that_raises_stops_the_job_naming_it_and_the_run_resumes_on_two_processes(
         home: Path, tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tlsync.trainer.checkpoint import load_checkpoint
-    from tlsync.trainer.launcher import launch
+    from tlsync.trainer import launch, load_checkpoint
 
     monkeypatch.setenv("TLSYNC_DIST_TIMEOUT", "600")  # stopping must not wait for the collective timeout
     marker = tmp_path / "crashed-at"
@@ -244,7 +241,7 @@ def test_a_rank_that_raises_stops_the_job_naming_it_and_the_run_resumes_on_two_p
 def test_a_dataset_that_differs_on_one_rank_is_refused_naming_the_rank_and_both_hashes(
         home: Path, tmp_path: Path) -> None:
     from tlsync.store import Store
-    from tlsync.trainer.launcher import launch
+    from tlsync.trainer import launch
 
     other = tmp_path / "other-home"
     pull_tiny(other, shade=40)
@@ -259,7 +256,7 @@ def test_a_dataset_that_differs_on_one_rank_is_refused_naming_the_rank_and_both_
 
 
 def test_a_hung_rank_makes_the_others_give_up_at_the_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tlsync.trainer.launcher import launch
+    from tlsync.trainer import launch
 
     monkeypatch.setenv("TLSYNC_DIST_TIMEOUT", "3")
     started = time.time()
@@ -290,8 +287,8 @@ def test_the_distributed_sampler_shards_one_seeded_order_into_aspect_grouped_bat
     and the order depends on the seed and the epoch only."""
     import torch
 
-    from tlsync.trainer.data import GroupedBatchSampler
-    from tlsync.trainer.distributed import DistributedRuntime
+    from tlsync.trainer.distributed.ddp import DistributedRuntime
+    from tlsync.trainer.training.data import GroupedBatchSampler
 
     groups = [i % 3 == 0 for i in range(23)]  # 8 portrait, 15 landscape; 23 does not split evenly in 2
 

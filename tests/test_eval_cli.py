@@ -37,8 +37,7 @@ def make_run(folder: Path, version, categories: list[str] | None = None, weights
     """The files a finished training run has, around an untrained model."""
     import torch
 
-    from tlsync.trainer.checkpoint import save_checkpoint
-    from tlsync.trainer.zoo import build_model
+    from tlsync.trainer import build_model, save_checkpoint
 
     categories = categories or version.categories
     config = {"model": MODEL, "img_size": SIZE, "weights": weights, "epochs": len(seconds), "dataset": version.ref,

@@ -189,7 +189,7 @@ def test_no_secret_reaches_a_callback(shared, monkeypatch):
 
 
 def test_only_rank_0_calls_callbacks(monkeypatch):
-    from tlsync.trainer import events
+    from tlsync.trainer.training import callbacks as events
 
     recorder = Recorder()
     version = SimpleNamespace(ref="d@1", content_hash="h", categories=["a"])
@@ -219,7 +219,7 @@ def test_a_plugin_may_refuse_the_run_and_an_invalid_callback_is_ignored(capsys):
 def test_the_guide_example_plugin_logs_each_epoch(tmp_path, monkeypatch):
     import importlib
 
-    from tlsync.trainer import events
+    from tlsync.trainer.training import callbacks as events
 
     guide = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text()
     code = re.search(r"<!-- tutorial: tlsync_epochlog.py -->\n```python\n(.*?)\n```", guide, re.S).group(1)

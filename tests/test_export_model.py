@@ -67,8 +67,7 @@ def untrained_run(folder: Path, model_name: str, spread_scores: bool = False, we
     import torch
 
     from tlsync.store import Store
-    from tlsync.trainer.checkpoint import save_checkpoint
-    from tlsync.trainer.zoo import build_model
+    from tlsync.trainer import build_model, save_checkpoint
 
     version = Store().open("shapes")
     torch.manual_seed(0)
@@ -93,8 +92,8 @@ def train_batchnorm_statistics(model, version) -> None:
     """Batch-norm running statistics set to the plain mean over the train images, in one batch."""
     import torch
 
-    from tlsync.trainer.evaluate import split_items
-    from tlsync.trainer.predict import image_tensor, load_image
+    from tlsync.trainer.evaluation.evaluate import split_items
+    from tlsync.trainer.evaluation.predict import image_tensor, load_image
 
     model.eval()
     layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
@@ -227,7 +226,7 @@ def test_int8_is_smaller_and_reports_its_map_cost(here, workspace, run_cli) -> N
 
 
 def test_the_verdict_rules() -> None:
-    from tlsync.trainer.parity import verdict
+    from tlsync.trainer.deploy.parity import verdict
 
     exact = {"map50_95_diff": 0.0, "matched_share": 1.0, "max_score_diff": 1e-6}
     assert verdict(exact, quantized=False, max_map_drop=0.01)[0]
@@ -278,9 +277,9 @@ def test_a_swap_among_tied_scores_is_a_tie_and_anything_else_a_mismatch() -> Non
     import numpy as np
     import torch
 
-    from tlsync.trainer import parity
-    from tlsync.trainer.metrics import iou_matrix
-    from tlsync.trainer.zoo import build_model
+    from tlsync.trainer import build_model
+    from tlsync.trainer.deploy import parity
+    from tlsync.trainer.evaluation.metrics import iou_matrix
 
     torch.manual_seed(0)
     model = build_model("ssdlite320_mobilenet_v3_large", 3, "none", SIZE).eval()  # features vanish: scores tie

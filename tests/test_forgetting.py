@@ -16,8 +16,8 @@ from tlsync.connectors.synthetic import SyntheticSource
 from tlsync.format import ImageRef, Item
 from tlsync.pull import pull
 from tlsync.sources import PullContext
-from tlsync.trainer.checkpoint import load_model
-from tlsync.trainer.forgetting import check_forgetting, compare
+from tlsync.trainer import load_model
+from tlsync.trainer.evaluation.forgetting import check_forgetting, compare
 
 LITE0 = ("--model", "fasterrcnn_efficientnet_lite0_fpn", "--weights", "imagenet")
 SMALL = ("--img-size", "128", "--batch-size", "4", "--workers", "0", "--device", "cpu", "--patience", "0")

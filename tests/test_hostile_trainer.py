@@ -66,7 +66,7 @@ def test_predict_on_a_folder_skips_and_names_bombs_and_truncated_files(run_cli, 
 def test_predict_skips_a_file_whose_pixels_do_not_decode(run_cli, tmp_path, monkeypatch):
     """A file whose structure looks whole (so the up-front check passes) but whose pixels fail to decode."""
     from tlsync.errors import TlsyncError
-    from tlsync.trainer import predict
+    from tlsync.trainer.evaluation import predict
 
     monkeypatch.chdir(tmp_path)
     run = make_run(Path("runs/math"), mathtext_dataset(tmp_path / "export", run_cli))

@@ -164,7 +164,7 @@ def test_mlflow_file_store_holds_the_run_its_params_metrics_and_artifacts(shared
 
 def replay(sessions: list[list[tuple[str, Any]]], old: Path, new: Path) -> None:
     """Feed recorded events to a fresh MLflow tracker per session, as the dispatcher does, for another run dir."""
-    from tlsync.trainer.loggers_mlflow import MlflowLogger
+    from tlsync.trainer.trackers.mlflow_tracker import MlflowLogger
 
     def moved(value: Any) -> Any:
         return new / Path(value).relative_to(old) if isinstance(value, Path) and value.is_relative_to(old) else value
@@ -223,7 +223,7 @@ def test_mlflow_server_gets_the_same_run_and_resume_appends_to_it(shared, mlflow
 def test_a_continued_run_is_tagged_with_the_run_it_continues(shared, tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
-    from tlsync.trainer.loggers_mlflow import MlflowLogger
+    from tlsync.trainer.trackers.mlflow_tracker import MlflowLogger
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", (shared.root / "mlruns").as_uri())
     child = tmp_path / "child"

@@ -6,7 +6,7 @@ import pytest
 
 from tlsync.errors import TlsyncError
 from tlsync.format import Box, ImageRef, Item
-from tlsync.trainer.metrics import evaluate
+from tlsync.trainer.evaluation.metrics import evaluate
 
 CATS = ["cat", "dog"]
 

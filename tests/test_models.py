@@ -14,7 +14,8 @@ import torchvision
 
 from tlsync.errors import TlsyncError
 from tlsync.models import ModelSpec, get_model
-from tlsync.trainer.checkpoint import (
+from tlsync.trainer.models.zoo import LITE0, TORCHVISION, build_model, freeze
+from tlsync.trainer.training.checkpoint import (
     load_checkpoint,
     load_model,
     rebuild_model,
@@ -22,7 +23,6 @@ from tlsync.trainer.checkpoint import (
     save_checkpoint,
     transfer_weights,
 )
-from tlsync.trainer.zoo import LITE0, TORCHVISION, build_model, freeze
 
 torch.set_num_threads(2)
 SMALL = "fasterrcnn_mobilenet_v3_large_320_fpn"
@@ -212,7 +212,7 @@ def test_run_dir_resolves_to_best_then_last(tmp_path: Path) -> None:
 def test_pretrained_model_reloads_identically_without_the_pretrained_file(name: str, start: str,
                                                                           tmp_path: Path) -> None:
     """The architecture a pretrained start implies (frozen batch norm, SSDLite's full tail) survives."""
-    from tlsync.trainer.weights import _fresh_state_dict, torchvision_weights
+    from tlsync.trainer.models.weights import _fresh_state_dict, torchvision_weights
 
     enum = torchvision_weights(name, start)["weights" if start == "coco" else "weights_backbone"]
     cached = put_in_hub_cache(enum.url, _fresh_state_dict(enum))

@@ -172,8 +172,7 @@ def test_push_cli_predicts_the_slice_and_uploads_as_a_model(nucleus, run_cli, st
     """An untrained tiny detector stands in for a trained one: this checks the plumbing, not accuracy."""
     import torch
 
-    from tlsync.trainer.checkpoint import save_checkpoint
-    from tlsync.trainer.zoo import build_model
+    from tlsync.trainer import build_model, save_checkpoint
 
     assert run_cli(*pull_args()).exit_code == 0
     version = store.open("horses")

@@ -25,6 +25,8 @@ def test_wheel_contains_one_namespace_and_works(tmp_path: Path):
     assert "tlsync/py.typed" in names  # PEP 561: plugins type-check against tlsync's hints
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "tlsync = tlsync.cli:main" in entry_points
+    metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    assert_torch_floor(metadata)
 
     target = tmp_path / "site"
     install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(target), str(wheel)],
@@ -38,3 +40,17 @@ def test_wheel_contains_one_namespace_and_works(tmp_path: Path):
                          env={"TLSYNC_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"})
     assert run.returncode == 0, run.stderr[-2000:]
     assert "coco:" in run.stdout and "synthetic:" in run.stdout
+
+
+def assert_torch_floor(metadata: str) -> None:
+    """The wheel's ``Requires-Dist`` floors: torch 2.3 is the first with ``torch.amp.GradScaler("cuda")``, which
+    the training loop uses, so an install that resolves an older torch would fail on the first GPU step."""
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    requires = {r.name: r for r in (Requirement(line.split(":", 1)[1].strip()) for line in metadata.splitlines()
+                                    if line.startswith("Requires-Dist:"))}
+    for name, floor, below in (("torch", "2.3", "2.2.2"), ("torchvision", "0.18", "0.17.2")):
+        lowest = [Version(s.version) for s in requires[name].specifier if s.operator == ">="]
+        assert lowest and min(lowest) >= Version(floor), f"{name}: {requires[name]} allows below {floor}"
+        assert not requires[name].specifier.contains(below), f"{name}: {requires[name]} allows {below}"

@@ -36,7 +36,7 @@ def shapes(home: Path, items: int = 24, size: int = 96) -> None:
 
 def train_dataset(home: Path, img_size: int):
     from tlsync.store import Store
-    from tlsync.trainer.data import DetectionDataset, train_transforms
+    from tlsync.trainer.training.data import DetectionDataset, train_transforms
 
     version = Store(home).open("shapes")
     items = list(version.items("train"))
@@ -45,7 +45,7 @@ def train_dataset(home: Path, img_size: int):
 
 
 def scratch(name: str, img_size: int = 64) -> torch.nn.Module:
-    from tlsync.trainer.zoo import build_model
+    from tlsync.trainer import build_model
 
     torch.manual_seed(0)
     return build_model(name, 3, "none", img_size)
@@ -57,7 +57,7 @@ def bn_stats(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def train_run(home: Path, project: Path, model: str, precise: int, epochs: int, img_size: int = 64) -> Path:
     from tlsync.store import Store
-    from tlsync.trainer.train import TrainConfig, train
+    from tlsync.trainer import TrainConfig, train
 
     cfg = TrainConfig(dataset="shapes", model=model, weights="none", img_size=img_size, epochs=epochs, batch_size=4,
                       lr=0.02, workers=0, device="cpu", patience=0, precise_bn_batches=precise,
@@ -81,7 +81,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_recompute_touches_no_random_stream_and_gives_the_same_statistics_twice(home: Path) -> None:
     """What keeps resume bit-exact: the training RNG streams come out as they went in."""
-    from tlsync.trainer.precise_bn import recompute
+    from tlsync.trainer.training.precise_bn import recompute
 
     dataset = train_dataset(home, 64)
     model = scratch(SSDLITE)
@@ -104,8 +104,8 @@ def test_recompute_touches_no_random_stream_and_gives_the_same_statistics_twice(
 
 def test_frozen_batch_norm_is_left_alone() -> None:
     """Pretrained backbones keep their frozen statistics; --freeze backbone keeps the backbone's."""
-    from tlsync.trainer.precise_bn import live_batchnorms
-    from tlsync.trainer.zoo import build_model, freeze
+    from tlsync.trainer.models.zoo import build_model, freeze
+    from tlsync.trainer.training.precise_bn import live_batchnorms
 
     assert live_batchnorms(build_model(LITE0, 3, "imagenet", 64)) == []
     model = scratch(SSDLITE)
@@ -122,7 +122,7 @@ def test_the_short_statistics_pass_gives_what_the_whole_model_would(name: str, h
     """Precise BN stops after the last part with live batch norm (R-CNN: the backbone; SSDLite: the head).
 
     That is what keeps its cost small beside an epoch; the statistics must not change for it."""
-    from tlsync.trainer import precise_bn
+    from tlsync.trainer.training import precise_bn
 
     dataset = train_dataset(home, 64)
     short, whole = scratch(name), scratch(name)
@@ -139,7 +139,7 @@ def recompute_job(home: str, *, runtime: Any) -> dict[str, list[float]]:
     """This rank's share of the recompute (module level, so that spawned workers can import it).
 
     Plain lists go back: tensors would travel as shared memory that dies with the worker."""
-    from tlsync.trainer.precise_bn import recompute
+    from tlsync.trainer.training.precise_bn import recompute
 
     model = scratch(SSDLITE)
     recompute(model, train_dataset(Path(home), 64), batches=4, batch_size=2, seed=0, device=runtime.device)
@@ -147,8 +147,8 @@ def recompute_job(home: str, *, runtime: Any) -> dict[str, list[float]]:
 
 
 def test_two_processes_end_with_the_single_process_statistics(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tlsync.trainer.launcher import launch
-    from tlsync.trainer.precise_bn import recompute
+    from tlsync.trainer import launch
+    from tlsync.trainer.training.precise_bn import recompute
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     ranks = launch(partial(recompute_job, str(home)), devices=2, device="cpu")
@@ -174,7 +174,7 @@ def predictions(model: torch.nn.Module, home: Path) -> list[dict[str, torch.Tens
     from torchvision.transforms.functional import to_tensor
 
     from tlsync.store import Store
-    from tlsync.trainer.predict import load_image
+    from tlsync.trainer import load_image
 
     version = Store(home).open("shapes")
     images = [to_tensor(load_image(version.image_path(item))) for item in version.items("val")]
@@ -188,8 +188,8 @@ def test_a_scratch_run_saves_statistics_that_match_its_weights(home: Path, tmp_p
     SSDLite here (its heads keep trainable batch norm from any start); Lite0's and MobileNet-320's
     scratch runs get the same check after learning, in test_scratch_learns.py."""
     name = SSDLITE
-    from tlsync.trainer.checkpoint import load_model
-    from tlsync.trainer.precise_bn import live_batchnorms, recompute_for_run
+    from tlsync.trainer import load_model
+    from tlsync.trainer.training.precise_bn import live_batchnorms, recompute_for_run
 
     run = train_run(home, tmp_path, name, precise=25, epochs=EPOCHS)
     losses, map50 = val_curve(run)
@@ -209,8 +209,8 @@ def test_precise_bn_leaves_training_alone_and_eval_recompute_bn_fixes_an_old_run
         home: Path, tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch) -> None:
     """A run without precise BN (as before) has the same weights; ``--recompute-bn`` gives it the right statistics."""
     from tlsync.store import Store
-    from tlsync.trainer.checkpoint import load_checkpoint
-    from tlsync.trainer.precise_bn import fix_checkpoint
+    from tlsync.trainer import load_checkpoint
+    from tlsync.trainer.training.precise_bn import fix_checkpoint
 
     old = train_run(home, tmp_path, SSDLITE, precise=0, epochs=3)
     new = train_run(home, tmp_path, SSDLITE, precise=25, epochs=3)

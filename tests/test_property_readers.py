@@ -171,3 +171,89 @@ def test_voc_reader_on_mutated_xml(xml: str) -> None:
         (root / "Annotations").mkdir(parents=True)
         (root / "Annotations" / "a.xml").write_text(xml, encoding="utf-8", errors="surrogatepass")
         assert_valid_or_one_line_error("roboflow", {"path": root}, Path(tmp) / "home")
+
+
+# -- platform rows: the Nucleus export page, served over HTTP from 127.0.0.1 ------------------
+
+DEEP_MARK = "__deep__"
+
+
+@st.composite
+def nucleus_page(draw: Any, good: dict[str, Any]) -> bytes:
+    """A page holding one mutated row (types, deletions, a value nested very deep, a long string)
+    and one good row."""
+    row = draw(mutated(good))
+    if draw(st.booleans()):
+        paths = slots(row)
+        if paths:
+            path = draw(st.sampled_from(paths))
+            parent = row
+            for key in path[:-1]:
+                parent = parent[key]
+            parent[path[-1]] = draw(st.sampled_from([DEEP_MARK, "x" * 100_000, 10**18, -1e308, [[[]]]]))
+    depth = draw(st.sampled_from([1, 50, 1_500, 100_000]))
+    body = json.dumps({"data": [row, good], "nextPageToken": None})
+    return body.replace(json.dumps(DEEP_MARK), "[" * depth + "]" * depth).encode()
+
+
+def _nucleus_rows() -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """One fake Nucleus for every example (a server per example would dominate the run)."""
+    from fake_nucleus import FakeNucleus
+
+    fake = FakeNucleus(api_key="prop_key_0123456789").__enter__()
+    fake.add_dataset("ds_1", "p")
+    fake.add_slice("slc_1", "ds_1", [], name="p")
+    fake.add_items("ds_1", 2, slice_id="slc_1")
+    items = fake.datasets["ds_1"].items
+    first, second = (fake.row("ds_1", items[ref], 1) for ref in ("img_000000", "img_000001"))
+    second["polygon"] = [{"label": "dog", "annotation_id": "p1",
+                          "geometry": {"vertices": [{"x": 1, "y": 1}, {"x": 9, "y": 7}]}}]
+    return fake, first, second
+
+
+NUCLEUS, GOOD_ROW, MUTABLE_ROW = _nucleus_rows()
+
+
+@SETTINGS
+@given(page=nucleus_page(MUTABLE_ROW), polygons=st.booleans())
+def test_nucleus_reader_on_mutated_rows(page: bytes, polygons: bool) -> None:
+    from tlsync.testing.server import Response
+
+    NUCLEUS.page_handler = lambda request: Response(200, page, {"Content-Type": "application/json"})
+    saved = {k: os.environ.get(k) for k in ("NUCLEUS_API_KEY", "NUCLEUS_ENDPOINT")}
+    os.environ.update(NUCLEUS_API_KEY=NUCLEUS.api_key, NUCLEUS_ENDPOINT=NUCLEUS.endpoint)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            options = {"slice_id": "slc_1", "polygons_as_boxes": polygons}
+            assert_valid_or_one_line_error("nucleus", options, Path(tmp) / "home")
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+LS_TASK = {"id": 1, "data": {"image": "a.png"}, "predictions": [],
+           "annotations": [{"id": 1, "updated_at": "2024-01-01T00:00:00Z", "result": [
+               {"id": "r1", "type": "rectanglelabels", "original_width": 64, "original_height": 48,
+                "value": {"x": 10, "y": 10, "width": 20, "height": 20, "rectanglelabels": ["cat"]}}]}]}
+
+
+@SETTINGS
+@given(tasks=st.lists(mutated(LS_TASK), min_size=1, max_size=3))
+def test_labelstudio_reader_on_mutated_tasks(tasks: list[Any]) -> None:
+    """The Label Studio plugin's rows, mutated the same way (skipped where it is not installed)."""
+    try:
+        import tlsync_labelstudio
+    except ImportError:
+        return
+    from tlsync.testing import isolated_plugins
+
+    with tempfile.TemporaryDirectory() as tmp, isolated_plugins(tlsync_labelstudio):
+        write_image(Path(tmp) / "a.png")
+        for n, task in enumerate(tasks):
+            if isinstance(task, dict) and task.get("id") == 1:
+                task["id"] = n + 1  # distinct ids, unless a mutation changed them
+        (Path(tmp) / "export.json").write_text(json.dumps(tasks))
+        assert_valid_or_one_line_error("labelstudio", {"path": Path(tmp) / "export.json"}, Path(tmp) / "home")

@@ -1,4 +1,4 @@
-"""The CPU RoIAlign backward (trainer/roi_align_cpu.py) gives torchvision's gradients, faster.
+"""The CPU RoIAlign backward (trainer/training/roi_align_cpu.py) gives torchvision's gradients, faster.
 
 A wrong gradient here would not crash anything: Faster R-CNN would just learn worse on the
 CPU. So it is compared with torchvision's own kernel, in float64 (where only the order of the
@@ -12,8 +12,8 @@ import pytest
 import torch
 from torchvision.ops import roi_align
 
-from tlsync.trainer.roi_align_cpu import faster_backward
-from tlsync.trainer.zoo import build_model
+from tlsync.trainer import build_model
+from tlsync.trainer.training.roi_align_cpu import faster_backward
 
 
 def boxes(n: int, batch: int, height: int, width: int, scale: float, dtype: torch.dtype) -> torch.Tensor:

@@ -47,7 +47,7 @@ def squares(export: Path, items: int, size: int) -> Path:
 
 
 def scratch_run(tmp_path: Path, model: str, img_size: int, epochs: int, lr: float) -> Path:
-    from tlsync.trainer.train import TrainConfig, train
+    from tlsync.trainer import TrainConfig, train
 
     store = Store(tmp_path / "home")
     pull(store, plugins.get_source("coco"), {"path": squares(tmp_path / "export", 32, img_size)}, "squares",
@@ -66,7 +66,7 @@ def curve(run: Path) -> tuple[list[float], list[float]]:
 def predictions(model: torch.nn.Module, version: Any) -> list[dict[str, torch.Tensor]]:
     from torchvision.transforms.functional import to_tensor
 
-    from tlsync.trainer.predict import load_image
+    from tlsync.trainer import load_image
 
     images = [to_tensor(load_image(version.image_path(item))) for item in version.items("val")]
     with torch.no_grad():
@@ -75,9 +75,9 @@ def predictions(model: torch.nn.Module, version: Any) -> list[dict[str, torch.Te
 
 def assert_statistics_match_weights(run: Path, store: Store) -> None:
     """best.pt's statistics, and so its eval-mode predictions, are those a fresh recompute gives."""
-    from tlsync.trainer.checkpoint import load_model
-    from tlsync.trainer.data import DetectionDataset, train_transforms
-    from tlsync.trainer.precise_bn import live_batchnorms, recompute_for_run
+    from tlsync.trainer import load_model
+    from tlsync.trainer.training.data import DetectionDataset, train_transforms
+    from tlsync.trainer.training.precise_bn import live_batchnorms, recompute_for_run
 
     model, _, config = load_model(run / "weights" / "best.pt")  # weights_only=True inside
     again, _, _ = load_model(run / "weights" / "best.pt")
@@ -119,7 +119,7 @@ def test_a_last_batch_of_one_image_does_not_stop_a_scratch_ssdlite_run(tmp_path:
     """SSDLite's last layers are 1x1 at any size, and batch norm cannot train on one image of them:
     a train split one image over a multiple of the batch (25 images at batch 4) used to end the run
     with "Expected more than 1 value per channel when training"."""
-    from tlsync.trainer.train import TrainConfig, train
+    from tlsync.trainer import TrainConfig, train
 
     store = Store(tmp_path / "home")
     pull(store, plugins.get_source("coco"), {"path": squares(tmp_path / "export", 8, 64)}, "squares",
@@ -135,7 +135,7 @@ def test_a_last_batch_of_one_image_does_not_stop_a_scratch_ssdlite_run(tmp_path:
 def test_the_lone_last_image_left_out_changes_with_the_epoch() -> None:
     from torch.utils.data import RandomSampler
 
-    from tlsync.trainer.data import GroupedBatchSampler
+    from tlsync.trainer.training.data import GroupedBatchSampler
 
     generator = torch.Generator()
     sampler = GroupedBatchSampler(RandomSampler(range(9), generator=generator), [i % 2 for i in range(9)], 4,

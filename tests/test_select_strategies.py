@@ -19,9 +19,9 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from tlsync import plugins
 from tlsync.pull import pull
-from tlsync.trainer.select_pool import build_pool
-from tlsync.trainer.select_run import choose, clamp_budget, score_pool
-from tlsync.trainer.select_strategies import STRATEGIES, binary_entropy, k_center_greedy
+from tlsync.trainer.select.pool import build_pool
+from tlsync.trainer.select.run import choose, clamp_budget, score_pool
+from tlsync.trainer.select.strategies import STRATEGIES, binary_entropy, k_center_greedy
 
 CATEGORIES = ["red"]
 

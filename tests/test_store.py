@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+import tlsync
 from tlsync.errors import TlsyncError
 from tlsync.format import Box, ImageRef, Item
 from tlsync.plugins import get_source
@@ -121,8 +122,12 @@ def test_datasets_cli(store, run_cli):
     assert "circle" in shown.stdout and "train" in shown.stdout
     missing = run_cli("datasets", "show", "shapes@7")
     assert missing.exit_code == 1 and "has no version 7" in missing.stderr
-    removed = run_cli("datasets", "rm", "shapes", "--yes")
-    assert removed.exit_code == 0 and store.versions("shapes") == []
+    declined = run_cli("datasets", "rm", "shapes", input="n\n")
+    assert declined.exit_code == 0, declined.output  # declining is an answer, not an error
+    assert "kept shapes: nothing removed" in declined.stdout and "Aborted" not in declined.output
+    assert store.versions("shapes") == [1]
+    removed = run_cli("datasets", "rm", "shapes", input="y\n")
+    assert removed.exit_code == 0 and "removed shapes@1" in removed.stdout and store.versions("shapes") == []
 
 
 def test_bad_dataset_names_are_refused(run_cli):
@@ -134,6 +139,8 @@ def test_sources_lists_builtins_with_options(run_cli):
     result = run_cli("sources")
     assert result.exit_code == 0
     assert "coco:" in result.stdout and "synthetic:" in result.stdout and "--path" in result.stdout
+    assert ("synthetic: Generated shapes (circle, square, triangle) on textured backgrounds; no download. "
+            f"(built-in tlsync.connectors.synthetic, tlsync {tlsync.__version__})") in result.stdout
     help_text = run_cli("pull", "--source", "coco", "--help")
     assert "--annotations" in help_text.stdout and "--on-error" in help_text.stdout
     unknown = run_cli("pull", "--source", "nope", "--dataset", "x")

@@ -25,7 +25,7 @@ import torch
 from tlsync.connectors.synthetic import SyntheticSource
 from tlsync.pull import pull
 from tlsync.sources import PullContext
-from tlsync.trainer.checkpoint import load_checkpoint, load_model
+from tlsync.trainer import load_checkpoint, load_model
 
 MODEL = ("--model", "fasterrcnn_efficientnet_lite0_fpn", "--weights", "imagenet")
 SMALL = ("--img-size", "64", "--batch-size", "2", "--workers", "0", "--device", "cpu")
@@ -68,7 +68,7 @@ def train(run_cli, *args: Any):
 
 
 def test_a_small_model_learns_eight_images(store, run_cli) -> None:
-    from tlsync.trainer.evaluate import evaluate_split
+    from tlsync.trainer import evaluate_split
 
     version = shapes(store, "eight", 8, size=128)
     # 10 epochs of 2 steps: 20 SGD steps in all (mAP50 is ~0.6 after 12 steps, ~0.9 after 24).
@@ -162,8 +162,8 @@ def test_continuing_with_other_classes_keeps_shared_head_rows(store, run_cli) ->
 
 def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(store, run_cli, monkeypatch) -> None:
     """A corrupt batch in epoch 2 (NaN pixels) makes the loss NaN: stop, say so, keep epoch 1."""
-    from tlsync.trainer import data
-    from tlsync.trainer import train as training
+    from tlsync.trainer.training import data
+    from tlsync.trainer.training import fit as training
 
     shapes(store, "nan", 4)
     poisoned = {"on": False}
@@ -204,7 +204,7 @@ def test_unusable_data_is_refused_before_anything_is_written(store, run_cli) -> 
 
 def test_run_directories_are_numbered_and_never_overwritten(store, run_cli) -> None:
     from tlsync.errors import TlsyncError
-    from tlsync.trainer.runs import create_run_dir
+    from tlsync.trainer import create_run_dir
 
     assert create_run_dir(Path("runs"), None, "chess") == Path("runs/chess-1")
     assert create_run_dir(Path("runs"), None, "chess") == Path("runs/chess-2")
@@ -219,7 +219,7 @@ def test_augmentation_moves_boxes_with_the_pixels(tmp_path: Path) -> None:
     from PIL import Image
 
     from tlsync.format import Box, ImageRef, Item
-    from tlsync.trainer.data import DetectionDataset, train_transforms
+    from tlsync.trainer.training.data import DetectionDataset, train_transforms
 
     path = tmp_path / "red.jpg"
     image = Image.new("RGB", (400, 300), (128, 128, 128))
@@ -252,7 +252,7 @@ def test_a_broken_image_is_skipped_and_a_class_without_boxes_is_warned_about(sto
 
 
 def test_freeze_backbone_trains_the_heads_only(store, run_cli) -> None:
-    from tlsync.trainer.zoo import build_model
+    from tlsync.trainer import build_model
 
     shapes(store, "frozen", 4)
     _, run = train(run_cli, "--dataset", "frozen", *MODEL, *SMALL, "--epochs", "1", "--freeze", "backbone")

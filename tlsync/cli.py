@@ -22,22 +22,22 @@ import click
 
 from . import __version__
 from .errors import TlsyncError
-from .secrets import redact
 
 # name -> "module:attribute" of a command that imports torch, loaded on first use. Its summary
 # in ``tlsync --help`` is read from its own source (``lazy_short_help``), so there is one copy.
 LAZY_COMMANDS = {
-    "train": "tlsync.trainer.cli:train",
-    "eval": "tlsync.trainer.cli_eval:eval_command",
-    "predict": "tlsync.trainer.cli_eval:predict",
-    "compare": "tlsync.trainer.cli_eval:compare",
-    "curve": "tlsync.trainer.cli_curve:curve",
-    "weights": "tlsync.trainer.cli_weights:weights",
-    "push": "tlsync.trainer.push:push",
-    "select": "tlsync.trainer.cli_select:select",
+    "train": "tlsync.trainer.commands.train:train",
+    "eval": "tlsync.trainer.commands.evaluate:eval_command",
+    "predict": "tlsync.trainer.commands.evaluate:predict",
+    "compare": "tlsync.trainer.commands.evaluate:compare",
+    "curve": "tlsync.trainer.commands.curve:curve",
+    "weights": "tlsync.trainer.commands.weights:weights",
+    "push": "tlsync.trainer.commands.push:push",
+    "select": "tlsync.trainer.commands.select:select",
+    "audit": "tlsync.trainer.commands.audit:audit",
     "datasets": "tlsync.cli_datasets:datasets",
     "export": "tlsync.cli_datasets:export",
-    "export-model": "tlsync.trainer.cli_export:export_model",
+    "export-model": "tlsync.trainer.commands.export_model:export_model",
 }
 SHORT_HELP_LIMIT = 70  # what click's own command list uses
 
@@ -66,13 +66,26 @@ def lazy_short_help(target: str, limit: int = SHORT_HELP_LIMIT) -> str:
 @functools.cache
 def _module_tree(module: str) -> list[ast.stmt]:
     """The top-level statements of ``module``'s source, parsed (not run); [] if it is not installed."""
+    source = _source_file(module)
+    return ast.parse(source.read_text(encoding="utf-8")).body if source else []
+
+
+def _source_file(module: str) -> Path | None:
+    """Where ``module``'s source is, found without running any package's ``__init__`` below
+    the top two (``find_spec`` would import ``tlsync.trainer.commands`` to find its child)."""
+    parts = module.split(".")
+    top, rest = ".".join(parts[:2]), parts[2:]
     try:
-        spec = importlib.util.find_spec(module)
+        spec = importlib.util.find_spec(top)
     except ImportError:
-        return []
-    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
-        return []
-    return ast.parse(Path(spec.origin).read_text(encoding="utf-8")).body
+        return None
+    if spec is None or not spec.origin:
+        return None
+    path = Path(spec.origin)
+    for part in rest:  # down the packages' folders, as the import system would
+        folder = path.parent / part
+        path = folder / "__init__.py" if folder.is_dir() else path.parent / f"{part}.py"
+    return path if path.suffix == ".py" and path.is_file() else None
 
 
 def _is_command_decorator(call: ast.Call) -> bool:
@@ -113,26 +126,36 @@ def cli(debug: bool) -> None:
 def sources() -> None:
     """List the data sources (built-in and from plugins) with their options."""
     from . import plugins
+    from .console import echo
 
     for name, source in sorted(plugins.get_sources().items()):
-        info = plugins.source_plugin(name)
-        origin = "" if info is None or info.builtin else f" (plugin {info.name} {info.version or '?'})"
-        click.echo(f"{name}: {source.description}{origin}")
+        echo(f"{name}: {source.description} ({source_origin(plugins.source_plugin(name))})")
         for opt in source.options:
-            click.echo(f"    {', '.join(opt.opts):<24} {opt.help or ''}")
+            echo(f"    {', '.join(opt.opts):<24} {opt.help or ''}")
     for plugin, error in sorted(plugins.broken.items()):
-        click.echo(f"BROKEN {plugin}: {redact(error)}")
+        echo(f"BROKEN {plugin}: {error}")
+
+
+def source_origin(info: Any) -> str:
+    """``plugin csvboxes 0.1.0``, or ``built-in tlsync.connectors.coco, tlsync 0.1.0``: where a
+    source's code comes from and which release, for a bug report or a version check."""
+    if info is None:
+        return "plugin ?"
+    if info.builtin:
+        return f"built-in {info.name}, tlsync {__version__}"
+    return f"plugin {info.name} {info.version or '?'}"
 
 
 @cli.command(name="plugins")
 def plugins_command() -> None:
     """List installed plugins, their versions, the hooks each implements, and broken ones."""
     from . import plugins
+    from .console import echo
 
     for info in plugins.plugin_infos():
         origin = "built-in" if info.builtin else (info.version or "?")
-        status = f"BROKEN: {redact(info.error)}" if info.error else ", ".join(info.hooks)
-        click.echo(f"{info.name} ({origin}): {status}")
+        status = f"BROKEN: {info.error}" if info.error else ", ".join(info.hooks)
+        echo(f"{info.name} ({origin}): {status}")
 
 
 class PluginOptionsCommand(click.Command):
@@ -171,7 +194,7 @@ class SourceCommand(PluginOptionsCommand):
 
 
 class TargetCommand(PluginOptionsCommand):
-    """``push`` (``tlsync.trainer.push``) grows the chosen target's options, so ``--target X --help`` lists them."""
+    """``push`` (``tlsync.trainer.commands.push``) grows the chosen target's options (``--target X --help``)."""
 
     kind = "target"
 
@@ -220,17 +243,19 @@ def pull(ctx: click.Context, source_name: str, dataset: str, split_ratios: str, 
 
 
 def print_pull_summary(result: Any) -> None:
+    from .console import echo
+
     for note in result.notes:
-        click.echo(redact(note))
+        echo(note)
     images = "" if result.quick else f" ({result.fetched} images fetched, {result.cached} from cache)"
     click.echo(f"{result.items} items, {result.boxes} boxes, {len(result.categories)} classes{images} "
                f"in {result.seconds:.1f}s")
     if result.skipped:
         click.echo(f"skipped {sum(result.skipped.values())}:")
         for reason, n in sorted(result.skipped.items(), key=lambda kv: -kv[1])[:10]:
-            click.echo(f"  {n} x {redact(reason)}")
+            echo(f"  {n} x {reason}")
     if result.not_used:
-        click.echo("not used: " + ", ".join(f"{n} {kind}" for kind, n in sorted(result.not_used.items())))
+        echo("not used: " + ", ".join(f"{n} {kind}" for kind, n in sorted(result.not_used.items())))
     click.echo(f"unchanged, still {result.ref}" if result.unchanged else f"new version {result.ref}")
 
 
@@ -246,7 +271,7 @@ def quickstart(dataset: str, seconds: int) -> None:
     result = run_pull(Store(), plugins.get_source("synthetic"), {}, dataset)
     print_pull_summary(result)
     try:
-        quick = importlib.import_module("tlsync.trainer.quick")
+        quick = importlib.import_module("tlsync.trainer.training.quick")
     except ImportError:
         click.echo("next: tlsync train --dataset " + dataset)
         return
@@ -274,12 +299,14 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _main(argv: list[str] | None) -> None:
+    from .console import EscapedStream, echo
+
     try:
         cli.main(args=argv, prog_name="tlsync", standalone_mode=False)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.ClickException as e:
-        e.show()
+        e.show(file=EscapedStream(sys.stderr))  # its message may quote a value from data (a name, a file)
         sys.exit(e.exit_code)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
@@ -294,7 +321,7 @@ def _main(argv: list[str] | None) -> None:
             message = str(e)
         else:
             message = f"{type(e).__name__}: {e} (run with --debug for the traceback)"
-        click.echo("Error: " + redact(" ".join(message.split())), err=True)
+        echo("Error: " + " ".join(message.split()), err=True)
         sys.exit(1)
 
 

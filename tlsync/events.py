@@ -1,8 +1,8 @@
 """What a training run tells plugins: the callback protocol and its events (torch-free).
 
 A plugin implements ``tlsync_register_callbacks`` and registers a ``TrainingCallback``
-(TensorBoard and MLflow are built in exactly that way, in ``tlsync.trainer.loggers``). The
-trainer (``tlsync.trainer.events``) calls each method on rank 0 only, with plain data:
+(TensorBoard and MLflow are built in exactly that way, in ``tlsync.trainer.trackers.builtin``). The
+trainer (``tlsync.trainer.training.callbacks``) calls each method on rank 0 only, with plain data:
 paths, numbers, lists and dicts that are copies, so a callback can keep or change them
 without touching the run. Events are frozen dataclasses rather than positional arguments
 so that a later tlsync can add a field without breaking a plugin written today.

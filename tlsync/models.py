@@ -1,6 +1,6 @@
 """What a model is: a named detector builder that plugins register (torch-free).
 
-The trainer asks for models by name only; ``tlsync.trainer.zoo`` registers the
+The trainer asks for models by name only; ``tlsync.trainer.models.zoo`` registers the
 torchvision detectors and EfficientNet-Lite0 through the same hook a third-party
 plugin uses, so a plugin's detector trains, evaluates and predicts like a built-in one.
 This module never imports torch, so that ``tlsync --help`` and ``pull`` stay fast.

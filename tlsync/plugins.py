@@ -31,8 +31,8 @@ DEFAULT_PLUGINS = (
     "tlsync.connectors.roboflow",
     "tlsync.connectors.nucleus",
     "tlsync.connectors.images",
-    "tlsync.trainer.zoo",
-    "tlsync.trainer.loggers",
+    "tlsync.trainer.models.zoo",
+    "tlsync.trainer.trackers.builtin",
 )
 
 

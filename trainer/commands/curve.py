@@ -1,0 +1,69 @@
+"""``tlsync curve``: what more labels buy, measured on the user's own data.
+
+Loaded lazily by ``tlsync.cli``. Every ``tlsync train`` option passes through (the same
+click options, so help and defaults never drift); the curve sets the dataset, run names
+and seeds of its points itself. The table goes to stdout, progress to stderr.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+from tlsync.errors import TlsyncError
+
+from .train import train as train_command
+
+# tlsync train options a curve decides per point (or that make no sense for one)
+NOT_PASSED = ("dataset", "name", "project", "exist_ok", "resume")
+RESUME_OPTIONS = ("resume", "target_map", "device", "workers")
+
+
+@click.command()
+@click.option("--dataset", default=None, help="Dataset: NAME (latest version) or NAME@N.")
+@click.option("--fractions", default="0.25,0.5,0.75,1", show_default=True,
+              help="Fractions of the train split to train on (nested: each smaller subset inside the larger).")
+@click.option("--seeds", type=click.IntRange(1), default=2, show_default=True,
+              help="Subsets and training seeds per fraction (the error bars and the fit's interval).")
+@click.option("--target-map", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Also print the labelled images the fit needs to reach this test mAP50-95.")
+@click.option("--name", default=None, help="Curve folder name; default <dataset>-N.")
+@click.option("--project", type=click.Path(path_type=Path, file_okay=False), default=Path("curves"),
+              show_default=True, help="Folder that holds the curves.")
+@click.option("--resume", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Carry on with an earlier curve (curves/NAME): finished points are kept.")
+@click.pass_context
+def curve(ctx: click.Context, dataset: str | None, fractions: str, seeds: int, target_map: float | None,
+          name: str | None, project: Path, resume: Path | None, **train_options: Any) -> None:
+    """Train on nested subsets of train, score each on test, fit a power law: is labelling more worth it?"""
+    from tlsync.store import Store
+
+    from ..curve.report import summary
+    from ..curve.run import load_plan, new_plan, run_curve, train_point
+    from ..curve.subsets import parse_fractions
+
+    given = [n for n in ctx.params if ctx.get_parameter_source(n) == ParameterSource.COMMANDLINE]
+    if resume is not None:
+        extra = [f"--{n.replace('_', '-')}" for n in given if n not in RESUME_OPTIONS]
+        if extra:
+            raise TlsyncError(f"--resume carries on with the curve's own settings; drop {', '.join(extra)}")
+        plan, done = load_plan(resume)
+        for key in ("device", "workers"):
+            if key in given:
+                plan.train_options[key] = train_options[key]
+    else:
+        if not dataset:
+            raise TlsyncError("give --dataset NAME (or --resume curves/NAME)")
+        plan, done = new_plan(Store(), dataset, parse_fractions(fractions), seeds, train_options, name, project), []
+    click.echo(f"curve {plan.folder}: {plan.dataset}, fractions {', '.join(f'{f:g}' for f in plan.fractions)}, "
+               f"{plan.seeds} seed(s), scored on {plan.split}")
+    data = run_curve(plan, done, train_point, target_map)
+    for line in summary(data):
+        click.echo(line)
+    click.echo(f"curve: {plan.folder / 'curve.json'}, {plan.folder / 'curve.png'}")
+
+
+curve.params.extend(p for p in train_command.params if p.name not in NOT_PASSED)

@@ -1,0 +1,169 @@
+"""``tlsync eval``, ``tlsync predict`` and ``tlsync compare``.
+
+Loaded lazily by ``tlsync.cli`` (they import torch). Results go to stdout; progress bars
+and notes go to stderr, so ``tlsync compare ... > table.txt`` captures just the table.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from tlsync.console import info, progress
+from tlsync.errors import TlsyncError
+from tlsync.format import SPLITS
+
+from ..evaluation.report import fmt
+from ..training.device import resolve_device
+
+
+def run_dir(path: Path) -> Path:
+    if not path.exists():
+        raise TlsyncError(f"run '{path}' not found")
+    if not path.is_dir():
+        raise TlsyncError(f"--run {path}: give the run directory (e.g. runs/chess-1), not a file")
+    return path
+
+
+DEVICE = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+
+
+@click.command(name="eval")
+@click.option("--run", "run", default=None, type=click.Path(path_type=Path), help="The run directory.")
+@click.option("--model", "model_file", default=None, type=click.Path(path_type=Path),
+              help="Evaluate an exported model file (tlsync export-model) instead of a run's checkpoint.")
+@click.option("--dataset", default=None, help="Dataset (name or name@version) to evaluate on; default: the run's.")
+@click.option("--split", type=click.Choice(SPLITS), default=None,
+              help="Split to evaluate; default: test if the dataset has test items, else val.")
+@click.option("--conf", type=click.FloatRange(0, 1), default=None,
+              help="Also report precision, recall and F1 at this confidence.")
+@click.option("--batch-size", type=click.IntRange(1, 256), default=4, show_default=True)
+@click.option("--recompute-bn", is_flag=True,
+              help="Recompute the batch-norm statistics over the run's train split first (for runs trained before "
+                   "precise BN); writes weights/best-bn.pt beside best.pt and evaluates that.")
+@DEVICE
+def eval_command(run: Path | None, model_file: Path | None, dataset: str | None, split: str | None,
+                 conf: float | None, batch_size: int, recompute_bn: bool, device: str) -> None:
+    """Evaluate a run's best weights: mAP50-95, mAP50, per-class AP, P/R/F1; refresh its report."""
+    from tlsync.duplicates import leak_warning
+    from tlsync.store import Store
+
+    if (run is None) == (model_file is None):
+        raise TlsyncError("give --run RUN or --model FILE (an exported model)")
+    if model_file is not None:
+        from ..deploy.evaluate import eval_exported
+
+        return eval_exported(model_file, dataset, split, conf, batch_size)
+    assert run is not None
+
+    from ..evaluation.evaluate import evaluate_split
+    from ..evaluation.report import write_report
+    from ..training.checkpoint import load_model, resolve_checkpoint
+    from ..training.runs import read_config
+
+    run = run_dir(run)
+    config = read_config(run)
+    trained_on = config.get("dataset")  # "name@version"
+    if not dataset and not trained_on:
+        raise TlsyncError(f"{run}/config.json names no dataset; pass --dataset NAME@VERSION")
+    version = Store().open(str(dataset or trained_on))
+    default_split = "test" if next(version.items("test"), None) else "val"
+    split = split or default_split
+    # The run's own data and default split is "the" evaluation, shown by the report; others sit beside it.
+    is_default = version.ref == trained_on and split == default_split
+    out = run / "eval" if is_default else run / "eval" / f"{version.ref}-{split}"
+    if warning := leak_warning(version, split):  # copies of train images make the score optimistic
+        info(warning)
+
+    dev = resolve_device(device)
+    checkpoint = resolve_checkpoint(run)
+    if recompute_bn:  # issue 12: an old run's stale batch-norm statistics, fixed in a new file beside it
+        from ..training.precise_bn import fix_checkpoint
+
+        checkpoint, layers, images = fix_checkpoint(checkpoint, Store(), dev)
+        click.echo(f"recomputed the statistics of {layers} batch-norm layer(s) over {images} train image(s) "
+                   f"of {trained_on}: wrote {checkpoint}")
+        out = out.with_name(out.name + "-recomputed-bn")
+    model, categories, _ = load_model(checkpoint, device=dev)
+    with progress(f"eval {checkpoint.name} on {version.ref} {split}", unit="images") as update:
+        metrics = evaluate_split(model, version, split, categories, dev, out, conf=conf, progress=update,
+                                 batch_size=batch_size)
+    print_metrics(metrics, f"{run} ({checkpoint.name})")
+    click.echo(f"eval files: {out}")
+    click.echo(f"report: {write_report(run)}")
+
+
+def print_metrics(m: dict[str, Any], what: str) -> None:
+    click.echo(f"{what} on {m['dataset']} split {m['split']}: {m['images']} images, {m['ground_truth_boxes']} boxes")
+    click.echo(f"mAP50-95 {fmt(m['map50_95'])}  mAP50 {fmt(m['map50'])}")
+    click.echo(f"P {fmt(m['precision'])}  R {fmt(m['recall'])}  F1 {fmt(m['f1'])}  "
+               f"at conf {fmt(m['best_conf'], 2)} (the confidence with the best F1)")
+    if "at_conf" in m:
+        a = m["at_conf"]
+        click.echo(f"P {fmt(a['precision'])}  R {fmt(a['recall'])}  F1 {fmt(a['f1'])}  at conf {a['conf']:.2f}")
+    click.echo(f"per class (P, R, F1 at conf {fmt(m['confusion_conf'], 2)}):")
+    width = max(len(name) for name in [*m["per_class"], "class"])
+    click.echo(f"  {'class':<{width}}  {'boxes':>6}  {'P':>5}  {'R':>5}  {'F1':>5}  {'mAP50':>5}  {'mAP50-95':>8}")
+    pooled = m.get("at_conf", m)  # the per-class rows use --conf when given, else the best-F1 one
+    rows = [("all", m["ground_truth_boxes"], pooled["precision"], pooled["recall"], pooled["f1"],
+             m["map50"], m["map50_95"])]
+    rows += [(name, c["boxes"], c["precision"], c["recall"], c["f1"], c["ap50"], c["ap50_95"])
+             for name, c in m["per_class"].items()]
+    for name, boxes, *values in rows:
+        cells = "  ".join(f"{fmt(v):>{w}}" for v, w in zip(values, (5, 5, 5, 5, 8), strict=True))
+        click.echo(f"  {name:<{width}}  {boxes:>6}  {cells}" + ("  (no boxes of this class here)" if not boxes else ""))
+    if m.get("unknown_classes"):
+        click.echo(f"classes the model was not trained on (scored as AP 0): {', '.join(m['unknown_classes'])}")
+
+
+@click.command()
+@click.option("--run", "run", default=None, type=click.Path(path_type=Path),
+              help="A run directory (uses weights/best.pt) or a checkpoint file.")
+@click.option("--model", "model_file", default=None, type=click.Path(path_type=Path),
+              help="An exported model file (tlsync export-model), run by onnxruntime or torch.jit.")
+@click.argument("sources", nargs=-1, required=True)
+@click.option("--conf", type=click.FloatRange(0, 1), default=0.25, show_default=True,
+              help="Keep boxes at least this confident.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("preds"), show_default=True,
+              help="Folder for predictions.json, images.json and the drawn images.")
+@DEVICE
+def predict(run: Path | None, model_file: Path | None, sources: tuple[str, ...], conf: float, out: Path,
+            device: str) -> None:
+    """Run a trained model on images, folders or globs (SOURCES); write COCO JSON and drawn images."""
+    from ..evaluation.predict import predict_run
+
+    if (run is None) == (model_file is None):
+        raise TlsyncError("give --run RUN or --model FILE (an exported model)")
+    if model_file is not None:
+        from ..deploy.runner import file_format
+
+        file_format(model_file)  # a checkpoint given as --model is a mistake worth naming
+    path = run or model_file
+    assert path is not None
+    if not path.exists():
+        raise TlsyncError(f"{'run' if run else 'model file'} '{path}' not found")
+    dev = "cpu" if model_file else resolve_device(device)  # exported files run on onnxruntime/torch.jit CPU
+    with progress("predict", unit="images") as update:
+        result = predict_run(path, list(sources), out, conf, dev, progress=update)
+    for path, reason in result["skipped"].items():
+        info(f"skipped {path}: {reason}")
+    counts = ", ".join(f"{name} {n}" for name, n in result["per_class"].items()) or "none"
+    click.echo(f"{result['images']} images, {result['boxes']} boxes at conf >= {conf:.2f} ({counts})")
+    click.echo(f"predictions: {out / 'predictions.json'} (COCO results; images in {out / 'images.json'})")
+    click.echo(f"drawn images: {out}")
+
+
+@click.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=Path("."), show_default=True,
+              help="Folder for compare.png.")
+def compare(runs: tuple[Path, ...], out: Path) -> None:
+    """Compare runs (RUNS): how each started, how long it took, how accurate it ended."""
+    from ..evaluation.compare import compare_runs, plot, table
+
+    summaries = compare_runs(list(runs))
+    click.echo(table(summaries))
+    plot(summaries, out / "compare.png")
+    click.echo(f"curves: {out / 'compare.png'}")
