@@ -15,6 +15,7 @@ import click
 import orjson
 
 from tlsync.errors import InvalidItem, SourceError
+from tlsync.files import read_bytes
 from tlsync.format import SPLITS, Box, ImageRef, Item
 from tlsync.hookspecs import hookimpl
 from tlsync.paths import ALLOW_OUTSIDE_OPTION, ExportRoot
@@ -34,11 +35,13 @@ def find_annotations(folder: Path) -> Path:
 
 def load_json(path: Path) -> dict[str, Any]:
     try:
-        data = orjson.loads(path.read_bytes())
+        data = orjson.loads(read_bytes(path))
     except FileNotFoundError:
         raise SourceError(f"{path}: file not found") from None
     except orjson.JSONDecodeError as e:
         raise SourceError(f"{path}: not valid JSON ({e})") from None
+    except OSError as e:
+        raise SourceError(f"{path}: cannot read it ({e.strerror or e})") from None
     if not isinstance(data, dict):
         raise SourceError(f"{path}: expected a JSON object with 'images', 'annotations' and 'categories'")
     for key in ("images", "annotations", "categories"):

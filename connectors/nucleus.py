@@ -16,6 +16,7 @@ from typing import Any, cast
 import click
 
 from tlsync.errors import InvalidItem, TlsyncError
+from tlsync.fields import BadField, Fields
 from tlsync.format import Box, ImageRef, Item
 from tlsync.hookspecs import hookimpl
 from tlsync.http import HttpClient
@@ -37,72 +38,76 @@ def _api(http: HttpClient) -> NucleusAPI:
 
 def _box(ann: Any, ref: str, ctx: PullContext) -> Box | None:
     """A Nucleus box annotation as a ``Box``; bad ones go through ``ctx.bad``."""
-    ann_id = ann.get("annotation_id") if isinstance(ann, dict) else None
-    geometry = ann.get("geometry") if isinstance(ann, dict) else None
-    if not isinstance(geometry, dict):
-        ctx.bad(f"item '{ref}': box {ann_id}: field 'geometry' is missing or not an object")
-        return None
-    metadata = ann.get("metadata")
-    # Raw JSON values, possibly missing: Box refuses a non-number with a one-line InvalidItem.
-    x, y, width, height = (cast(Any, geometry.get(key)) for key in ("x", "y", "width", "height"))
     try:
-        return Box(ann.get("label"), x, y, width, height, ann_id,
-                   metadata=metadata if isinstance(metadata, dict) else {})
+        row = Fields(ann, f"item '{ref}': box", "each box annotation")
+        ann_id = row.id("annotation_id")
+        geometry = row.fields("geometry")
+        # Box refuses a missing or non-number coordinate with a one-line InvalidItem.
+        x, y, width, height = (cast(Any, geometry.get(key)) for key in ("x", "y", "width", "height"))
+        return Box(cast(Any, row.get("label")), x, y, width, height, ann_id, metadata=row.mapping("metadata"))
     except InvalidItem as e:
-        ctx.bad(f"item '{ref}': {e}")
+        ctx.bad(str(e) if str(e).startswith("item ") else f"item '{ref}': {e}")
         return None
 
 
 def _polygon_box(ann: Any, ref: str, ctx: PullContext) -> Box | None:
     """The bounding box of a polygon's vertices (for ``--polygons-as-boxes``)."""
-    ann_id = ann.get("annotation_id") if isinstance(ann, dict) else None
-    # Raw JSON: a missing or wrong shape raises TypeError/KeyError below, reported as bad input.
-    vertices: Any = (ann.get("geometry") or {}).get("vertices") if isinstance(ann, dict) else None
     try:
-        xs = [v["x"] for v in vertices]
-        ys = [v["y"] for v in vertices]
-        return Box(ann.get("label"), min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys), ann_id,
+        row = Fields(ann, f"item '{ref}': polygon", "each polygon annotation")
+        ann_id = row.id("annotation_id")
+        where = f"item '{ref}': polygon {ann_id}"
+        vertices = [Fields(v, where, "each vertex") for v in Fields(row.mapping("geometry"), where).array("vertices")]
+        xs = [cast(float, v.number("x")) for v in vertices if v.get("x") is not None]
+        ys = [cast(float, v.number("y")) for v in vertices if v.get("y") is not None]
+        if len(xs) != len(vertices) or len(ys) != len(vertices) or not vertices:
+            raise BadField(f"{where}: field 'geometry.vertices' must be a list of {{x, y}} points")
+        return Box(cast(Any, row.get("label")), min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys), ann_id,
                    metadata={"from": "polygon"})
-    except (TypeError, KeyError, ValueError):
-        ctx.bad(f"item '{ref}': polygon {ann_id}: field 'geometry.vertices' must be a list of {{x, y}} points")
     except InvalidItem as e:
-        ctx.bad(f"item '{ref}': polygon {e}")
+        ctx.bad(str(e) if str(e).startswith("item ") else f"item '{ref}': polygon {e}")
     return None
 
 
 def row_to_item(row: Any, n: int, ctx: PullContext, polygons_as_boxes: bool = False) -> Item | None:
-    """One export row -> an ``Item`` (None when the row is bad and ``--on-error skip``)."""
-    item = row.get("item") if isinstance(row, dict) else None
-    if not isinstance(item, dict):
-        ctx.bad(f"Nucleus export row {n}: field 'item' is missing or not an object")
+    """One export row -> an ``Item`` (None when the row is bad and ``--on-error skip``).
+
+    Every field is read through ``Fields``: a wrong type is this row's bad field, named.
+    """
+    try:
+        return _row_item(Fields(row, f"Nucleus export row {n}"), n, ctx, polygons_as_boxes)
+    except InvalidItem as e:
+        ctx.bad(str(e))
         return None
-    ref = item.get("reference_id") or item.get("ref_id")
-    if not isinstance(ref, str) or not ref:
-        ctx.bad(f"Nucleus export row {n}: item has no 'reference_id'")
-        return None
-    url = next((item[k] for k in URL_KEYS if isinstance(item.get(k), str) and item[k]), None)
+
+
+def _row_item(row: Fields, n: int, ctx: PullContext, polygons_as_boxes: bool) -> Item | None:
+    item = Fields(row.get("item"), f"Nucleus export row {n}", "field 'item'")
+    ref = item.id("reference_id") or item.id("ref_id")
+    if not ref:
+        raise BadField(f"Nucleus export row {n}: item has no 'reference_id'")
+    row.where = item.where = f"item '{ref}'"
+    url = next((u for k in URL_KEYS if (u := item.string(k))), None)
     if url is None:
-        ctx.bad(f"item '{ref}': no image URL (none of {', '.join(URL_KEYS)})")
-        return None
+        raise BadField(f"item '{ref}': no image URL (none of {', '.join(URL_KEYS)})")
     if not url.startswith(("http://", "https://")):
-        ctx.bad(f"item '{ref}': image URL {url.split('?')[0]} is not http(s); "
-                f"tlsync downloads Nucleus images over HTTP")
-        return None
-    boxes = [_box(ann, ref, ctx) for ann in row.get("box") or ()]
-    polygons = row.get("polygon") or []
+        raise BadField(f"item '{ref}': image URL {url.split('?')[0]} is not http(s); "
+                       f"tlsync downloads Nucleus images over HTTP")
+    metadata = item.mapping("metadata")
+    boxes_in, polygons = row.array("box"), row.array("polygon")
+    unused = {kind: len(row.array(kind)) for kind in UNUSED_KINDS}
+    segmentation = row.get("segmentation") is not None
+    boxes = [_box(ann, ref, ctx) for ann in boxes_in]
     if polygons_as_boxes:
         boxes += [_polygon_box(ann, ref, ctx) for ann in polygons]
     elif polygons:
         ctx.count_not_used("polygon", len(polygons))
-    for kind in UNUSED_KINDS:
-        if row.get(kind):
-            ctx.count_not_used(kind, len(row[kind]))
-    if row.get("segmentation") is not None:
+    for kind, count in unused.items():
+        if count:
+            ctx.count_not_used(kind, count)
+    if segmentation:
         ctx.count_not_used("segmentation")
-    metadata = item.get("metadata")
     image = ImageRef(url, cache_key=f"nucleus:{ref}:{url.split('?', 1)[0]}")
-    return Item(ref, image, [b for b in boxes if b is not None],
-                metadata=metadata if isinstance(metadata, dict) else {})
+    return Item(ref, image, [b for b in boxes if b is not None], metadata=metadata)
 
 
 class NucleusSource(Source):

@@ -27,6 +27,8 @@ import click
 from tlsync.archives import DEFAULT_MAX_ENTRIES, clean_leftovers, default_max_total, extract_zip, parse_size
 from tlsync.console import progress
 from tlsync.errors import SourceError
+from tlsync.fields import loads
+from tlsync.files import check_regular
 from tlsync.format import Item
 from tlsync.hookspecs import hookimpl
 from tlsync.http import HttpClient, HttpError
@@ -199,6 +201,10 @@ class RoboflowSource(Source):
             return path
         if not path.exists():
             raise SourceError(f"{path}: no such file or folder")
+        try:
+            check_regular(path)  # before is_zipfile: opening a FIFO would wait forever
+        except OSError as e:
+            raise SourceError(f"{path}: cannot read it ({e.strerror or e})") from None
         if path.suffix.lower() != ".zip" and not zipfile.is_zipfile(path):
             raise SourceError(f"{path}: not a folder or a .zip export")
         resolved = path.resolve()
@@ -257,7 +263,7 @@ class RoboflowSource(Source):
                                              params={"api_key": key, "nocache": "true"})
                 if response.status_code not in (200, 202):
                     raise _api_error(response.status_code, ref)
-                body = _json_object(response)
+                body = _json_object(response, f"Roboflow export {ref}: GET {_without_query(url)}")
                 if response.status_code == 200:
                     link = (body.get("export") or {}).get("link") if isinstance(body.get("export"), dict) else None
                     if not isinstance(link, str) or not link.startswith(("http://", "https://")):
@@ -302,10 +308,13 @@ def _api_error(status: int, ref: str) -> SourceError:
     return SourceError(f"Roboflow export {ref}: the API returned HTTP {status}")
 
 
-def _json_object(response: Any) -> dict[str, Any]:
-    """The body as a JSON object, or ``{}`` (a 202 without progress is still a 202)."""
+def _json_object(response: Any, what: str = "Roboflow export") -> dict[str, Any]:
+    """The body as a JSON object, or ``{}`` (a 202 without progress is still a 202).
+
+    Parsed by ``fields.loads``: a body too large or nested too deep is one line naming the request.
+    """
     try:
-        body = response.json()
+        body = loads(response.content, what)
     except ValueError:
         return {}
     return body if isinstance(body, dict) else {}

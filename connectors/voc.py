@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tlsync.errors import InvalidItem, SourceError
+from tlsync.files import NotRegularFile, open_regular, read_text
 from tlsync.format import SPLITS, Box, ImageRef, Item
 from tlsync.paths import ExportRoot
 from tlsync.sources import PullContext
@@ -74,7 +75,7 @@ def image_sets(root: Path, export: ExportRoot | None = None) -> dict[str, str]:
             continue
         (export or ExportRoot(root)).check(path, f"{root}: split list")
         try:
-            text = path.read_text(encoding="utf-8")
+            text = read_text(path)
         except (OSError, UnicodeDecodeError) as e:
             raise SourceError(f"{path}: cannot read split list ({getattr(e, 'strerror', None) or e})") from None
         for n, line in enumerate(text.splitlines(), 1):
@@ -131,7 +132,11 @@ def parse_annotation(ctx: PullContext, xml: Path) -> tuple[str | None, list[Box]
     import defusedxml.ElementTree as SafeET
 
     try:
-        root = SafeET.parse(xml).getroot()
+        with open_regular(xml) as f:
+            root = SafeET.parse(f).getroot()
+    except NotRegularFile as e:
+        ctx.bad(str(e))
+        return None
     except defusedxml.DefusedXmlException as e:
         ctx.bad(f"{xml}: refused: {type(e).__name__} (entity or DTD declarations are not allowed; "
                 f"they are how 'billion laughs' XML bombs work)")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tlsync.errors import InvalidItem, SourceError, TlsyncError
+from tlsync.files import NotRegularFile, open_regular, read_text
 from tlsync.format import SPLITS, Box, ImageRef, Item
 from tlsync.images import image_info
 from tlsync.paths import ExportRoot
@@ -58,7 +59,7 @@ def load_config(path: Path) -> dict[str, Any]:
     import yaml  # here, not at the top: every command that lists sources loads this module (via Roboflow)
 
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             raw = f.read(MAX_YAML_BYTES + 1)
         if len(raw) > MAX_YAML_BYTES:
             raise SourceError(f"{path}: larger than {MAX_YAML_BYTES >> 20} MB; not a data.yaml")
@@ -228,7 +229,8 @@ def read_split(ctx: PullContext, images: Path, split: str | None, names: dict[in
                export: ExportRoot | None = None) -> Iterator[Item]:
     """One item per image under ``images`` (id: its path relative to that folder)."""
     export = export or ExportRoot(images)
-    for image in sorted(p for p in images.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()):
+    # Not is_file(): a FIFO or socket named x.jpg is reported as a bad item, not passed over in silence.
+    for image in sorted(p for p in images.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and not p.is_dir()):
         export.check(image, f"{images}: image")
         labels = label_path(image)
         if labels.exists():
@@ -245,8 +247,11 @@ def read_split(ctx: PullContext, images: Path, split: str | None, names: dict[in
 def read_labels(ctx: PullContext, path: Path, width: int, height: int, names: dict[int, str]) -> list[Box]:
     """The boxes of one label file, in pixels; bad rows go through ``ctx.bad`` and are dropped."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path)
     except FileNotFoundError:
+        return []
+    except NotRegularFile as e:
+        ctx.bad(str(e))
         return []
     except (OSError, UnicodeDecodeError) as e:
         ctx.bad(f"{path}: cannot read label file ({getattr(e, 'strerror', None) or e})")

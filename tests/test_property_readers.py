@@ -1,6 +1,7 @@
 """Property: whatever an export's files say, a pull succeeds with valid items or fails with one line.
 
-Hypothesis mutates a valid COCO JSON, YOLO export (data.yaml and label files) and VOC XML:
+Hypothesis mutates a valid COCO JSON, YOLO export (data.yaml and label files), VOC XML, and
+platform rows (a Nucleus export page served over HTTP, Label Studio tasks):
 values replaced by arbitrary JSON/YAML values, keys deleted, text spliced in, images cut
 short. For every mutation, under both ``--on-error`` modes, the pull must either publish a
 version whose items are all valid (unique ids, boxes inside their images, labels among the

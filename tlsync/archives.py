@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from .errors import TlsyncError
+from .files import NotRegularFile, check_regular, open_regular
 
 MAX_SIZE_ENV = "TLSYNC_MAX_EXTRACT_SIZE"
 DEFAULT_MAX_TOTAL = 20 * 10**9
@@ -74,7 +75,7 @@ def declared_entries(archive: Path) -> int | None:
     refuses a many-millions-entry archive in microseconds rather than after gigabytes.
     """
     try:
-        with open(archive, "rb") as f:
+        with open_regular(archive) as f:
             f.seek(0, os.SEEK_END)
             size = f.tell()
             f.seek(max(0, size - (1 << 16) - 22))
@@ -132,9 +133,15 @@ def check_zip(archive: Path, max_total: int | None = None, max_ratio: float = DE
     """Every entry with its safe relative path; raises ``UnsafeArchive`` on the first problem."""
     limit = default_max_total() if max_total is None else max_total
     max_entries = default_max_entries() if max_entries is None else max_entries
+    try:
+        check_regular(archive)  # a FIFO named x.zip would block the first open below forever
+    except NotRegularFile as e:
+        raise UnsafeArchive(str(e)) from None
+    except OSError as e:
+        raise UnsafeArchive(f"{archive}: cannot read it ({e.strerror or e})") from None
     _check_count(archive, declared_entries(archive), max_entries)
     try:
-        with zipfile.ZipFile(archive) as zf:
+        with open_regular(archive) as f, zipfile.ZipFile(f) as zf:
             infos = zf.infolist()
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
         raise UnsafeArchive(f"{archive}: not a readable zip archive ({e})") from None
@@ -194,7 +201,7 @@ def _unpack(archive: Path, entries: list[tuple[zipfile.ZipInfo, PurePosixPath]],
             progress: Callable[[int, int], None] | None) -> None:
     done = 0
     try:
-        with zipfile.ZipFile(archive) as zf:
+        with open_regular(archive) as f, zipfile.ZipFile(f) as zf:
             for info, rel in entries:
                 target = into.joinpath(*rel.parts)
                 if info.is_dir():
@@ -212,7 +219,8 @@ def _unpack(archive: Path, entries: list[tuple[zipfile.ZipInfo, PurePosixPath]],
                         done += len(chunk)
                         if progress:
                             progress(done, total)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError, ValueError) as e:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError, ValueError,
+            NotRegularFile) as e:
         raise UnsafeArchive(f"{archive}: extraction failed, nothing kept ({type(e).__name__}: {e})") from None
 
 

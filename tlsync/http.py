@@ -269,16 +269,44 @@ class HttpClient:
         return self.session.request(method, url, timeout=timeout, **kwargs)
 
     def json(self, method: str, url: str, what: str = "", **kwargs: Any) -> Any:
-        """Request and decode JSON, with a clear error for a non-2xx status or a bad body."""
-        response = self.request(method, url, what, **kwargs)
+        """Request and decode JSON, with a clear error for a non-2xx status or a bad body.
+
+        The body is read up to ``$TLSYNC_MAX_JSON_BYTES`` and parsed by ``fields.loads``
+        (depth bounded): an answer too large or too deep is one line naming the request.
+        """
+        from .fields import loads
+
+        response = self.request(method, url, what, stream=True, **kwargs)
         label = f"{what}: " if what else ""
-        if not response.ok:
-            raise HttpError(f"{label}{method} {url} returned HTTP {response.status_code}", response.status_code)
         try:
-            return response.json()
+            if not response.ok:
+                raise HttpError(f"{label}{method} {url} returned HTTP {response.status_code}", response.status_code)
+            body = self._bounded_body(response, f"{label}{method} {url}")
+        finally:
+            response.close()
+        try:
+            return loads(body, f"{label}{method} {url}")
         except ValueError:
             raise HttpError(f"{label}{method} {url} returned a body that is not valid JSON",
                             response.status_code) from None
+
+    @staticmethod
+    def _bounded_body(response: requests.Response, what: str) -> bytes:
+        """The whole body, refusing one over ``max_json_bytes()`` before reading it all."""
+        from .fields import MAX_JSON_ENV, JsonTooLarge, max_json_bytes
+
+        limit = max_json_bytes()
+        chunks, size = [], 0
+        try:
+            for chunk in response.iter_content(1 << 20):
+                size += len(chunk)
+                if size > limit:
+                    raise JsonTooLarge(f"{what}: the JSON answer is larger than the {limit:,}-byte limit; "
+                                       f"refused (raise {MAX_JSON_ENV} if it is real)")
+                chunks.append(chunk)
+        except (requests.RequestException, OSError) as e:
+            raise HttpError(f"{what}: the answer was cut short ({type(e).__name__})", response.status_code) from None
+        return b"".join(chunks)
 
     def download(self, url: str, out: BinaryIO, what: str = "",
                  progress: Callable[[int, int | None], None] | None = None, max_bytes: int | None = None,

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO
 
 from .errors import TlsyncError
+from .files import NotRegularFile, open_regular, why
 
 EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "BMP": ".bmp", "GIF": ".gif", "TIFF": ".tif", "WEBP": ".webp"}
 MAX_PIXELS_ENV = "TLSYNC_MAX_IMAGE_PIXELS"
@@ -73,8 +74,10 @@ def image_info(path: Path) -> tuple[int, int, str]:
     canvas over ``max_pixels()`` is refused here, so no caller ever decodes one.
     """
     try:
-        with open(path, "rb", buffering=_BUFFER) as f:
+        with open_regular(path, buffering=_BUFFER) as f:
             return _info(f)
+    except NotRegularFile as e:
+        raise TlsyncError(f"not a readable image ({why(e)})") from None
     except OSError as e:
         raise TlsyncError(f"not a readable image ({_why(e)})") from None
 
@@ -121,7 +124,7 @@ def check_complete_image(path: Path) -> tuple[int, int, str]:
     and each system call hands the GIL to the others and waits to win it back.
     """
     try:
-        with open(path, "rb", buffering=_BUFFER) as f:
+        with open_regular(path, buffering=_BUFFER) as f:
             width, height, ext = _info(f)
             if ext == ".jpg":
                 _check_jpeg(f)
@@ -129,6 +132,8 @@ def check_complete_image(path: Path) -> tuple[int, int, str]:
                 _check_png(f)
             else:
                 _decode_fully(path)
+    except NotRegularFile as e:
+        raise TlsyncError(f"not a readable image ({why(e)})") from None
     except OSError as e:
         raise TlsyncError(f"not a readable image ({e.strerror or type(e).__name__})") from None
     return width, height, ext

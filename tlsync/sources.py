@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
 import click
 
 from .errors import SourceError, TlsyncError
+from .files import NotRegularFile, open_regular
 from .format import Item
 
 if TYPE_CHECKING:
@@ -110,8 +111,11 @@ class Source(ABC):
             return
         path = Path(uri[len("file://"):] if uri.startswith("file://") else uri)
         try:
-            with open(path, "rb") as f:
+            with open_regular(path) as f:
                 shutil.copyfileobj(f, out, 1 << 20)
+        except NotRegularFile as e:
+            raise SourceError(f"item '{item.id}': cannot read image {path}: it is {e.kind}, not a regular file") \
+                from None
         except OSError as e:
             raise SourceError(f"item '{item.id}': cannot read image {path}: {e.strerror or e}") from None
 
@@ -195,4 +199,7 @@ def check_source(obj: Any, plugin: str) -> Source:
         raise TlsyncError(f"plugin '{plugin}' registered {obj!r}, which is not a tlsync.sources.Source")
     if not getattr(obj, "name", None):
         raise TlsyncError(f"plugin '{plugin}' registered a source without a name")
+    from .plugin_options import check_options
+
+    check_options(obj, "source", plugin)
     return obj

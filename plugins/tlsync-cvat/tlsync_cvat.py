@@ -21,6 +21,7 @@ from defusedxml import DefusedXmlException
 
 from tlsync import Box, ImageRef, Item, PullContext, Source, hookimpl
 from tlsync.errors import SourceError
+from tlsync.files import open_regular
 from tlsync.paths import ALLOW_OUTSIDE_OPTION, ExportRoot
 from tlsync.sources import files_fingerprint
 
@@ -68,7 +69,10 @@ def _default_images(xml: Path) -> Path:
 def _read(path: Path) -> Any:
     """The XML root, refusing entity tricks (defusedxml) and exports of another CVAT format."""
     try:
-        root = ET.parse(path).getroot()
+        with open_regular(path) as f:  # a FIFO or device is refused, not waited on
+            root = ET.parse(f).getroot()
+    except OSError as e:
+        raise SourceError(f"{path}: cannot read it ({e.strerror or e})") from None
     except ET.ParseError as e:
         raise SourceError(f"{path}: not valid XML ({e})") from None
     except DefusedXmlException as e:
