@@ -25,7 +25,9 @@ import click
 
 from tlsync import Box, ImageRef, Item, PullContext, Source, hookimpl
 from tlsync.atomic import atomic_write
-from tlsync.errors import SourceError
+from tlsync.errors import InvalidItem, SourceError
+from tlsync.fields import loads
+from tlsync.files import read_bytes
 from tlsync.http import HttpError
 from tlsync.paths import ExportRoot
 from tlsync.secrets import get_secret
@@ -111,6 +113,11 @@ class LabelStudioSource(Source):
         if not isinstance(image, str) or not image:
             ctx.bad(f"{label}: data.{image_key} is missing (name the image field with --image-key)")
             return None
+        wrong = next((k for k in ("annotations", "predictions") if task.get(k) is not None
+                      and not isinstance(task[k], list)), None)
+        if wrong:
+            ctx.bad(f"{label}: field '{wrong}' must be a list (got {type(task[wrong]).__name__})")
+            return None
         chosen, origin = _latest(task.get("annotations"), skip_cancelled=True), "annotation"
         if chosen is None and use_predictions:
             chosen, origin = _latest(task.get("predictions"), skip_cancelled=False), "prediction"
@@ -165,11 +172,12 @@ def _auth() -> dict[str, str]:
 
 
 def _load(path: Path, where: str) -> list[Any]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            tasks = json.load(f)
+    try:  # a regular file only (a FIFO would hang), parsed with its size and depth bounded
+        tasks = loads(read_bytes(path), where)
     except json.JSONDecodeError as e:
         raise SourceError(f"{where}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    except ValueError as e:
+        raise SourceError(f"{where}: not valid JSON ({e})") from None
     except (OSError, UnicodeDecodeError) as e:
         raise SourceError(f"{where}: cannot read it ({e})") from None
     if not isinstance(tasks, list):
@@ -179,7 +187,8 @@ def _load(path: Path, where: str) -> list[Any]:
 
 def _latest(entries: Any, skip_cancelled: bool) -> dict[str, Any] | None:
     """The most recently updated annotation (or prediction), skipped ones left out."""
-    usable = [e for e in entries or () if isinstance(e, dict) and not (skip_cancelled and e.get("was_cancelled"))]
+    entries = entries if isinstance(entries, list) else ()  # a platform row's wrong type: nothing usable
+    usable = [e for e in entries if isinstance(e, dict) and not (skip_cancelled and e.get("was_cancelled"))]
     return max(usable, key=lambda e: (_when(e.get("updated_at") or e.get("created_at")), _number_or_zero(e.get("id"))),
                default=None)
 
@@ -230,7 +239,10 @@ def _boxes(ctx: PullContext, label: str, results: Any) -> list[Box] | None:
             continue
         sx, sy = size[0] / 100, size[1] / 100
         box_id = str(result["id"]) if result.get("id") is not None else None
-        boxes += [Box(name, x * sx, y * sy, w * sx, h * sy, id=box_id) for name in names]
+        try:  # finite inputs can still overflow to inf once scaled: the Box refuses that, named
+            boxes += [Box(name, x * sx, y * sy, w * sx, h * sy, id=box_id) for name in names]
+        except InvalidItem as e:
+            ctx.bad(f"{where}: {e}")
     return boxes
 
 
