@@ -14,7 +14,7 @@ from .store import Store
 
 @click.group()
 def datasets() -> None:
-    """List, show, derive and remove local datasets."""
+    """List, show, verify, derive and remove local datasets."""
 
 
 datasets.add_command(derive_command)
@@ -51,6 +51,24 @@ def _row(store: Store, name: str) -> tuple[str, str, str, str, str, str, str]:
     counts = info["counts"]
     return (name, f"@{info['version']}", str(counts["items"]), str(counts["boxes"]),
             str(len(info["categories"])), str(info["source"]["name"]), str(info["created"]))
+
+
+@datasets.command()
+@click.argument("ref")
+def verify(ref: str) -> None:
+    """Check NAME or NAME@N against its own records: every image's sha256, the manifest, the counts."""
+    from .verify import MAX_SHOWN
+    from .verify import verify as verify_version
+
+    report = verify_version(Store(), ref)
+    for problem in report.problems[:MAX_SHOWN]:
+        echo(problem, err=True)
+    if len(report.problems) > MAX_SHOWN:
+        echo(f"... and {len(report.problems) - MAX_SHOWN} more", err=True)
+    checked = f"{report.ref}: {report.items} items, {report.images} images checked"
+    if report.problems:
+        raise TlsyncError(f"{checked}: {len(report.problems)} problem(s); pull the dataset again to restore it")
+    echo(f"{checked}: OK")
 
 
 @datasets.command()

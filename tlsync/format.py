@@ -189,6 +189,8 @@ def item_from_store(d: dict[str, Any]) -> Item:
     """
     item = object.__new__(Item)
     item.id, item.split, item.metadata = d["id"], d.get("split"), d.get("metadata") or {}
+    if type(item.id) is not str:  # what later becomes a file name or a lookup key must be a string
+        raise TypeError(f"field 'id' must be a string (got {type(item.id).__name__})")
     image = d["image"]
     item.image = ImageRef(image["uri"], image.get("path"), image.get("sha256"), image.get("width"), image.get("height"))
     boxes = []
@@ -196,6 +198,8 @@ def item_from_store(d: dict[str, Any]) -> Item:
         box = object.__new__(Box)
         box.label, box.x, box.y, box.width, box.height = b["label"], b["x"], b["y"], b["width"], b["height"]
         box.id, box.confidence, box.metadata = b.get("id"), b.get("confidence"), b.get("metadata") or {}
+        if box.id is not None and type(box.id) is not str:  # written by a tlsync before ids were normalised
+            box.id = str(box.id)
         boxes.append(box)
     item.annotations = boxes
     return item

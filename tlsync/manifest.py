@@ -8,7 +8,6 @@ complete; the store only ever renames finished folders into place.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections import Counter
 from collections.abc import Iterator
@@ -86,14 +85,45 @@ def read_items(path: Path) -> Iterator[Item]:
         for n, line in enumerate(f, 1):
             try:
                 yield item_from_store(orjson.loads(line))
-            except (orjson.JSONDecodeError, KeyError, TypeError) as e:
+            except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as e:
                 raise TlsyncError(f"{path}: line {n} is not a valid item ({e})") from None
 
 
 def read_info(folder: Path) -> dict[str, Any]:
+    """``dataset.json``, or a one-line ``TlsyncError`` saying why it cannot be used.
+
+    The store's own files are read as untrusted too: bytes that are not UTF-8, JSON
+    nested thousands deep (``orjson`` refuses past 1024 levels, where ``json`` would raise
+    ``RecursionError``) or a document of the wrong shape is an error naming the file.
+    """
+    path = folder / INFO
     try:
-        return json.loads((folder / INFO).read_text(encoding="utf-8"))
+        info = orjson.loads(path.read_bytes())
     except FileNotFoundError:
         raise TlsyncError(f"{folder}: not a dataset version (no {INFO})") from None
-    except json.JSONDecodeError as e:
-        raise TlsyncError(f"{folder / INFO}: not valid JSON ({e.msg})") from None
+    except OSError as e:
+        raise TlsyncError(f"{path}: cannot read it ({e.strerror or e})") from None
+    except orjson.JSONDecodeError as e:
+        why = "nested too deep" if "depth" in str(e) or "recursion" in str(e) else \
+            "not UTF-8 text" if "utf-8" in str(e).lower() else f"not valid JSON ({e.msg})"
+        raise TlsyncError(f"{path}: {why}") from None
+    problem = info_problem(info)
+    if problem:
+        raise TlsyncError(f"{path}: {problem}")
+    return info
+
+
+def info_problem(info: Any) -> str | None:
+    """What makes a parsed ``dataset.json`` unusable, or None."""
+    if not isinstance(info, dict):
+        return f"expected a JSON object, got {type(info).__name__}"
+    wanted = {"version": int, "categories": list, "counts": dict, "content_hash": str, "source": dict}
+    for key, kind in wanted.items():
+        if not isinstance(info.get(key), kind):
+            return f"field '{key}' is missing or not {'an' if kind is int else 'a'} {kind.__name__}"
+    if not all(isinstance(c, str) for c in info["categories"]):
+        return "field 'categories' must list class names (strings)"
+    counts = info["counts"]
+    if not all(isinstance(counts.get(k), int) for k in ("items", "boxes")):
+        return "field 'counts' lacks integer 'items' and 'boxes'"
+    return None

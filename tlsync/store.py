@@ -17,7 +17,7 @@ Content addressing makes the copy cheap across versions and datasets.
 
 from __future__ import annotations
 
-import json
+import hashlib
 import os
 import re
 import shutil
@@ -26,11 +26,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+
+import orjson
 
 from .atomic import fsync_dir
 from .errors import TlsyncError
 from .fetch_cache import FetchCache
+from .files import open_regular
 from .format import Item
 from .images import EXTENSIONS, check_complete_image, image_info  # noqa: F401  (re-exported)
 from .locks import LockTimeout, exclusive
@@ -49,6 +52,28 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+IMAGE_SUFFIXES = frozenset(EXTENSIONS.values())
+# Images whose bytes this process has hashed: path -> (size, inode, mtime, ctime) when it matched.
+_CHECKED: dict[str, tuple[int, int, int, int]] = {}
+
+
+class ChangedImage(TlsyncError):
+    """An image in the store whose bytes no longer match the sha256 its dataset recorded."""
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a regular file ('unreadable: ...' in place of one it cannot read)."""
+    try:
+        digest = hashlib.sha256()
+        with open_regular(path) as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+        return digest.hexdigest()
+    except (OSError, TlsyncError) as e:
+        return f"unreadable: {getattr(e, 'strerror', None) or e}"
 
 
 class IncompleteImage(TlsyncError):
@@ -115,9 +140,15 @@ class DatasetVersion:
                 yield item
 
     def image_path(self, item: Item) -> Path:
-        if not item.image.path:
-            raise TlsyncError(f"{self.ref}: item '{item.id}' has no cached image")
-        return self.store.home / item.image.path
+        """The item's image in the store, named by its sha256 alone and checked against it.
+
+        The manifest is a file like any other: an ``items.jsonl`` edited to name
+        ``../../somewhere`` must not make ``export`` copy that file out, and an image whose
+        bytes changed after the pull must not be exported or trained on in silence. So the
+        path is built from the sha256 (the manifest's path only lends its extension), and
+        the bytes are hashed once per image per process (``Store.checked_image``).
+        """
+        return self.store.checked_image(item, self.ref)
 
 
 class Store:
@@ -131,6 +162,46 @@ class Store:
 
     def image_relpath(self, sha256: str, ext: str) -> str:
         return f"images/{sha256[:2]}/{sha256}{ext}"
+
+    def image_of(self, item: Item, ref: str = "") -> Path:
+        """Where the item's image lives, from its sha256 only; a one-line refusal if it cannot."""
+        where = f"{ref + ': ' if ref else ''}item {item.id!r}"
+        sha = item.image.sha256
+        if not isinstance(sha, str) or not SHA256_RE.match(sha):
+            raise TlsyncError(f"{where}: its manifest holds no valid sha256 (got {str(sha)[:80]!r}); "
+                              f"refused (tlsync datasets verify {ref or 'NAME'} lists every problem)")
+        hint = item.image.path
+        ext = os.path.splitext(hint)[1].lower() if isinstance(hint, str) else ""
+        candidates = [ext] if ext in IMAGE_SUFFIXES else sorted(IMAGE_SUFFIXES)
+        for suffix in candidates:
+            path = self.home / self.image_relpath(sha, suffix)
+            if len(candidates) == 1 or path.exists():
+                return path
+        return self.home / self.image_relpath(sha, candidates[0])
+
+    def checked_image(self, item: Item, ref: str = "") -> Path:
+        """``image_of``, refusing a file whose bytes no longer hash to the item's sha256.
+
+        Each image is hashed once per process; after that a ``stat`` showing the same size,
+        inode and change time (which no write can leave as it was) stands for the hash.
+        """
+        path = self.image_of(item, ref)
+        sha = cast(str, item.image.sha256)
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            raise TlsyncError(f"{ref + ': ' if ref else ''}item {item.id!r}: its image {path} is missing from the "
+                              f"store ({e.strerror or e}); pull the dataset again") from None
+        seen = (st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+        if _CHECKED.get(str(path)) == seen:
+            return path
+        actual = file_sha256(path)
+        if actual != sha:
+            raise ChangedImage(f"{ref + ': ' if ref else ''}item {item.id!r}: its image changed in the store after "
+                               f"the pull (sha256 {sha} recorded, {actual} found in {path}); refused: pull the "
+                               f"dataset again, or see tlsync datasets verify {ref or 'NAME'}")
+        _CHECKED[str(path)] = seen
+        return path
 
     def add_image(self, write: Callable[[ImageSink], None], max_bytes: int | None = None,
                   deadline: float | None = None) -> tuple[str, str, int, int]:
@@ -303,8 +374,8 @@ class Store:
 
     def last_pull(self, name: str) -> dict[str, Any] | None:
         """What ``record_pull`` saved for ``name``, or None (never pulled, or unreadable)."""
-        try:
-            record = json.loads((self.datasets_dir / name / LAST_PULL).read_text(encoding="utf-8"))
+        try:  # orjson: a record nested too deep is unreadable, not a RecursionError
+            record = orjson.loads((self.datasets_dir / name / LAST_PULL).read_bytes())
         except (OSError, ValueError):
             return None
         return record if isinstance(record, dict) else None
