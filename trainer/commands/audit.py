@@ -15,6 +15,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from tlsync.console import info
 from tlsync.errors import TlsyncError
 from tlsync.secrets import redact
 
@@ -83,6 +84,7 @@ def audit(ctx: click.Context, dataset: str | None, folds: int, run: Path | None,
     how = f"the in-sample predictions of {plan.run}" if plan.run else f"{plan.folds} folds"
     click.echo(f"audit {plan.folder}: {plan.dataset} ({', '.join(plan.splits)}), {how}")
     summary, rows, reviews = run_audit(plan, done, train_point)
+    info(summary["note"])
     click.echo(summary_line(summary, plan.folder))
     for row in rows[:5]:
         click.echo("  " + row_line(row))
