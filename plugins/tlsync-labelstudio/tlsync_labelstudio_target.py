@@ -89,12 +89,14 @@ class LabelStudioTarget(Target):
             for start in range(0, len(by_url), IMPORT_BATCH):
                 batch = by_url[start:start + IMPORT_BATCH]
                 api.import_tasks([{"data": _data(item, item.image.uri, image_key, selection),
-                                   "predictions": [prediction(item, run["name"], from_name, to_name)]}
+                                   "predictions": [prediction(item, run["name"], from_name, to_name)],
+                                   **_review(selection, item, from_name, to_name)}
                                   for item in batch])
                 sent += len(batch)
             for item in uploads:
                 api.upload(item, selection.image_path(item), image_key, selection,
-                           prediction(item, run["name"], from_name, to_name))
+                           prediction(item, run["name"], from_name, to_name),
+                           _review(selection, item, from_name, to_name))
                 sent += 1
         except TlsyncError as e:
             raise TlsyncError(f"Label Studio project {project}: sent {sent} of {len(todo)} missing tasks, "
@@ -105,6 +107,22 @@ class LabelStudioTarget(Target):
 
 def _data(item: Item, image: str, image_key: str, selection: Selection) -> dict[str, Any]:
     return {image_key: image, MARK: item.image.sha256, "tlsync_item": item.id, "tlsync_selection": selection.name}
+
+
+def _review(selection: Selection, item: Item, from_name: str, to_name: str) -> dict[str, Any]:
+    """For ``tlsync audit``: the image's current labels as the task's annotation, beside the suggestion.
+
+    The reviewer sees the label as it is (the annotation) and the audit's suggested labelling
+    (the prediction) on one task, and keeps or corrects it. A selection has no labels: nothing.
+    """
+    labelled = next((i for i in selection.labels or [] if i.id == item.id), None)
+    if labelled is None:
+        return {}
+    width, height = labelled.image.width, labelled.image.height
+    if not width or not height:
+        raise TlsyncError(f"item '{item.id}': image size unknown, so its boxes cannot become percentages")
+    result = [_rectangle(n, box, width, height, from_name, to_name) for n, box in enumerate(labelled.annotations)]
+    return {"annotations": [{"result": result, "ground_truth": False}]}
 
 
 class _Api:
@@ -153,8 +171,8 @@ class _Api:
         self._call("POST", f"/api/projects/{self.project}/import", json=tasks)
 
     def upload(self, item: Item, path: Path, image_key: str, selection: Selection,
-               predicted: dict[str, Any]) -> None:
-        """Upload one image as a task, mark its data, attach the prediction."""
+               predicted: dict[str, Any], review: dict[str, Any] | None = None) -> None:
+        """Upload one image as a task, mark its data, attach the prediction (and, for a review, the labels)."""
         with open(path, "rb") as f:
             answer = self._call("POST", f"/api/projects/{self.project}/import", params={"return_task_ids": "true"},
                                 files={"file": (Path(item.id).name or path.name, f)})
@@ -167,3 +185,5 @@ class _Api:
             raise TlsyncError(f"item '{item.id}': uploaded task {ids[0]} has no data.{image_key}")
         self._call("PATCH", f"/api/tasks/{ids[0]}", json={"data": _data(item, stored, image_key, selection)})
         self._call("POST", "/api/predictions", json={"task": ids[0], **predicted})
+        for annotation in (review or {}).get("annotations", []):
+            self._call("POST", f"/api/tasks/{ids[0]}/annotations", json=annotation)
