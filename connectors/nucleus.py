@@ -20,7 +20,7 @@ from tlsync.fields import BadField, Fields
 from tlsync.format import Box, ImageRef, Item
 from tlsync.hookspecs import hookimpl
 from tlsync.http import HttpClient
-from tlsync.secrets import get_secret
+from tlsync.secrets import get_secret, stored_uri
 from tlsync.sources import PullContext, Source
 from tlsync.targets import Selection, Target
 
@@ -106,7 +106,7 @@ def _row_item(row: Fields, n: int, ctx: PullContext, polygons_as_boxes: bool) ->
             ctx.count_not_used(kind, count)
     if segmentation:
         ctx.count_not_used("segmentation")
-    image = ImageRef(url, cache_key=f"nucleus:{ref}:{url.split('?', 1)[0]}")
+    image = ImageRef(url, cache_key=f"nucleus:{ref}:{stored_uri(url).split('?', 1)[0]}")
     return Item(ref, image, [b for b in boxes if b is not None], metadata=metadata)
 
 

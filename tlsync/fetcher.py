@@ -6,6 +6,7 @@ into stored images, in the source's order, under the per-image limits.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import queue
 import threading
@@ -19,7 +20,7 @@ from . import plugins
 from .errors import PluginError, TlsyncError
 from .format import Item
 from .images import preload
-from .secrets import for_storage
+from .secrets import for_storage, stored_uri
 from .sink import DEFAULT_DEADLINE, DEFAULT_MAX_IMAGE_BYTES, ImageTooLarge, StoreWriteError
 from .sources import Source, local_path
 from .store import IncompleteImage, Store
@@ -40,7 +41,9 @@ def _cache_key(item: Item) -> str:
         return item.image.cache_key
     path = local_path(item.image.uri)
     if path is None:
-        return item.image.uri
+        uri = item.image.uri
+        # A signed URL is a credential: the cache (a file in the store) keeps only its digest.
+        return uri if stored_uri(uri) == uri else "url-sha256:" + hashlib.sha256(uri.encode()).hexdigest()
     where = os.path.abspath(path)
     try:
         st = os.stat(where)

@@ -19,6 +19,7 @@ import orjson
 from .atomic import atomic_write_json, atomic_write_text  # noqa: F401  (re-exported)
 from .errors import TlsyncError
 from .format import Item, content_key, item_from_store
+from .secrets import stored_uri
 
 ITEMS = "items.jsonl"
 INFO = "dataset.json"
@@ -40,7 +41,11 @@ class ManifestWriter:
         self.negatives = 0
 
     def write(self, item: Item) -> None:
-        self._file.write(orjson.dumps(item.to_dict()) + b"\n")
+        """Append one item; its URI is stored without signing parameters (``secrets.stored_uri``)."""
+        record = item.to_dict()
+        if "?" in item.image.uri or "@" in item.image.uri:
+            record["image"]["uri"] = stored_uri(item.image.uri)
+        self._file.write(orjson.dumps(record) + b"\n")
         self._hash.update(repr(content_key(item)).encode())
         split = item.split or "none"
         self.items += 1

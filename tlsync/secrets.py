@@ -117,3 +117,38 @@ def strip_queries(text: str) -> str:
 def for_storage(text: str) -> str:
     """What a stored message may hold: known keys redacted, URLs without their query."""
     return strip_queries(redact(text))
+
+
+# Query parameters that sign a URL or carry a credential: AWS SigV4 and SigV2, GCS V2/V4,
+# CloudFront, Azure SAS, and the usual token/key names. Matched case-insensitively.
+_SIGNING_PREFIXES = ("x-amz-", "x-goog-")
+_SIGNING_NAMES = frozenset({
+    "signature", "expires", "googleaccessid", "awsaccesskeyid", "policy", "key-pair-id",  # S3 V2, GCS V2, CloudFront
+    "sig", "se", "sp", "sv", "st", "sr", "spr", "sip", "ss", "srt", "skoid", "sktid", "skt", "ske", "sks", "skv",
+    "token", "access_token", "api_key", "apikey", "key", "auth", "authorization",
+})
+
+
+def _is_signing(name: str) -> bool:
+    lowered = name.lower()
+    return lowered in _SIGNING_NAMES or lowered.startswith(_SIGNING_PREFIXES)
+
+
+def stored_uri(uri: str) -> str:
+    """``uri`` as an item keeps it: signing parameters dropped, everything else as it was.
+
+    A signed S3/GCS/Azure link in ``items.jsonl`` would hand a credential valid for hours
+    to anyone with a copy of the dataset. The bytes are already in the store (named by
+    their sha256), so the signature is of no further use; the rest of the query (an
+    image server's ``?id=7&size=full``) may identify the picture and is kept, as is any
+    other URI untouched. A ``user:password@`` in the host goes too; known keys are
+    redacted from what remains.
+    """
+    if ("?" not in uri and "@" not in uri) or "://" not in uri:
+        return redact(uri) if _KNOWN else uri
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    kept = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if not _is_signing(k)]
+    host = parts.netloc.rpartition("@")[2]  # user:password@ is a credential too
+    return redact(urlunsplit((parts.scheme, host, parts.path, urlencode(kept), parts.fragment)))
