@@ -85,4 +85,7 @@ class Target(ABC):
 def check_target(obj: Any, plugin: str) -> Target:
     if not isinstance(obj, Target) or not getattr(obj, "name", None):
         raise TlsyncError(f"plugin '{plugin}' registered {obj!r}, which is not a named tlsync.targets.Target")
+    from .plugin_options import check_options
+
+    check_options(obj, "target", plugin)
     return obj

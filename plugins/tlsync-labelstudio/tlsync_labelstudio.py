@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -22,19 +23,18 @@ from typing import Any, BinaryIO
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import click
+from tlsync_labelstudio_client import API_KEY, URL, LabelStudioClient
 
 from tlsync import Box, ImageRef, Item, PullContext, Source, hookimpl
 from tlsync.atomic import atomic_write
-from tlsync.errors import InvalidItem, SourceError
+from tlsync.errors import InvalidItem, SourceError, TlsyncError
 from tlsync.fields import loads
 from tlsync.files import read_bytes
 from tlsync.http import HttpError
 from tlsync.paths import ExportRoot
-from tlsync.secrets import get_secret
 
-API_KEY = "LABEL_STUDIO_API_KEY"
-URL = "LABEL_STUDIO_URL"
 _EARLIEST = datetime.min.replace(tzinfo=timezone.utc)
+SNAPSHOT_TIMEOUT = 600.0  # seconds an export snapshot may take on the server
 
 
 class LabelStudioSource(Source):
@@ -57,6 +57,7 @@ class LabelStudioSource(Source):
     # The server whose /data/ images get the API key, set by items() for fetch() of the same
     # pull: fetch() only sees an item, and the key must never be stored in the item itself.
     _server: str | None = None
+    _client: LabelStudioClient | None = None
 
     def items(self, ctx: PullContext, path: Path | None = None, project: int | None = None, url: str | None = None,
               images: Path | None = None, image_key: str = "image", use_predictions: bool = False,
@@ -64,40 +65,56 @@ class LabelStudioSource(Source):
         if (path is None) == (project is None):
             raise SourceError("labelstudio: give --path EXPORT.json or --project ID (one of them)")
         self._server = url.rstrip("/") if url else None
+        self._client = LabelStudioClient(self.http, self._server) if self._server else None
         if project is not None:
-            where, path = f"Label Studio project {project}", self._export(ctx, project)
+            where, export = f"Label Studio project {project}", self._export(ctx, project, use_predictions)
         else:
-            where = str(path)
-        tasks = _load(path, where)
+            assert path is not None  # one of the two, checked above
+            where, export = str(path), path
+        tasks = _load(export, where)
         ctx.note(f"{where}: {len(tasks)} tasks")
-        folders = (images, path.parent if project is None else None)
+        folders = (images, export.parent if project is None else None)
+        predicted = 0
         for index, task in enumerate(tasks):
             item = self._item(ctx, where, index, task, folders, image_key, use_predictions)
             if item is not None:
+                predicted += "prediction" in item.metadata
                 yield item
+        if use_predictions:
+            ctx.note(f"{where}: {predicted} of {len(tasks)} tasks used a model prediction (nobody annotated them)")
 
     def fetch(self, item: Item, out: BinaryIO) -> None:
         """Images under the server's /data/ need the API key; any other URL must never see it."""
-        if self._server and item.image.uri.startswith(self._server + "/data/"):
-            self.http.download(item.image.uri, out, what=f"task {item.id}", headers=_auth())
+        if self._client and item.image.uri.startswith(self._client.server + "/data/"):
+            self._client.download(item.image.uri, out, what=f"task {item.id}")
         else:
             super().fetch(item, out)
 
-    def _export(self, ctx: PullContext, project: int) -> Path:
-        """Download the project's JSON export into the source's cache (whole, or not at all)."""
-        if not self._server:
+    def _export(self, ctx: PullContext, project: int, full_predictions: bool) -> Path:
+        """Download the project's JSON export, every task of it, into the source's cache (whole, or not at all).
+
+        Label Studio's plain export leaves out tasks nobody annotated unless ``download_all_tasks=true``,
+        and gives predictions as ids only; ``--use-predictions`` needs their boxes, which only an
+        export snapshot made with ``serialization_options.predictions.only_id=false`` holds.
+        """
+        if self._client is None:
             raise SourceError(f"--project needs the Label Studio server: pass --url or set {URL}")
-        url = f"{self._server}/api/projects/{project}/export?exportType=JSON"
+        client, what = self._client, f"Label Studio project {project} export"
         folder = ctx.cache_dir(f"project-{project}")
         try:
-            atomic_write(folder / "export.json", lambda out: self.http.download(
-                url, out, what=f"Label Studio project {project} export", headers=_auth()))
+            if full_predictions:
+                snapshot = _Snapshot(client, project)
+                try:
+                    url = snapshot.make()
+                    atomic_write(folder / "export.json", lambda out: client.download(url, out, what=what))
+                finally:
+                    snapshot.delete()
+            else:
+                url = f"{client.server}/api/projects/{project}/export?exportType=JSON&download_all_tasks=true"
+                atomic_write(folder / "export.json", lambda out: client.download(url, out, what=what))
         except HttpError as e:
-            if e.status in (401, 403):
-                raise SourceError(f"Label Studio refused the API key in {API_KEY} (HTTP {e.status}) "
-                                  f"for project {project} at {self._server}") from None
             if e.status == 404:
-                raise SourceError(f"Label Studio project {project} not found at {self._server}") from None
+                raise SourceError(f"Label Studio project {project} not found at {client.server}") from None
             raise
         return folder / "export.json"
 
@@ -167,8 +184,40 @@ class LabelStudioSource(Source):
         return str(ExportRoot(base).check(base.joinpath(*relative_path.parts), f"{label}: data image"))
 
 
-def _auth() -> dict[str, str]:
-    return {"Authorization": f"Token {get_secret(API_KEY)}"}
+class _Snapshot:
+    """An export snapshot on the server (``POST /api/projects/{id}/exports``), made, waited for and deleted."""
+
+    def __init__(self, client: LabelStudioClient, project: int, timeout: float = SNAPSHOT_TIMEOUT):
+        self.client, self.project, self.timeout = client, project, timeout
+        self.id: int | None = None
+
+    def make(self) -> str:
+        """Create the snapshot with full predictions and every task; its download URL once it is complete."""
+        route = f"/api/projects/{self.project}/exports/"
+        made = self.client.json("POST", route, json={
+            "title": "tlsync pull", "task_filter_options": {},
+            "serialization_options": {"predictions": {"only_id": False}, "drafts": {"only_id": True}}})
+        if not isinstance(made, dict) or not isinstance(made.get("id"), int):
+            raise SourceError(f"Label Studio: POST {route} returned no export id")
+        self.id = made["id"]
+        ends = time.monotonic() + self.timeout
+        status = made.get("status")
+        while status != "completed":  # the community server finishes before answering; Enterprise works behind
+            if status == "failed" or time.monotonic() > ends:
+                raise SourceError(f"Label Studio project {self.project}: export snapshot {self.id} "
+                                  f"{'failed' if status == 'failed' else f'not done after {self.timeout:g}s'}")
+            time.sleep(1.0)
+            answer = self.client.json("GET", f"{route}{self.id}")
+            status = answer.get("status") if isinstance(answer, dict) else None
+        return f"{self.client.server}{route}{self.id}/download?exportType=JSON"
+
+    def delete(self) -> None:
+        """Leave no snapshot behind (best effort: the pull's own error, if any, is what the user needs)."""
+        if self.id is not None:
+            try:
+                self.client.json("DELETE", f"/api/projects/{self.project}/exports/{self.id}")
+            except TlsyncError:
+                pass
 
 
 def _load(path: Path, where: str) -> list[Any]:

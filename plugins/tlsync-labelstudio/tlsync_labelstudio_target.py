@@ -2,7 +2,7 @@
 pre-annotated with the run's boxes.
 
     LABEL_STUDIO_URL=https://ls.example.com LABEL_STUDIO_API_KEY=... \\
-        tlsync select --run runs/cells-1 --pool-path new-photos --budget 50 --target labelstudio --project 3
+        tlsync select --run runs/cells-1 --pool-path new-photos --budget 50 --target labelstudio --ls-project 3
 
 Requests are those of ``label-studio-sdk``: ``POST /api/projects/{id}/import`` with a JSON
 list of tasks (``data`` + ``predictions``) for images that have a URL; for local images a
@@ -21,15 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import click
+from tlsync_labelstudio_client import URL, LabelStudioClient
 
 from tlsync.errors import TlsyncError
 from tlsync.format import Box, Item
 from tlsync.http import HttpClient, HttpError
-from tlsync.secrets import get_secret
 from tlsync.targets import Selection, Target
 
-API_KEY = "LABEL_STUDIO_API_KEY"
-URL = "LABEL_STUDIO_URL"
 MARK = "tlsync_sha256"
 PAGE = 100  # tasks per listing page
 IMPORT_BATCH = 200  # URL tasks per import request
@@ -57,7 +55,9 @@ class LabelStudioTarget(Target):
     name = "labelstudio"
     description = "Label Studio: import selected images as tasks with the run's boxes as predictions."
     selection_options = [
-        click.Option(["--project"], type=click.IntRange(min=1), required=True, help="Label Studio project id."),
+        # Not --project: that is select's own (the folder of selections), and a clash is refused at registration.
+        click.Option(["--ls-project"], type=click.IntRange(min=1), required=True,
+                     help="Label Studio project id to add the tasks to."),
         click.Option(["--url"], envvar=URL, help=f"Label Studio server URL (default: ${URL})."),
         click.Option(["--image-key"], default="image", show_default=True,
                      help="Task data field the labelling config reads the image from ($image)."),
@@ -74,12 +74,15 @@ class LabelStudioTarget(Target):
         raise TlsyncError("target 'labelstudio' receives selections (tlsync select --target labelstudio), "
                           "not tlsync push")
 
-    def send_selection(self, selection: Selection, run: dict[str, Any], project: int = 0, url: str | None = None,
-                       image_key: str = "image", from_name: str = "label", to_name: str = "image",
-                       **_: Any) -> dict[str, Any]:
+    def send_selection(self, selection: Selection, run: dict[str, Any], ls_project: int | None = None,
+                       url: str | None = None, image_key: str = "image", from_name: str = "label",
+                       to_name: str = "image", **_: Any) -> dict[str, Any]:
         if not url:
             raise TlsyncError(f"labelstudio: pass --url or set {URL}")
-        api = _Api(self.http, url.rstrip("/"), project)
+        if not ls_project:
+            raise TlsyncError("labelstudio: pass --ls-project ID (the Label Studio project to add the tasks to)")
+        project = ls_project
+        api = _Api(LabelStudioClient(self.http, url), project)
         there = api.marked()
         todo = [item for item in selection.items if item.image.sha256 not in there]
         by_url = [item for item in todo if item.image.uri.startswith(("http://", "https://"))]
@@ -128,18 +131,11 @@ def _review(selection: Selection, item: Item, from_name: str, to_name: str) -> d
 class _Api:
     """The few Label Studio calls the target makes; the token goes to this server only."""
 
-    def __init__(self, http: HttpClient, server: str, project: int):
-        self.http, self.server, self.project = http, server, project
+    def __init__(self, client: LabelStudioClient, project: int):
+        self.client, self.server, self.project = client, client.server, project
 
     def _call(self, method: str, route: str, **kwargs: Any) -> Any:
-        headers = {"Authorization": f"Token {get_secret(API_KEY)}", **kwargs.pop("headers", {})}
-        try:
-            return self.http.json(method, f"{self.server}{route}", "Label Studio", headers=headers, **kwargs)
-        except HttpError as e:
-            if e.status in (401, 403):
-                raise TlsyncError(f"Label Studio refused the API key in {API_KEY} (HTTP {e.status}) "
-                                  f"at {self.server}") from None
-            raise
+        return self.client.json(method, route, "Label Studio", **kwargs)
 
     def marked(self) -> set[str]:
         """The ``tlsync_sha256`` of every task already in the project (listed page by page)."""

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
+import ls_server
 import pytest
 
 pytest_plugins = ["tlsync.testing.fixtures"]
@@ -20,3 +22,42 @@ def bccd() -> Path:
     if not root.is_dir():
         pytest.skip(f"shared dataset not found at {root} (set TLSYNC_SHARED_DATASETS)")
     return root
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ls_server.LabelStudio]:
+    """A real Label Studio (one for the whole session), with a signed-up user's PAT and legacy token.
+
+    Skipped with the install command where ``.lsvenv`` lacks it; under CI (``CI=true``) that is a failure.
+    """
+    why = ls_server.missing()
+    if why:
+        if os.environ.get("CI") == "true":
+            pytest.fail(why)
+        pytest.skip(why)
+    server = ls_server.start(tmp_path_factory.mktemp("label-studio"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store with a 1-epoch detector on synthetic shapes (``TLSYNC_HOME``), for select and serve."""
+    pytest.importorskip("torch")
+    from tlsync.testing import isolated_plugins, run_cli
+
+    home = tmp_path_factory.mktemp("ls-run-home")
+    with pytest.MonkeyPatch.context() as mp, isolated_plugins():
+        mp.setenv("TLSYNC_HOME", str(home))
+        mp.setenv("TLSYNC_LOAD_PLUGINS", "")
+        mp.chdir(home)
+        pulled = run_cli("pull", "--source", "synthetic", "--dataset", "shapes", "--items", "6", "--size", "96",
+                         "--split-ratios", "1,0,0")
+        assert pulled.exit_code == 0, pulled.stderr
+        trained = run_cli("train", "--dataset", "shapes", "--model", "fasterrcnn_mobilenet_v3_large_320_fpn",
+                          "--weights", "none", "--img-size", "96", "--epochs", "1", "--batch-size", "2",
+                          "--workers", "0", "--device", "cpu", "--name", "shapes-1")
+        assert trained.exit_code == 0, trained.stderr
+    return home / "runs" / "shapes-1"

@@ -1,13 +1,11 @@
-"""The Label Studio API: project export and /data/ images with the token, and only there."""
+"""Faults around the Label Studio API (the happy paths run against a real server: test_labelstudio_live.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-import responses
 import tlsync_labelstudio
-from responses import matchers
 
 from tlsync.errors import TlsyncError
 from tlsync.testing import Faults, LoopbackServer, Response, check_source, write_image
@@ -36,39 +34,6 @@ def tasks(server_image: str) -> list[dict]:
 def server_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LABEL_STUDIO_URL", URL)
     monkeypatch.setenv("LABEL_STUDIO_API_KEY", KEY)
-
-
-@responses.activate
-def test_project_export_and_server_images_get_the_token_other_hosts_never_do(tmp_path, tlsync_store, server_env):
-    token = matchers.header_matcher({"Authorization": f"Token {KEY}"})
-    responses.get(f"{URL}/api/projects/7/export", json=tasks("/data/upload/7/a.png"),
-                  match=[matchers.query_param_matcher({"exportType": "JSON"}), token])
-    responses.get(f"{URL}/data/upload/7/a.png", body=png(tmp_path, 1), content_type="image/png", match=[token])
-    responses.get("https://cdn.example.org/b.png", body=png(tmp_path, 2), content_type="image/png")
-
-    checked = check_source(tlsync_labelstudio.LabelStudioSource(), store=tlsync_store, project=7)
-
-    items = checked.by_id()
-    (cell,) = items["1"].annotations
-    assert (cell.label, cell.x, cell.y, cell.width, cell.height) == ("cell", 50, 10, 100, 80)
-    assert items["1"].image.uri == f"{URL}/data/upload/7/a.png"
-    cdn = [call.request for call in responses.calls if call.request.url.startswith("https://cdn.example.org/")]
-    assert cdn and all("Authorization" not in request.headers for request in cdn)
-    assert checked.dataset.info["source"]["params"] == {"project": 7, "url": URL, "image_key": "image",
-                                                        "use_predictions": False}
-    assert "Label Studio project 7: 2 tasks" in checked.result.notes
-
-
-@responses.activate
-@pytest.mark.parametrize("status, message", [
-    (401, "Label Studio refused the API key in LABEL_STUDIO_API_KEY (HTTP 401) for project 7"),
-    (404, "Label Studio project 7 not found at https://ls.example.com"),
-])
-def test_refused_or_missing_project_is_one_clear_line_without_the_key(tlsync_store, server_env, status, message):
-    responses.get(f"{URL}/api/projects/7/export", status=status, json={"detail": f"bad token {KEY}"})
-    with pytest.raises(TlsyncError) as failed:
-        check_source(tlsync_labelstudio.LabelStudioSource(), store=tlsync_store, project=7)
-    assert message in str(failed.value) and KEY not in str(failed.value)
 
 
 def test_missing_key_or_server_says_which_variable_to_set(tlsync_store, monkeypatch):
