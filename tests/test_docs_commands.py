@@ -213,3 +213,11 @@ def test_code_blocks_are_found_in_all_their_spellings():
     found = [args for _, line in code_lines(page) for args in tlsync_invocations(line)]
     assert found == [["sources"], ["pull", "--source", "roboflow", "--workspace", "acme", "--dataset", "chess"],
                      ["quickstart"], ["train", "--dataset", "chess"]]
+
+
+def test_ci_runs_exactly_the_readmes_test_command():
+    """A newcomer runs the README's test command; CI must run that very line, not a drifted copy."""
+    ci = [line for line in (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+          if line.strip() and not line.startswith(("#", "set ", "cd "))]
+    readme = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    assert len(ci) == 1 and f"    {ci[0]}" in readme, f".ci/run runs {ci!r}, which the README does not show"
