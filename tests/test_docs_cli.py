@@ -38,17 +38,22 @@ def test_the_installed_example_plugins_are_this_checkouts(module: str, source: P
         f"{installed} differs from {source.relative_to(ROOT)}: pip install --no-deps ./{folder}")
 
 
-def test_cli_reference_matches_every_commands_help():
-    generated = docs_cli.generate()
+@pytest.fixture(scope="module")
+def generated() -> str:
+    """The reference as the CLI prints it now (generated once: it imports every command)."""
+    return docs_cli.generate()
+
+
+def test_cli_reference_matches_every_commands_help(generated: str):
     current = REFERENCE.read_text(encoding="utf-8") if REFERENCE.exists() else ""
     diff = "".join(difflib.unified_diff(current.splitlines(True), generated.splitlines(True),
                                         "docs/cli.md", "tlsync --help (now)", n=1))
     assert not diff, f"docs/cli.md is out of step with the CLI; run python -m tlsync.docs_cli\n{diff[:4000]}"
 
 
-def test_the_reference_covers_every_command_and_each_plugins_options():
+def test_the_reference_covers_every_command_and_each_plugins_options(generated: str):
     """What the file must hold, so a generator that dropped a section would fail too."""
-    text = docs_cli.generate()
+    text = generated
     for heading in ("## tlsync --help", "### tlsync datasets show --help", "## tlsync train --help",
                     "### tlsync pull --source cvat --help", "### tlsync pull --source labelstudio --help",
                     "### tlsync push --target nucleus --help", "### tlsync select --target labelstudio --help"):
