@@ -106,7 +106,12 @@ def read_coco(ctx: PullContext, annotations: Path, images: Path, split: str | No
     for i, img in valid:
         image = root.check(images / img["file_name"], f"{annotations}: images[{i}] field 'file_name'")
         item_split = split or (img.get("split") if img.get("split") in SPLITS else None)
-        yield Item(img["file_name"], ImageRef(str(image.absolute())), boxes.get(img["id"], []), item_split)
+        # tlsync's own export records the id an unsafe or long one was renamed from.
+        item_id = img["tlsync_id"] if isinstance(img.get("tlsync_id"), str) and img["tlsync_id"] else img["file_name"]
+        item = ctx.item(item_id, ImageRef(str(image.absolute())), boxes.get(img["id"], []), item_split,
+                        where=f"{annotations}: images[{i}]")
+        if item is not None:
+            yield item
 
 
 def _valid_images(ctx: PullContext, annotations: Path, entries: list[Any]) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -56,7 +56,8 @@ class ImagesSource(Source):
             root.check(file, f"{path}: image {file.relative_to(path).as_posix()}")
             found += 1
             # The path inside the folder is the id: stable across pulls, unique, and what a user recognises.
-            yield Item(file.relative_to(path).as_posix(), ImageRef(str(file)))
+            if (item := ctx.item(file.relative_to(path).as_posix(), ImageRef(str(file)), where=str(path))) is not None:
+                yield item
         if not found:
             raise SourceError(f"{path}: no images in this folder ({', '.join(sorted(SUFFIXES))})")
 

@@ -104,7 +104,10 @@ def _read_folder(ctx: PullContext, xml_dir: Path, image_dir: Path,
             ctx.bad(f"{xml}: its image {filename or xml.stem + '.*'} is not in {image_dir}")
             continue
         export.check(image, f"{xml}: its image")
-        yield Item(image.relative_to(image_dir).as_posix(), ImageRef(str(image.absolute())), boxes, split_of(xml.stem))
+        item = ctx.item(image.relative_to(image_dir).as_posix(), ImageRef(str(image.absolute())), boxes,
+                        split_of(xml.stem), where=str(xml))
+        if item is not None:
+            yield item
 
 
 def find_image(folder: Path, stem: str, filename: str | None) -> Path | None:

@@ -241,7 +241,10 @@ def read_split(ctx: PullContext, images: Path, split: str | None, names: dict[in
             ctx.bad(f"{image}: {e}")
             continue
         boxes = read_labels(ctx, labels, width, height, names)
-        yield Item(image.relative_to(images).as_posix(), ImageRef(str(image.absolute())), boxes, split)
+        item = ctx.item(image.relative_to(images).as_posix(), ImageRef(str(image.absolute())), boxes, split,
+                        where=str(images))
+        if item is not None:
+            yield item
 
 
 def read_labels(ctx: PullContext, path: Path, width: int, height: int, names: dict[int, str]) -> list[Box]:

@@ -9,7 +9,6 @@ split (an extra field COCO tools ignore).
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -17,22 +16,16 @@ from typing import Any
 
 from .errors import TlsyncError
 from .manifest import atomic_write_json
+from .names import safe_file_name
 from .store import DatasetVersion
 
-SAFE_NAME = re.compile(r"^[A-Za-z0-9._-][A-Za-z0-9._ -]*$")
+RESERVED = frozenset({"annotations.json"})
 
 
-def _file_name(item_id: str, sha256: str, suffix: str, used: set[str]) -> str:
-    """The item id when it is a safe file name, else one derived from the image hash."""
-    ok = SAFE_NAME.match(item_id) and item_id not in (".", "..") and item_id != "annotations.json"
-    name = item_id if ok else f"{sha256[:16]}{suffix}"
-    if not Path(name).suffix:
-        name += suffix
-    base, n = name, 1
-    while name in used:
-        name, n = f"{Path(base).stem}-{n}{Path(base).suffix}", n + 1
-    used.add(name)
-    return name
+def _numeric(box_id: object) -> str | None:
+    """A box id usable as a COCO annotation id (ASCII digits, as a string), or None."""
+    text = str(box_id) if box_id is not None else ""
+    return text if text.isascii() and text.isdigit() and len(text) < 18 else None
 
 
 def export_coco(dataset: DatasetVersion, out: Path, split: str | None = None) -> dict[str, int]:
@@ -80,19 +73,25 @@ def _write(dataset: DatasetVersion, folder: Path, split: str | None) -> dict[str
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     used_names: set[str] = set()
-    used_ann_ids = {int(b.id) for item in dataset.items(split) for b in item.annotations if b.id and b.id.isdigit()}
+    used_ann_ids = {int(i) for item in dataset.items(split) for b in item.annotations if (i := _numeric(b.id))}
     next_ann_id = max(used_ann_ids, default=0) + 1
+    written_ann_ids: set[int] = set()
     for image_id, item in enumerate(dataset.items(split), 1):
         src = dataset.image_path(item)
-        name = _file_name(item.id, item.image.sha256 or "", src.suffix, used_names)
+        name = safe_file_name(item.id, src.suffix, used_names, RESERVED)
         shutil.copyfile(src, folder / name)
-        images.append({"id": image_id, "file_name": name, "width": item.image.width,
-                       "height": item.image.height, "split": item.split})
+        entry = {"id": image_id, "file_name": name, "width": item.image.width, "height": item.image.height,
+                 "split": item.split}
+        if name != item.id:
+            entry["tlsync_id"] = item.id  # the mapping: the coco source reads the id back from here
+        images.append(entry)
         for box in item.annotations:
-            if box.id and box.id.isdigit():
-                ann_id = int(box.id)
+            numeric = _numeric(box.id)
+            if numeric and int(numeric) not in written_ann_ids:  # a platform's ids may repeat across items
+                ann_id = int(numeric)
             else:
                 ann_id, next_ann_id = next_ann_id, next_ann_id + 1
+            written_ann_ids.add(ann_id)
             annotations.append({
                 "id": ann_id, "image_id": image_id, "category_id": cat_ids[box.label],
                 "bbox": [box.x, box.y, box.width, box.height], "area": box.width * box.height, "iscrowd": 0,

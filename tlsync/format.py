@@ -13,8 +13,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import InvalidItem
+from .names import MAX_ID_CHARS, normalise_id
 
 SPLITS = ("train", "val", "test")
+
+
+def _needs_check(text: str) -> bool:
+    """Whether an id may break ``normalise_id``'s rules: cheap enough to run on every id pulled."""
+    return len(text) > MAX_ID_CHARS or not text.isprintable()
 
 
 def _number(value: Any, where: str, name: str) -> float:
@@ -41,6 +47,10 @@ class Box:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.id is not None and type(self.id) is not str:
+            self.id = normalise_id(self.id, "box", "id")  # an integer annotation id becomes "7"
+        elif self.id is not None and (not self.id or _needs_check(self.id)):
+            self.id = normalise_id(self.id, "box", "id")
         where = f"box {self.id}" if self.id is not None else "box"
         if not isinstance(self.label, str) or not self.label.strip():
             raise InvalidItem(f"{where}: field 'label' must be a non-empty string (got {self.label!r})")
@@ -129,8 +139,10 @@ class Item:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.id, str) or not self.id:
-            raise InvalidItem(f"item {self.id!r}: field 'id' must be a non-empty string")
+        if type(self.id) is not str or not self.id or _needs_check(self.id):
+            if not isinstance(self.id, (str, int)) or isinstance(self.id, bool) or self.id == "":
+                raise InvalidItem(f"item {self.id!r:.80}: field 'id' must be a non-empty string")
+            self.id = normalise_id(self.id, f"item {self.id!r:.80}")
         if self.split is not None and self.split not in SPLITS:
             raise InvalidItem(f"item '{self.id}': field 'split' must be one of {', '.join(SPLITS)} "
                               f"(got {self.split!r})")

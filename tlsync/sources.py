@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
 
 import click
 
-from .errors import SourceError, TlsyncError
+from .errors import InvalidItem, SourceError, TlsyncError
 from .files import NotRegularFile, open_regular
-from .format import Item
+from .format import Box, ImageRef, Item
 
 if TYPE_CHECKING:
     from .http import HttpClient
@@ -49,6 +49,20 @@ class PullContext:
         if self.on_error == "fail":
             raise SourceError(message)
         self.skip(message)
+
+    def item(self, item_id: Any, image: ImageRef, annotations: list[Box] | None = None, split: str | None = None,
+             metadata: dict[str, Any] | None = None, where: str = "") -> Item | None:
+        """``Item(...)``, or None after ``bad`` when the id (or split) breaks the format's rules.
+
+        Ids come from outside (file names, a platform's fields): an id with a control
+        character, or one that is not a string or an integer, is that item's bad field, which
+        ``--on-error skip`` counts, rather than an exception that would end the source's loop.
+        """
+        try:
+            return Item(item_id, image, annotations or [], split, metadata or {})
+        except InvalidItem as e:
+            self.bad(f"{where}: {e}" if where else str(e))
+            return None
 
     def skip(self, reason: str) -> None:
         """Count something dropped on purpose (e.g. a zero-area VOC box), whatever the mode."""

@@ -98,7 +98,7 @@ def _item(ctx: PullContext, path: Path, export: ExportRoot, element: Any, labels
             ctx.count_not_used(plural, found)
     split = SUBSETS.get((element.get("subset") or "").strip().lower())
     image = export.check(export.root.joinpath(*relative.parts), f"{where}: attribute 'name'")
-    return Item(name, ImageRef(str(image)), boxes, split)
+    return ctx.item(name, ImageRef(str(image)), boxes, split, where=str(path))
 
 
 def _box(ctx: PullContext, where: str, element: Any, labels: set[str]) -> Box | None:

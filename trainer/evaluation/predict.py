@@ -20,6 +20,7 @@ import torch
 from tlsync.atomic import atomic_write_file, atomic_write_json
 from tlsync.errors import TlsyncError
 from tlsync.format import Box, ImageRef, Item
+from tlsync.names import safe_file_name
 from tlsync.store import EXTENSIONS
 
 from .drawing import draw_boxes
@@ -210,13 +211,11 @@ def _load(run: str | Path, device: str | torch.device) -> tuple[Any, list[str]]:
 
 
 def _unique_name(path: Path, taken: set[str]) -> str:
-    """The drawn copy's file name: the original's, numbered when two inputs share a name."""
+    """The drawn copy's file name: the original's when safe and short (``tlsync.names.safe_file_name``:
+    otherwise its safe part and a short hash), numbered when two inputs share a name;
+    ``images.json`` records which input each drawn file is."""
     suffix = ".png" if path.suffix.lower() == ".png" else ".jpg"
-    name, n = f"{path.stem}{suffix}", 1
-    while name in taken:
-        name, n = f"{path.stem}_{n}{suffix}", n + 1
-    taken.add(name)
-    return name
+    return safe_file_name(path.stem, suffix, taken, frozenset({"images.json", "predictions.json"}))
 
 
 def _count_labels(predictions: list[Item], categories: list[str]) -> dict[str, int]:
