@@ -77,7 +77,7 @@ class FetchCache:
         info(f"warning: {self.path} was unreadable ({e}); moved it to {aside.name} and started an empty "
              f"fetch cache (images already in the store are re-downloaded once)")
 
-    def _run(self, sql: str, args: tuple[Any, ...], commit: bool = False, many: bool = False) -> Any:
+    def _run(self, sql: str, args: Any, commit: bool = False, many: bool = False, rows: bool = False) -> Any:
         for attempt in (0, 1):
             generation = self._generation
             try:
@@ -85,7 +85,10 @@ class FetchCache:
                     with self._lock:
                         if self._db is None:
                             self._db = self._open()
-                        self._db.execute(sql, args)
+                        if rows:
+                            self._db.executemany(sql, args)
+                        else:
+                            self._db.execute(sql, args)
                         self._db.commit()
                         return None
                 with self._read_lock:
@@ -133,6 +136,10 @@ class FetchCache:
         rows = self._run(f"SELECT key, path, sha256, width, height FROM fetched WHERE key IN ({marks})",
                          tuple(keys), many=True)
         return {row[0]: tuple(row[1:]) for row in rows}
+
+    def put_many(self, rows: list[tuple[str, str, str, int, int]]) -> None:
+        """Many ``put``s in one transaction (``durable.DurableBatch`` records a flushed batch so)."""
+        self._run("INSERT OR REPLACE INTO fetched VALUES (?,?,?,?,?)", rows, commit=True, rows=True)
 
     def put(self, key: str, path: str, sha256: str, width: int, height: int) -> None:
         self._run("INSERT OR REPLACE INTO fetched VALUES (?,?,?,?,?)", (key, path, sha256, width, height), commit=True)

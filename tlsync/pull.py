@@ -177,6 +177,7 @@ def _read_and_publish(store: Store, source: Source, ctx: PullContext, options: d
         if versions and store.open(f"{name}@{versions[-1]}").content_hash == content_hash:
             return PullResult(version=versions[-1], unchanged=True, **result_kwargs)
         new_version = (versions[-1] + 1) if versions else 1
+        store.sync_images()  # every image this version names is on disk before it can be published
         with _store_writes(staging):
             writer.sync()
             atomic_write_json(staging / INFO, {

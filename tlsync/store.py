@@ -31,6 +31,7 @@ from typing import Any, cast
 import orjson
 
 from .atomic import fsync_dir
+from .durable import DurableBatch
 from .errors import TlsyncError
 from .fetch_cache import FetchCache
 from .files import open_regular
@@ -38,7 +39,7 @@ from .format import Item
 from .images import EXTENSIONS, check_complete_image, image_info  # noqa: F401  (re-exported)
 from .locks import LockTimeout, exclusive
 from .manifest import INFO, ITEMS, atomic_write_json, read_info, read_items
-from .sink import ImageSink, store_write_error
+from .sink import ImageSink, StoreWriteError, store_write_error
 
 LAST_PULL = "last-pull.json"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -157,6 +158,7 @@ class Store:
         self.images_dir = self.home / "images"
         self.datasets_dir = self.home / "datasets"
         self._cache = FetchCache(self.home / "fetch-cache.sqlite")
+        self._durable = DurableBatch(self._cache.put_many)
 
     # -- images ---------------------------------------------------------------------------
 
@@ -209,9 +211,10 @@ class Store:
 
         Returns ``(relative path, sha256, width, height)``. Bytes land in ``images/.tmp``
         first (named after this process), so a killed pull leaves no partial image under a
-        real name; ``clean_tmp`` removes what dead processes left behind. The file is
-        fsynced before its rename and its folder after it. Any error
-        writing the store is a ``StoreWriteError``, whatever ``write`` did with it.
+        real name; ``clean_tmp`` removes what dead processes left behind. The image joins
+        the durability batch (``tlsync.durable``): fsynced with others before any version
+        names it and before the fetch cache records it. Any error writing the store is a
+        ``StoreWriteError``, whatever ``write`` did with it.
         """
         tmp_dir = self.images_dir / ".tmp"
         try:
@@ -228,10 +231,6 @@ class Store:
                 finally:
                     if sink.failed:
                         raise sink.failed from None
-                try:
-                    os.fsync(f.fileno())
-                except OSError as e:
-                    raise store_write_error(e, self.home) from None
             width, height, ext = check_image(Path(tmp))
             rel = self.image_relpath(sink.sha256(), ext)
             self._place(Path(tmp), self.home / rel)
@@ -244,14 +243,18 @@ class Store:
         try:
             if dest.exists():
                 tmp.unlink()
-                return
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, dest)
+            else:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, dest)
         except OSError as e:
             raise store_write_error(e, dest.parent) from None
-        # Here, on the fetch thread, rather than once per folder at publish time: the
-        # fsyncs then overlap the other threads' downloads instead of adding up at the end.
-        fsync_dir(dest.parent)
+        # Not fsynced here: a killed pull may have placed ``dest`` without making it durable,
+        # so an image found in place joins the batch too (fsyncing a clean file costs little).
+        self._durable.add_file(dest)
+
+    def sync_images(self) -> None:
+        """Make every image placed so far durable and record its fetch-cache row (before a publish)."""
+        self._durable.flush()
 
     def clean_tmp(self) -> None:
         """Remove temp images left by pulls whose process is gone (e.g. SIGKILLed)."""
@@ -284,10 +287,17 @@ class Store:
         return {key: row for key, row in found.items() if (self.home / row[0]).exists()}
 
     def cache_close(self) -> None:
-        self._cache.close()
+        """Record what can still be recorded (durable images only), then close the cache."""
+        try:
+            self._durable.flush()
+        except StoreWriteError:
+            pass  # the pull already failed or is failing on the store; unflushed rows are simply not cached
+        finally:
+            self._cache.close()
 
     def cache_put(self, key: str, path: str, sha256: str, width: int, height: int) -> None:
-        self._cache.put(key, path, sha256, width, height)
+        """Queue the row: it reaches ``fetch-cache.sqlite`` once its image is durable."""
+        self._durable.add_row((key, path, sha256, width, height))
 
     # -- datasets -------------------------------------------------------------------------
 
@@ -350,7 +360,7 @@ class Store:
         """Rename a finished staging folder into place as ``name@version`` (call under ``lock``).
 
         Its files (``ManifestWriter.sync``, ``atomic_write_json``) and the images it names
-        (``add_image``) are already fsynced; the folder and the rename are made durable here.
+        (``sync_images``) are already fsynced; the folder and the rename are made durable here.
         """
         try:
             fsync_dir(staging)

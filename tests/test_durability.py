@@ -1,0 +1,125 @@
+"""Images made durable in batches: a kill -9 at any moment leaves the last version and the fetch cache sound.
+
+Images are no longer fsynced one by one (``tlsync.durable``); these tests hold the batch to
+the old promise: a version is published only after every image it names is fsynced, a
+fetch-cache row only ever names a whole image in the store, and a pull killed anywhere,
+before, during or after its publish, leaves the previous version as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fake_nucleus import FakeNucleus
+
+from tlsync.store import Store
+
+KEY = "nucleus_live_durable_0123456789"
+
+
+@pytest.fixture
+def nucleus(monkeypatch: pytest.MonkeyPatch):
+    with FakeNucleus(api_key=KEY) as fake:
+        fake.add_dataset("ds_1", "durable")
+        fake.add_slice("slc_1", "ds_1", [], name="durable")
+        fake.add_items("ds_1", 10, slice_id="slc_1")
+        monkeypatch.setenv("NUCLEUS_API_KEY", KEY)
+        monkeypatch.setenv("NUCLEUS_ENDPOINT", fake.endpoint)
+        yield fake
+
+
+ARGS = ["pull", "--source", "nucleus", "--slice", "slc_1", "--dataset", "d", "--page-size", "10"]
+
+
+def assert_cache_consistent(store: Store) -> int:
+    """Every fetch-cache row names an image that is in the store, whole, under its own hash."""
+    with sqlite3.connect(store.home / "fetch-cache.sqlite") as db:
+        rows = db.execute("SELECT key, path, sha256 FROM fetched").fetchall()
+    for key, path, sha in rows:
+        data = (store.home / path).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == sha == Path(path).stem, key
+    return len(rows)
+
+
+def test_a_pull_killed_at_any_moment_leaves_the_last_version_and_the_cache_sound(nucleus: FakeNucleus, run_cli: Any,
+                                                                                  store: Store) -> None:
+    assert run_cli(*ARGS).exit_code == 0
+    before = store.open("d@1")
+    images_before = {item.image.sha256: store.home / str(item.image.path) for item in before.items()}
+    nucleus.server.latency = 0.02
+    started = time.monotonic()
+    full = subprocess.run([sys.executable, "-m", "tlsync", *ARGS, "--reread"], env=dict(os.environ),
+                          capture_output=True, text=True, timeout=120)
+    assert full.returncode == 0, full.stderr
+    duration = time.monotonic() - started
+
+    for round_ in range(8):
+        nucleus.add_items("ds_1", 15, prefix=f"late{round_}", slice_id="slc_1")
+        child = subprocess.Popen([sys.executable, "-m", "tlsync", *ARGS, "--concurrency", "4"], env=dict(os.environ),
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(duration * (0.15 + 0.15 * round_))  # from start-up to past the publish
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+
+        versions = store.versions("d")
+        assert versions[0] == 1 and store.open("d@1").content_hash == before.content_hash
+        for sha, path in images_before.items():
+            assert hashlib.sha256(path.read_bytes()).hexdigest() == sha
+        for version in versions:  # a version the kill came too late to stop is whole
+            assert run_cli("datasets", "verify", f"d@{version}").exit_code == 0
+        assert_cache_consistent(store)
+        for path in store.images_dir.glob("??/*"):  # only whole images under real names
+            assert hashlib.sha256(path.read_bytes()).hexdigest() == path.stem
+
+    nucleus.server.latency = 0
+    final = run_cli(*ARGS)
+    assert final.exit_code == 0, final.stderr
+    latest = store.open("d")
+    assert latest.info["counts"]["items"] == 10 + 8 * 15
+    assert run_cli("datasets", "verify", "d").exit_code == 0
+    assert assert_cache_consistent(store) >= 10 + 8 * 15
+
+
+def test_images_are_fsynced_in_batches_before_the_version_is_published(nucleus: FakeNucleus, run_cli: Any,
+                                                                       store: Store,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every image file is fsynced before the rename that publishes the version naming it, and
+    its fetch-cache row is written only after that fsync."""
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src: Any, dst: Any, **kw: Any) -> None:
+        events.append(("rename", str(dst)))
+        real_replace(src, dst, **kw)
+
+    from tlsync import fetch_cache
+
+    real_put_many = fetch_cache.FetchCache.put_many
+
+    def put_many(self: Any, rows: list[Any]) -> None:
+        events.extend(("cache", str(store.home / row[1])) for row in rows)
+        real_put_many(self, rows)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(fetch_cache.FetchCache, "put_many", put_many)
+    assert run_cli(*ARGS).exit_code == 0
+    publish = events.index(("rename", str(store.datasets_dir / "d" / "1")))
+    for item in store.open("d").items():
+        image = str(store.home / str(item.image.path))
+        synced = events.index(("fsync", image))
+        assert synced < publish
+        assert events.index(("cache", image)) > synced
