@@ -15,7 +15,7 @@ import stat
 import unicodedata
 from pathlib import Path
 from typing import Literal, overload
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote, quote_plus, unquote
 
 from .errors import TlsyncError
 
@@ -144,11 +144,15 @@ def stored_uri(uri: str) -> str:
     other URI untouched. A ``user:password@`` in the host goes too; known keys are
     redacted from what remains.
     """
-    if ("?" not in uri and "@" not in uri) or "://" not in uri:
+    scheme, sep, rest = uri.partition("://")
+    if not sep or ("?" not in rest and "@" not in rest):
         return redact(uri) if _KNOWN else uri
-    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
-
-    parts = urlsplit(uri)
-    kept = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if not _is_signing(k)]
-    host = parts.netloc.rpartition("@")[2]  # user:password@ is a credential too
-    return redact(urlunsplit((parts.scheme, host, parts.path, urlencode(kept), parts.fragment)))
+    # Plain string work, not urllib's parse/unparse: this runs for every item of a signed slice,
+    # and the kept parameters stay exactly as the platform encoded them.
+    rest, hash_, fragment = rest.partition("#")
+    rest, _, query = rest.partition("?")
+    host, slash, path = rest.partition("/")
+    host = host.rpartition("@")[2]  # user:password@ is a credential too
+    query = "&".join(p for p in query.split("&") if p and not _is_signing(unquote(p.partition("=")[0])))
+    text = f"{scheme}://{host}{slash}{path}{'?' if query else ''}{query}{hash_}{fragment}"
+    return redact(text) if _KNOWN else text
