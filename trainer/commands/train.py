@@ -23,7 +23,7 @@ from ..training.settings import TrainConfig
 
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
 # Options that may accompany --resume: where and how fast it runs, not what it computes.
-RESUME_OPTIONS = ("resume", "device", "workers")
+RESUME_OPTIONS = ("resume", "device", "workers", "amp")
 
 
 def option(*decls: str, **kwargs: Any) -> Any:
@@ -74,7 +74,11 @@ def trackers_option(value: str | None) -> tuple[str, ...]:
 @option("--precise-bn-batches", type=click.IntRange(0),
         help="Before each val eval and checkpoint, recompute batch-norm statistics over N seeded, un-augmented "
              "train batches (precise BN; only models with trainable batch norm; 0: off).")
-@option("--compile", is_flag=True, help="torch.compile the model (faster steps where it can capture the model).")
+@option("--compile", is_flag=True,
+        help="torch.compile the backbone and FPN (the rest of a detector breaks graphs); costs start-up time.")
+@option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]),
+        help="Mixed precision on CUDA: auto picks bf16 on GPUs of compute capability 8.0+ (Ampere, Hopper), "
+             "fp16 with loss scaling below; off trains in fp32 (the CPU always does).")
 @option("--seed", type=int)
 @option("--time-limit", type=click.FloatRange(0, min_open=True),
         help="Seconds; stop after the epoch that passes it.")
@@ -90,7 +94,7 @@ def trackers_option(value: str | None) -> tuple[str, ...]:
         help="Continuing a run: also score the new model on the parent's evaluation data (forgetting.json).")
 @option("--forget-tolerance", type=click.FloatRange(0, 1), help="Warn when a class's AP50 drops by more than this.")
 @option("--resume", type=click.Path(path_type=Path), default=None,
-        help="Continue an interrupted run from its last finished epoch (with --device/--workers only).")
+        help="Continue an interrupted run from its last finished epoch (with --device/--workers/--amp only).")
 @click.pass_context
 def train(ctx: click.Context, resume: Path | None, **options: Any) -> None:
     """Fine-tune a detector on a dataset, or resume an interrupted run."""
@@ -121,10 +125,11 @@ def _resume(ctx: click.Context, resume: Path, options: dict[str, Any]) -> Path:
              if name not in RESUME_OPTIONS and ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE]
     if given:
         raise TlsyncError(f"--resume continues a run with its own settings; drop {', '.join(given)} "
-                          f"(only --device and --workers may change)")
+                          f"(only --device, --workers and --amp may change)")
     workers = options["workers"] if ctx.get_parameter_source("workers") == ParameterSource.COMMANDLINE else None
     device = options["device"] if ctx.get_parameter_source("device") == ParameterSource.COMMANDLINE else None
+    amp = options["amp"] if ctx.get_parameter_source("amp") == ParameterSource.COMMANDLINE else None
     config = runs.read_config(resume)  # a distributed run resumes with as many processes as it had
-    run: Path = launcher.run(partial(training.resume, resume, device=device, workers=workers),
+    run: Path = launcher.run(partial(training.resume, resume, device=device, workers=workers, amp=amp),
                              config.get("devices", 1), device or config["device"], config.get("sync_bn", False))
     return run

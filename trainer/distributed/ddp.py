@@ -30,7 +30,7 @@ from tlsync.errors import TlsyncError
 from tlsync.store import DatasetVersion, Store
 
 from ..evaluation.evaluate import score_split, split_items
-from ..evaluation.predict import predict_items
+from ..evaluation.loader import predict_loaded
 from ..training.checkpoint import unwrap
 from ..training.device import resolve_device
 from ..training.settings import TrainConfig
@@ -42,6 +42,7 @@ TIMEOUT_ENV = "TLSYNC_DIST_TIMEOUT"
 # Longest a rank waits for the others at a collective. Rank 0 alone writes checkpoints and
 # the metrics log between epochs while the others wait, so this must cover that comfortably.
 DEFAULT_TIMEOUT = 600.0
+NCCL_ERROR_HANDLING_ENV = "TORCH_NCCL_ASYNC_ERROR_HANDLING"
 SYNC_BN_NEEDS_CUDA = "--sync-bn needs CUDA devices (torch's SyncBatchNorm does not run on CPU); drop it"
 
 
@@ -91,9 +92,14 @@ def _collective(call: Callable[[], T]) -> T:
     try:
         return call()
     except RuntimeError as e:  # gloo and NCCL raise DistBackendError (a RuntimeError) on timeouts and lost peers
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise TlsyncError(f"lost contact with the other ranks within {timeout().total_seconds():g}s "
-                          f"({TIMEOUT_ENV} sets the limit); one of them died or hangs ({first})") from None
+        raise lost_contact(e) from None
+
+
+def lost_contact(e: BaseException) -> TlsyncError:
+    """The one-line error for a collective that failed: a timeout, or a peer that died."""
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return TlsyncError(f"lost contact with the other ranks within {timeout().total_seconds():g}s "
+                       f"({TIMEOUT_ENV} sets the limit); one of them died or hangs ({first})")
 
 
 def barrier() -> None:
@@ -126,6 +132,22 @@ def broadcast_object(obj: Any) -> Any:
     box = [obj]
     _collective(lambda: dist.broadcast_object_list(box, src=0))
     return box[0]
+
+
+def failing_ranks(bad: bool, device: torch.device) -> list[int]:
+    """The ranks for which ``bad`` holds, known to every rank (in one process: ``[0]`` or ``[]``).
+
+    For decisions that depend on a rank's own data (skip this step, stop training): taken
+    alone, they leave the other ranks blocked in the next gradient all-reduce or
+    SyncBatchNorm gather until the timeout. One all-reduce of one flag per rank, so every
+    rank decides the same, and can say which rank was the cause.
+    """
+    if not is_initialized() or world_size() == 1:
+        return [0] if bad else []
+    flags = torch.zeros(world_size(), dtype=torch.int32, device=device)  # NCCL reduces CUDA tensors only
+    flags[rank()] = int(bad)
+    _collective(lambda: dist.all_reduce(flags))
+    return [r for r, flag in enumerate(flags.tolist()) if flag]
 
 
 def sync_buffers(model: nn.Module) -> None:
@@ -188,6 +210,11 @@ def init_process_group(device_name: str) -> torch.device:
     elif "OMP_NUM_THREADS" not in os.environ:  # CPU workers share the cores instead of each claiming all
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", 1)))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    if device.type == "cuda":
+        # NCCL's default (3) tears the process down from its watchdog thread on a timeout or a lost peer, before
+        # Python sees an error; 2 aborts the communicators only, so the waiting collective raises and the rank
+        # reports why (see _collective). The user's own setting wins.
+        os.environ.setdefault(NCCL_ERROR_HANDLING_ENV, "2")
     address = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
     try:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout())
@@ -274,7 +301,7 @@ class DistributedRuntime(Runtime):
 
     def evaluate(self, model: nn.Module, version: DatasetVersion, split: str, categories: list[str],
                  device: torch.device, out_dir: Path | None, conf: float | None = None,
-                 batch_size: int = 4) -> dict[str, Any]:
+                 batch_size: int = 4, workers: int = 0) -> dict[str, Any]:
         """Every rank predicts a share of the batches, rank 0 scores them all once; all get the metrics.
 
         The batches are cut exactly as a single process cuts them (images of a batch are
@@ -288,9 +315,9 @@ class DistributedRuntime(Runtime):
                 raise AllRanksError(f"rank {r}'s weights differ from rank 0's; evaluating (or saving) now would be "
                                     "wrong. DistributedDataParallel should keep them equal: report this as a bug")
         items = split_items(version, split)
-        batches = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
-        mine = [item for batch in batches[self.rank::self.world_size] for item in batch]
-        predicted = list(predict_items(model, mine, version.image_path, categories, device, batch_size=batch_size))
+        batches = [list(range(i, min(i + batch_size, len(items)))) for i in range(0, len(items), batch_size)]
+        predicted = list(predict_loaded(model, items, version.image_path, categories, device, workers=workers,
+                                        batches=batches[self.rank::self.world_size], draft=True))
         parts = gather_object(predicted)
 
         def score() -> dict[str, Any]:

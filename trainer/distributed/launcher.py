@@ -154,8 +154,18 @@ def _failure(e: Any, received: dict[int, tuple[str, float, Any]], devices: int) 
     if errors:
         _, r, message = errors[0]
         return f"rank {r} failed: {message}{stopped}"
-    how = f"signal {e.signal_name}" if getattr(e, "signal_name", None) else f"exit code {getattr(e, 'exit_code', '?')}"
-    return f"rank {e.error_index} died ({how}) without reporting an error (out of memory?){stopped}"
+    return f"rank {e.error_index} {death(getattr(e, 'signal_name', None), getattr(e, 'exit_code', None))}{stopped}"
+
+
+def death(signal_name: str | None, exit_code: int | None) -> str:
+    """How a worker that reported nothing ended, with its likely cause rather than one guess for all."""
+    if signal_name == "SIGKILL":
+        return "was killed (SIGKILL) without reporting an error: out of memory? (the kernel's OOM killer sends it)"
+    if signal_name == "SIGABRT":
+        return ("aborted (SIGABRT) without reporting an error: a CUDA error, or NCCL's watchdog tearing the process "
+                "down after a collective timed out (TORCH_NCCL_ASYNC_ERROR_HANDLING; run with --debug)")
+    how = f"signal {signal_name}" if signal_name else f"exit code {exit_code if exit_code is not None else '?'}"
+    return f"died ({how}) without reporting an error"
 
 
 def _free_port() -> int:

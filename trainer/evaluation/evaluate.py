@@ -18,14 +18,18 @@ from tlsync.format import Item
 from tlsync.manifest import atomic_write_json
 from tlsync.store import DatasetVersion
 
+from .loader import predict_loaded
 from .metrics import coco_ground_truth, coco_results, evaluate
-from .predict import predict_items
 
 
 def evaluate_split(model: torch.nn.Module, dataset_version: DatasetVersion, split: str, categories: list[str],
                    device: str | torch.device, out_dir: Path | None, conf: float | None = None,
-                   progress: Callable[..., None] | None = None, batch_size: int = 4) -> dict[str, Any]:
+                   progress: Callable[..., None] | None = None, batch_size: int = 4, workers: int = 0,
+                   draft: bool = False) -> dict[str, Any]:
     """Predict on every item of ``split`` and score it; write the eval files when ``out_dir`` is given.
+
+    Images are decoded by ``workers`` loader processes (``loader.predict_loaded``; ``draft``:
+    at the model's input size, which the per-epoch val evaluation uses).
 
     ``categories`` are the model's classes. Classes the dataset has and the model does not
     (evaluating an old run on newer data) are scored too, at AP 0, and listed under
@@ -33,7 +37,8 @@ def evaluate_split(model: torch.nn.Module, dataset_version: DatasetVersion, spli
     """
     items = split_items(dataset_version, split)
     predictions: list[Item] = []
-    for item in predict_items(model, items, dataset_version.image_path, categories, device, batch_size=batch_size):
+    for item in predict_loaded(model, items, dataset_version.image_path, categories, device, batch_size=batch_size,
+                               workers=workers, draft=draft):
         predictions.append(item)
         if progress:
             progress(len(predictions), total=len(items))

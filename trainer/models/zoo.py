@@ -65,7 +65,10 @@ def build_model(name: str, num_classes: int, weights: str = "none", img_size: in
         raise TlsyncError(f"model '{name}' needs at least one class (got {num_classes})")
     if img_size < spec.min_size:
         raise TlsyncError(f"--img-size {img_size} is too small for '{name}' (minimum {spec.min_size})")
+    from .box_precision import keep_boxes_fp32  # torch: imported only when a model is built
+
     model = spec.build(num_classes, weights, img_size)
+    keep_boxes_fp32(model)  # anchors and box decoding stay fp32 under bf16/fp16 autocast (box_precision.py)
     model.tlsync_build = {"model": name, "weights": weights, "img_size": img_size}
     return model
 

@@ -46,23 +46,39 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, categories: list[
         "model": config.get("model"), "weights": "none", "img_size": config.get("img_size", 640)}
     payload = _plain({"tlsync_checkpoint": FORMAT, "categories": list(categories), "config": dict(config),
                       "build": dict(build), **state}, "checkpoint")
-    payload["model"] = bare.state_dict()
+    payload["model"] = cpu_state_dict(bare)
     atomic_write(path, lambda f: torch.save(payload, f))
     return path
+
+
+def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` with every tensor on the CPU (and its ``_metadata``, which batch norm's loading reads).
+
+    A checkpoint of CUDA tensors cannot be read by a plain ``torch.load`` on a machine
+    without a GPU (the CPU server a model is deployed to, a laptop looking at results).
+    """
+    state = model.state_dict()
+    cpu = type(state)((key, tensor.detach().cpu()) for key, tensor in state.items())
+    if hasattr(state, "_metadata"):
+        cpu._metadata = state._metadata  # type: ignore[attr-defined]
+    return cpu
 
 
 def _plain(value: Any, where: str) -> Any:
     """``value`` as the built-in types ``weights_only`` loading accepts, or an error at save time.
 
     Failing here beats failing at load time after hours of training; subclasses of str,
-    int and float (``torch.__version__`` is one) become the plain type.
+    int and float (``torch.__version__`` is one) become the plain type, and tensors (the
+    optimiser's state) move to the CPU, as ``cpu_state_dict`` explains.
     """
     if isinstance(value, dict):
         return {_plain(k, f"{where} key {k!r}"): _plain(v, f"{where}.{k}") for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         items = [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if isinstance(value, tuple) else items
-    if value is None or type(value) in (str, int, float, bool) or isinstance(value, torch.Tensor):
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if value is None or type(value) in (str, int, float, bool):
         return value
     for base in (bool, str, int, float):
         if isinstance(value, base):

@@ -25,3 +25,14 @@ def resolve_device(name: str) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise TlsyncError(f"--device {name!r}: use auto, cpu, cuda or cuda:N")
     return device
+
+
+def use_device(device: torch.device) -> None:
+    """Make ``cuda:N`` this process's current CUDA device.
+
+    ``.to(device)`` alone does not: pinned-memory threads, ``torch.cuda`` queries and
+    libraries that use "the current device" would otherwise open a context on GPU 0 too,
+    taking its memory from whoever runs there. A no-op on the CPU and for plain ``cuda``.
+    """
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)

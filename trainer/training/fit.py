@@ -32,6 +32,7 @@ from tlsync.format import Item
 from tlsync.models import WEIGHTS
 from tlsync.store import DatasetVersion, Store
 
+from ..distributed.ddp import lost_contact
 from ..distributed.runtime import Runtime
 from ..evaluation.evaluate import evaluate_split
 from ..evaluation.forgetting import check_forgetting
@@ -54,8 +55,8 @@ from .engine import (
     amp_settings,
     build_optimizer,
     build_scheduler,
+    restore_training_state,
     rng_state,
-    set_rng_state,
     short,
     train_one_epoch,
 )
@@ -200,15 +201,19 @@ def start_run(settings: RunSettings, version: DatasetVersion, data: TrainData, r
 
 
 def resume(run: Path, store: Store | None = None, device: str | None = None, workers: int | None = None,
-           runtime: Runtime | None = None) -> Path:
-    """Continue ``run`` from ``weights/last.pt``: same data, settings, optimiser state and random state."""
+           runtime: Runtime | None = None, amp: str | None = None) -> Path:
+    """Continue ``run`` from ``weights/last.pt``: same data, settings, optimiser state and random state.
+
+    ``device``, ``workers`` and ``amp`` may change: where and how fast it runs (a run resumed on
+    another GPU may need another precision), not what it computes.
+    """
     run = Path(run)
     settings = RunSettings.from_config(runs.read_config(run))
     last = run / "weights" / "last.pt"
     if not last.exists():
         raise TlsyncError(f"{run} has no finished epoch to resume from ({last} is missing); start it again")
     runtime = runtime or Runtime(resolve_device(device or settings.device))
-    settings = dataclasses.replace(settings, device=str(runtime.device),
+    settings = dataclasses.replace(settings, device=str(runtime.device), amp=amp or settings.amp,
                                    workers=settings.workers if workers is None else workers)
     if settings.world_size != runtime.world_size:
         raise TlsyncError(f"{run} was trained by {settings.world_size} process(es) and this job has "
@@ -251,7 +256,8 @@ def setup(run: Path, settings: RunSettings, version: DatasetVersion, data: Train
     gpu = device.type == "cuda"
     loader = make_loader(dataset, settings.batch_size, settings.workers, settings.seed,
                          sampler=runtime.sampler(dataset, settings), pin_memory=gpu, persistent_workers=gpu)
-    torch.backends.cudnn.benchmark = gpu  # picks the fastest conv kernels per input shape (shapes repeat)
+    # cudnn.benchmark stays off (torch's default): it re-tunes for every new input shape, and a detector's
+    # shapes change with each batch's padding, orientation group and the val evaluation.
     set_rois_per_image(model, settings.rois_per_image)
     model.to(device)
     net = runtime.wrap(model, settings)
@@ -259,12 +265,12 @@ def setup(run: Path, settings: RunSettings, version: DatasetVersion, data: Train
     steps = len(loader)
     warmup = min(1000, max(1, round(settings.warmup_epochs * steps)))
     scheduler = build_scheduler(optimizer, steps * settings.epochs, warmup)
-    amp_dtype, scaler = amp_settings(device)
+    amp_dtype, scaler = amp_settings(device, settings.amp)
+    if amp_dtype is not None and runtime.is_main:
+        info(f"mixed precision: {str(amp_dtype).removeprefix('torch.')}"
+             f"{' with a loss scaler' if scaler.is_enabled() else ''} (--amp {settings.amp})")
     if checkpoint is not None:
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        set_rng_state(checkpoint["rng"])
+        restore_training_state(checkpoint, optimizer, scheduler, scaler, device)
     return Fit(run, settings, version, data, model, net, runtime, loader, optimizer, scheduler, scaler, amp_dtype,
                runs.MetricsLog(run))
 
@@ -302,6 +308,8 @@ def train_epoch(loop: Fit, state: RunState, epoch: int) -> EpochResult:
                     else "no epoch had finished, so no checkpoint was written")
             raise TlsyncError(f"{label}: {e}; training stopped and {kept}. "
                               f"Try a lower --lr (it was {settings.lr:g})") from None
+        except torch.distributed.DistBackendError as e:  # DDP's gradient all-reduce: a peer died or timed out
+            raise lost_contact(e) from None
     if result.failures:
         first = result.failures[0]
         info(f"warning: skipped {len(result.failures)} image(s) that failed to decode "
@@ -324,7 +332,7 @@ def end_of_epoch(loop: Fit, state: RunState, epoch: int, result: EpochResult, st
     precise_bn.recompute(loop.model, loop.loader.dataset, loop.settings.precise_bn_batches,  # type: ignore[arg-type]
                          loop.settings.batch_size, loop.settings.seed, loop.runtime.device, loop.settings.workers)
     val = loop.runtime.evaluate(loop.model.eval(), loop.version, "val", loop.settings.categories,
-                                loop.runtime.device, None) if loop.has_val else {}
+                                loop.runtime.device, None, workers=loop.settings.workers) if loop.has_val else {}
     state.epoch, state.elapsed = epoch + 1, state.elapsed + time.perf_counter() - started
     improved = not loop.has_val or val["map50_95"] > state.best
     if improved:
@@ -381,7 +389,7 @@ def save_state(loop: Fit, state: RunState, best: bool, stopped: bool) -> None:
         events.checkpoint_saved(loop.weights / "best.pt", True, state.epoch)
     extra = dict(optimizer=loop.optimizer.state_dict(), scheduler=loop.scheduler.state_dict(),
                  scaler=loop.scaler.state_dict(), epoch=state.epoch, best=state.best, best_epoch=state.best_epoch,
-                 elapsed=state.elapsed, rng=rng_state(), stopped=stopped)
+                 elapsed=state.elapsed, rng=rng_state(loop.runtime.device), stopped=stopped)
     save_checkpoint(loop.weights / "last.pt", loop.model, categories, config, **extra)
     events.checkpoint_saved(loop.weights / "last.pt", False, state.epoch)
 
@@ -397,7 +405,7 @@ def end_of_training(loop: Fit, state: RunState, stop_reason: str) -> None:
         best = load_checkpoint(loop.weights / "best.pt")
         loop.model.load_state_dict(best["model"])
         metrics = evaluate_split(loop.model.eval(), loop.version, "val", loop.settings.categories,
-                                 loop.runtime.device, loop.run / "eval")
+                                 loop.runtime.device, loop.run / "eval", workers=loop.settings.workers)
         events.eval_end(loop.run / "eval", metrics)
         info(f"best epoch {best['epoch']}: val mAP50-95 {metrics['map50_95']:.3f}, mAP50 {metrics['map50']:.3f}, "
              f"P {metrics['precision']:.3f}, R {metrics['recall']:.3f}, F1 {metrics['f1']:.3f}")

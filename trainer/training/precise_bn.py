@@ -92,7 +92,8 @@ def recompute(model: nn.Module, dataset: DetectionDataset, batches: int, batch_s
         forwards = 0
         with torch.no_grad():
             for images, _targets, _failed in loader:
-                if images:
+                # every rank skips a batch that one rank cannot decode: SyncBatchNorm gathers from all in each pass
+                if not distributed.failing_ranks(not images, device):
                     forward([image.to(device, non_blocking=True) for image in images])
                     forwards += 1
         distributed.all_reduce_mean_stats(layers, forwards)

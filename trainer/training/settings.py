@@ -59,7 +59,10 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     devices: int = 1  # worker processes on this machine (one per GPU); torchrun sets its own
     sync_bn: bool = False  # batch-norm statistics over the global batch (CUDA, several processes)
-    compile: bool = False  # torch.compile the model (speeds up models it can capture; costs start-up time)
+    compile: bool = False  # torch.compile the backbone and FPN (the rest breaks graphs: .item(), NMS, proposals)
+    # Mixed precision on CUDA (engine.amp_dtype): auto is bf16 from compute capability 8.0 (Ampere), where it is
+    # native, else fp16 with a GradScaler (bf16 is emulated below sm80, without cuDNN's convolutions); off on the CPU.
+    amp: str = "auto"  # auto | bf16 | fp16 | off
     seed: int = 0
     # Batch-norm statistics recomputed over this many seeded, un-augmented train batches before every
     # val evaluation and checkpoint (precise BN, see precise_bn.py); 0: keep the moving averages.
