@@ -1,5 +1,8 @@
 """The built-in trackers (``--log tensorboard,mlflow``), registered through the same hook as a plugin's.
 
+Each is registered as ``required``: one that cannot open its store before the first epoch
+stops the run with one line (``training.callbacks``); one that fails later only warns.
+
 This module is a plugin like any other (listed in ``tlsync.plugins.DEFAULT_PLUGINS``): it
 reads ``log`` from the run's settings and registers a callback per tracker asked for.
 Each tracker lives behind an optional extra, so its import is checked up front
@@ -61,4 +64,8 @@ def tlsync_register_callbacks(register: Callable[[Any], None], config: dict[str,
     names = [name for name in config.get("log") or () if name in TRACKERS]  # other names: other plugins'
     check_trackers(names)
     for name in names:
-        register(BUILDERS[name](config))
+        tracker = BUILDERS[name](config)
+        # Asked for by name: if it cannot open its store at the run's start, the run is refused
+        # (training.callbacks.Dispatcher), rather than trained for hours with nothing logged.
+        tracker.required, tracker.tracker_name = True, name
+        register(tracker)

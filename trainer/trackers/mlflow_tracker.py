@@ -102,6 +102,14 @@ class MlflowLogger(TrainingCallback):
         if found is not None:
             return str(found.experiment_id)
         try:
+    def start_hint(self, error: Exception) -> str:
+        """What to set when the store would not open (shown in the one-line refusal)."""
+        uri = without_credentials(tracking_uri())
+        if "MLFLOW_ALLOW_FILE_STORE" in str(error) or uri.startswith("file:") or "://" not in uri:
+            return (f"MLflow refuses the file store {uri}: set MLFLOW_TRACKING_URI=sqlite:///mlflow.db "
+                    f"(a database store), or MLFLOW_ALLOW_FILE_STORE=true to keep using the file store")
+        return f"check MLFLOW_TRACKING_URI (now {uri}) and that the server answers"
+
             return str(self.client.create_experiment(name))
         except Exception:  # another run created it in between
             found = self.client.get_experiment_by_name(name)

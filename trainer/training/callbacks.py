@@ -10,6 +10,11 @@ optimiser), and every random generator's state is put back after each call, so a
 that samples (an image grid, a retry jitter) leaves the next batch and augmentation as they
 would have been. One that raises is reported once, naming its plugin, and is kept: a
 tracker that drops one request should still get the next epoch.
+
+The exception is the start: a callback with ``required = True`` (every tracker named in
+``--log``) must open its store in ``on_run_start``, before the first epoch; if it cannot,
+the run is refused with one line saying why and, from its ``start_hint(error)``, what to
+set. A user who typed ``--log mlflow`` learns that now, not hours later from an empty UI.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from tlsync.console import info
+from tlsync.errors import TlsyncError
 from tlsync.events import (
     VAL_METRICS,
     CheckpointSaved,
@@ -56,7 +62,10 @@ class Dispatcher:
             saved = rng_state()
             try:
                 handler(copy.deepcopy(event))
-            except Exception as e:  # a tracker's bug or outage never stops training
+            except Exception as e:  # a tracker's bug or outage never stops training, once it has started
+                if method == "on_run_start" and getattr(callback, "required", False) is True:
+                    del self.callbacks[index]  # it never started: no on_run_end for it
+                    raise TrackerDidNotStart(start_failure(callback, plugin, e)) from None
                 self.failures[plugin] = self.failures.get(plugin, 0) + 1
                 if index not in self.warned:
                     self.warned.add(index)
@@ -64,6 +73,24 @@ class Dispatcher:
                          f"{type(e).__name__}: {e}; training goes on (later errors from it are not shown)")
             finally:
                 set_rng_state(saved)
+
+
+class TrackerDidNotStart(TlsyncError):
+    """A tracker the user asked for could not open its store: the run is refused before it trains."""
+
+
+def start_failure(callback: Any, plugin: str, error: Exception) -> str:
+    """One line: which tracker, the error's first line, and what to set (the tracker's ``start_hint``)."""
+    name = getattr(callback, "tracker_name", None) or f"{type(callback).__name__} (plugin '{plugin}')"
+    why = (str(error).strip().splitlines() or [""])[0][:300]
+    hint = ""
+    if callable(getattr(callback, "start_hint", None)):
+        try:
+            hint = str(callback.start_hint(error) or "")
+        except Exception:  # a broken hint must not hide the error itself
+            hint = ""
+    return (f"--log {name}: the tracker could not start ({type(error).__name__}: {why}); "
+            f"{hint + '; ' if hint else ''}training was not started")
 
 
 _active: ContextVar[Dispatcher | None] = ContextVar("tlsync_training_events", default=None)
