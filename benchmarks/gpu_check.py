@@ -127,7 +127,7 @@ def amp_steps(name: str, plan: Plan, dtype: Any) -> str:
     """``steps`` training steps of ``name`` under autocast ``dtype`` (fp16 with a live GradScaler)."""
     import torch
 
-    from tlsync.models import get_model
+    from tlsync.plugins import get_model
     from tlsync.trainer import build_model
     from tlsync.trainer.training.engine import build_optimizer, build_scheduler, train_one_epoch
 

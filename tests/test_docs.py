@@ -104,7 +104,7 @@ def test_tutorial_test_passes(guide_module, tmp_path):
 
 def test_model_example_registers_and_builds_a_torchvision_style_detector(guide_module):
     torch = pytest.importorskip("torch")
-    from tlsync.models import get_model
+    from tlsync.plugins import get_model
 
     with isolated_plugins(tinydet=guide_module("tlsync_tinydet.py")):
         spec = get_model("fasterrcnn_mobilenet_v3_small_fpn")

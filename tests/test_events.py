@@ -24,8 +24,9 @@ import torch
 
 from tlsync.connectors.synthetic import SyntheticSource
 from tlsync.errors import TlsyncError
-from tlsync.events import TrainingCallback, collect_callbacks, public_config
+from tlsync.events import TrainingCallback, public_config
 from tlsync.hookspecs import hookimpl
+from tlsync.plugins import collect_callbacks
 from tlsync.pull import pull
 from tlsync.store import Store
 from tlsync.testing import isolated_plugins, run_cli

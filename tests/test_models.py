@@ -13,7 +13,8 @@ import torch
 import torchvision
 
 from tlsync.errors import TlsyncError
-from tlsync.models import ModelSpec, get_model
+from tlsync.models import ModelSpec
+from tlsync.plugins import get_model
 from tlsync.trainer.models.zoo import LITE0, TORCHVISION, build_model, freeze
 from tlsync.trainer.training.checkpoint import (
     load_checkpoint,

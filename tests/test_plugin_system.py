@@ -21,7 +21,8 @@ from tlsync import plugins
 from tlsync.errors import PluginError
 from tlsync.format import Box, ImageRef, Item
 from tlsync.hookspecs import hookimpl
-from tlsync.models import ModelSpec, get_models
+from tlsync.models import ModelSpec
+from tlsync.plugins import get_models
 from tlsync.sources import Source
 from tlsync.targets import Target
 from tlsync.testing import ContractError, check_source, isolated_plugins, write_image

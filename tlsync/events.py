@@ -147,33 +147,3 @@ def public_config(config: dict[str, Any]) -> dict[str, Any]:
         return value
 
     return clean(config)
-
-
-def collect_callbacks(config: dict[str, Any]) -> list[tuple[Any, str]]:
-    """``[(callback, plugin name)]`` from every plugin's ``tlsync_register_callbacks``.
-
-    Each plugin is asked on its own with the hook arguments it declares. A ``TlsyncError``
-    (a refusal the user must act on, such as a tracker that was asked for but is not
-    installed) stops the run before it trains; anything else disables that plugin only.
-    """
-    from . import plugins
-    from .console import info
-
-    found: list[tuple[Any, str]] = []
-    for impl in plugins.load_plugins().hook.tlsync_register_callbacks.get_hookimpls():
-        registered: list[Any] = []
-        given = {"register": registered.append, "config": config}
-        try:
-            impl.function(**{name: given[name] for name in impl.argnames})
-        except TlsyncError:
-            raise
-        except Exception as e:
-            info(f"warning: plugin '{impl.plugin_name}': tlsync_register_callbacks raised "
-                 f"{type(e).__name__}: {e}; its training callbacks are off for this run")
-            continue
-        for obj in registered:
-            try:
-                found.append((check_callback(obj, impl.plugin_name), impl.plugin_name))
-            except TlsyncError as e:
-                info(f"warning: {e}; it is ignored")
-    return found

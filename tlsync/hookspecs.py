@@ -8,9 +8,11 @@ so the signatures docs/plugins.md quotes read as the classes' full names).
 """
 
 from collections.abc import Callable
+from typing import Any
 
 from pluggy import HookimplMarker, HookspecMarker
 
+from .events import TrainingCallback
 from .models import ModelSpec
 from .sources import Source
 from .targets import Target
@@ -59,7 +61,7 @@ def tlsync_register_targets(register: Callable[[Target], None]) -> None:
 
 
 @hookspec
-def tlsync_register_callbacks(register, config):
+def tlsync_register_callbacks(register: Callable[[TrainingCallback], None], config: dict[str, Any]) -> None:
     """Register objects that receive a training run's events (trackers, notifiers).
 
     Called once per run, on rank 0 only, before the first epoch (and again for ``--resume``

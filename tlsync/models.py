@@ -46,22 +46,9 @@ class ModelSpec:
 
 
 def check_model(obj: Any, plugin: str) -> ModelSpec:
-    """Validate what a plugin registered (used by ``plugins.collect``)."""
+    """Validate what a plugin registered (used by ``plugins.get_models``)."""
     if not isinstance(obj, ModelSpec) or not obj.name or not callable(obj.build):
         raise TlsyncError(f"plugin '{plugin}' registered {obj!r}, which is not a tlsync.models.ModelSpec "
                           "with a name and a build function")
     return obj
 
-
-def get_models() -> dict[str, ModelSpec]:
-    """Every registered model by name: the built-ins first, then plugins'."""
-    from . import plugins
-
-    return {name: spec for name, (spec, _) in plugins.collect("tlsync_register_models", "model", check_model).items()}
-
-
-def get_model(name: str) -> ModelSpec:
-    """The model called ``name``, or an error listing the ones there are."""
-    from . import plugins
-
-    return plugins.lookup("model", get_models(), name)

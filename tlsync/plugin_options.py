@@ -7,19 +7,18 @@ target's ``--project N`` once became ``select --project N``, which wrote the sel
 folder ``./N`` and sent project 0. So a clash is refused when the plugin registers, with an
 error naming the plugin and the option, and the class of bug cannot come back.
 
-The commands that import torch (``push``, ``select``) are not imported for this: their options
-are read from their ``@click.option`` decorators in the source, as ``lazy_short_help`` reads
-their summaries.
+No command is imported for this: its options are read from its ``@click.option`` decorators in
+the source (``lazy_commands.declared_options``), as ``lazy_short_help`` reads the summaries.
 """
 
 from __future__ import annotations
 
-import ast
 from typing import Any
 
 import click
 
 from .errors import TlsyncError
+from .lazy_commands import LAZY_COMMANDS, declared_options
 
 # (kind of plugin object, its option list) -> the command whose own options it joins
 HOSTS = {
@@ -30,33 +29,13 @@ HOSTS = {
 
 
 def command_options(command: str) -> list[click.Parameter]:
-    """The options ``tlsync COMMAND`` declares itself (``--help`` included), without importing torch."""
-    from .cli import LAZY_COMMANDS, cli
+    """The options ``tlsync COMMAND`` declares itself (``--help`` included), read from its source.
 
-    params: list[click.Parameter]
-    if command in LAZY_COMMANDS:
-        params = _declared_options(LAZY_COMMANDS[command])
-    else:
-        params = list(cli.commands[command].params)
-    return [*params, click.Option(["--help"], is_flag=True)]
-
-
-def _declared_options(target: str) -> list[click.Parameter]:
-    """Each ``@click.option("--a", "name", ...)`` of the command at ``module:function``, as click would build it."""
-    from .cli import _module_tree
-
-    module, _, attr = target.partition(":")
-    node = next((n for n in _module_tree(module) if isinstance(n, ast.FunctionDef) and n.name == attr), None)
-    params: list[click.Parameter] = []
-    for decorator in node.decorator_list if node else []:
-        if not isinstance(decorator, ast.Call) or not isinstance(decorator.func, ast.Attribute):
-            continue
-        if decorator.func.attr != "option":
-            continue
-        declared = [a.value for a in decorator.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
-        flag = any(kw.arg == "is_flag" for kw in decorator.keywords)
-        params.append(click.Option(declared, is_flag=flag or None))
-    return params
+    Read, not imported: the trainer's commands import torch, and ``tlsync.cli`` imports the plugin
+    system that calls this while plugins register.
+    """
+    target = LAZY_COMMANDS.get(command, f"tlsync.cli:{command}")
+    return [*declared_options(target), click.Option(["--help"], is_flag=True)]
 
 
 def _spellings(param: click.Parameter) -> set[str]:

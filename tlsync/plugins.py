@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pluggy
 
 from . import hookspecs
-from .errors import PluginError
+from .errors import PluginError, TlsyncError
 
 if TYPE_CHECKING:
+    from .models import ModelSpec
     from .sources import Source
     from .targets import Target
 
@@ -221,3 +222,45 @@ def get_targets() -> dict[str, Target]:
 
 def get_target(name: str) -> Target:
     return lookup("target", get_targets(), name)
+
+
+def get_models() -> dict[str, ModelSpec]:
+    """Every registered model by name: the built-ins first, then plugins'."""
+    from .models import check_model
+
+    return {name: spec for name, (spec, _) in collect("tlsync_register_models", "model", check_model).items()}
+
+
+def get_model(name: str) -> ModelSpec:
+    """The model called ``name``, or an error listing the ones there are."""
+    return lookup("model", get_models(), name)
+
+
+def collect_callbacks(config: dict[str, Any]) -> list[tuple[Any, str]]:
+    """``[(callback, plugin name)]`` from every plugin's ``tlsync_register_callbacks``.
+
+    Each plugin is asked on its own with the hook arguments it declares. A ``TlsyncError``
+    (a refusal the user must act on, such as a tracker that was asked for but is not
+    installed) stops the run before it trains; anything else disables that plugin only.
+    """
+    from .console import info
+    from .events import check_callback
+
+    found: list[tuple[Any, str]] = []
+    for impl in load_plugins().hook.tlsync_register_callbacks.get_hookimpls():
+        registered: list[Any] = []
+        given = {"register": registered.append, "config": config}
+        try:
+            impl.function(**{name: given[name] for name in impl.argnames})
+        except TlsyncError:
+            raise
+        except Exception as e:
+            info(f"warning: plugin '{impl.plugin_name}': tlsync_register_callbacks raised "
+                 f"{type(e).__name__}: {e}; its training callbacks are off for this run")
+            continue
+        for obj in registered:
+            try:
+                found.append((check_callback(obj, impl.plugin_name), impl.plugin_name))
+            except TlsyncError as e:
+                info(f"warning: {e}; it is ignored")
+    return found

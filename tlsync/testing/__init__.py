@@ -34,7 +34,6 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import click
@@ -46,7 +45,9 @@ from ..pull import PullResult, pull
 from ..secrets import redact, remember
 from ..sources import PullContext, Source
 from ..store import DatasetVersion, Store, image_info
+from .escapes import check_path_escapes, check_reads_inside
 from .server import Faults, LoggedRequest, LoopbackServer, Request, Response
+from .shared import ContractError, resolve_options, write_image
 
 __all__ = [
     "OVERHANG_TOLERANCE", "ContractError", "SourceCheck", "check_source", "check_fingerprint", "check_plugin",
@@ -64,10 +65,6 @@ OVERHANG_TOLERANCE = 1.0
 _SECRET_LOOKING = re.compile(r"(^|_)(api_?key|access_?key|secret(_?key)?|token|password|passwd)$|^key$", re.IGNORECASE)
 _SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 _counter = itertools.count(1)
-
-
-class ContractError(AssertionError):
-    """A source or plugin broke the contract; the message names it and the item at fault."""
 
 
 @dataclass
@@ -173,31 +170,6 @@ def check_fingerprint(source: Source, change: Callable[[], None], *, store: Stor
         raise ContractError(f"{who}: fingerprint() did not change when the files did, so the edit was never pulled")
     if changed.unchanged:
         raise ContractError(f"{who}: the data is the same after change(); make it move a box or add an image")
-
-
-def resolve_options(source: Source, given: dict[str, Any]) -> dict[str, Any]:
-    """Every option of the source as ``tlsync pull`` would pass it to ``items``.
-
-    The given values are turned back into command-line arguments and parsed by click, so
-    conversion, defaults, environment variables and required options behave as in the CLI.
-    """
-    known = {opt.name: opt for opt in source.options}
-    unknown = sorted(set(given) - set(known))
-    if unknown:
-        raise TypeError(f"source '{source.name}' has no option {', '.join(map(repr, unknown))}; "
-                        f"its options: {', '.join(sorted(filter(None, known))) or 'none'}")
-    args = [arg for name, value in given.items() if value is not None for arg in _as_args(known[name], value)]
-    command = click.Command("pull", params=list(source.options))
-    return dict(command.make_context("pull", args).params)
-
-
-def _as_args(opt: click.Option, value: Any) -> list[str]:
-    if opt.is_flag:
-        if not value:
-            return [opt.secondary_opts[0]] if opt.secondary_opts else []
-        return [opt.opts[0]]
-    values = value if opt.multiple else [value]
-    return [arg for v in values for arg in (opt.opts[0], str(v))]
 
 
 def _check_declaration(source: Source, who: str) -> None:
@@ -370,19 +342,3 @@ def run_cli(*args: Any, input: str | None = None) -> click.testing.Result:
             cli.main(list(args))
 
     return CliRunner().invoke(Entry(), [str(a) for a in args], input=input, catch_exceptions=False)  # type: ignore[arg-type]
-
-
-def write_image(path: str | Path, width: int = 64, height: int = 48, seed: int = 0) -> Path:
-    """A small image with distinct pixels per ``seed`` (format from the suffix), for test data."""
-    from PIL import Image
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    colour = ((seed * 67) % 256, (seed * 131 + 40) % 256, (seed * 197 + 90) % 256)
-    image = Image.new("RGB", (width, height), colour)
-    image.putpixel((seed % width, (seed // width) % height), (255, 255, 255))
-    image.save(path)
-    return path
-
-
-from .escapes import check_path_escapes, check_reads_inside  # noqa: E402  (they use the helpers above)

@@ -17,7 +17,7 @@ from ..errors import TlsyncError
 from ..pull import pull
 from ..sources import Source
 from ..store import Store
-from . import ContractError, resolve_options, write_image
+from .shared import ContractError, resolve_options, write_image
 
 
 def check_reads_inside(read: list[tuple[str, str]], values: dict[str, Any], store: Store, who: str) -> None:

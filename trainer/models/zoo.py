@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 from tlsync.errors import TlsyncError
 from tlsync.hookspecs import hookimpl
-from tlsync.models import WEIGHTS, ModelSpec, get_model
+from tlsync.models import WEIGHTS, ModelSpec
+from tlsync.plugins import get_model
 
 from .lite0 import DESCRIPTION as LITE0_DESCRIPTION
 from .lite0 import LITE0
-from .lite0 import build as build_lite0
 from .lite0 import where as lite0_where
 
 if TYPE_CHECKING:
@@ -50,6 +50,13 @@ def tlsync_register_models(register: Any) -> None:
     for name, (description, min_size) in TORCHVISION.items():
         register(ModelSpec(name, _torchvision_builder(name), description, min_size, _torchvision_where(name)))
     register(ModelSpec(LITE0, build_lite0, LITE0_DESCRIPTION, 64, lite0_where))
+
+
+def build_lite0(num_classes: int, weights: str, img_size: int) -> nn.Module:
+    """EfficientNet-Lite0 Faster R-CNN (``lite0_net`` holds it; torch is imported only when one is built)."""
+    from .lite0_net import build_network
+
+    return build_network(num_classes, weights, img_size)
 
 
 def build_model(name: str, num_classes: int, weights: str = "none", img_size: int = 640) -> nn.Module:

@@ -36,9 +36,9 @@ from tlsync.events import (
     EvalEnd,
     RunEnd,
     RunStart,
-    collect_callbacks,
     public_config,
 )
+from tlsync.plugins import collect_callbacks
 from tlsync.store import DatasetVersion
 
 from .engine import rng_state, set_rng_state
