@@ -15,7 +15,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from fake_nucleus import API, FakeNucleus
+from fake_nucleus import API, FakeItem, FakeNucleus
 from test_select_cli import KEY, slice_routes
 
 from tlsync.connectors.synthetic import SyntheticSource
@@ -185,7 +185,7 @@ def test_a_real_audit_predicts_every_image_once_out_of_sample(audited: Path) -> 
                  for line in (folder / f"predictions-fold-{n}.jsonl").read_text().splitlines()]
     assert sorted(predicted) == sorted(audited_ids)  # every audited image once: the folds are disjoint
     for record in summary["fold_runs"]:
-        run = Path(record["run"])
+        run = audited / record["run"]  # recorded as given: relative to where the audit ran
         assert (run / "weights" / "last.pt").is_file()
         trained_on = {i.id for i in store.open(json.loads((run / "config.json").read_text())["dataset"]).items()}
         mine = {json.loads(line)["id"] for line in
@@ -236,7 +236,8 @@ def test_suspects_go_to_a_nucleus_slice_once(audited: Path, monkeypatch) -> None
     monkeypatch.chdir(audited)
     folder = audited / "audits" / "shapes-1"
     with FakeNucleus(api_key=KEY) as fake:
-        fake.add_dataset("ds_1", "shapes")
+        for item in Store(audited).open("shapes").items():  # the dataset as it was pulled from Nucleus
+            fake.add_item("ds_1", FakeItem(item.id, [(b.label, b.x, b.y, b.width, b.height) for b in item.annotations]))
         slice_routes(fake)
         monkeypatch.setenv("NUCLEUS_API_KEY", KEY)
         monkeypatch.setenv("NUCLEUS_ENDPOINT", fake.endpoint)
@@ -251,7 +252,7 @@ def test_suspects_go_to_a_nucleus_slice_once(audited: Path, monkeypatch) -> None
         assert {a["reference_id"] for body in fake.uploads for a in body["annotations"]} <= set(sent)
         assert KEY not in first.stdout + first.stderr
         again = run_cli(*args)
-        assert again.exit_code == 0 and "sent 0" in again.stdout
+        assert again.exit_code == 0 and "sent 0" in again.stdout, again.stderr
         assert len(fake.server.requests("POST", API + "/dataset/ds_1/create_slice")) == 1
 
 

@@ -14,8 +14,8 @@ pooled per image with a softmin. Where we depart from it, and why (docs/audit.md
   0.95, so here every prediction above ``conf`` counts, weighted by its confidence.
 * **IoU only.** ObjectLab mixes IoU with ``exp(-0.1 * centre distance in pixels)``, which makes
   the score depend on the image's resolution; the audit uses IoU alone.
-* **One piece of evidence, one suspect.** A prediction that is the best overlap of some label
-  explains that label (as badly placed or wrong class) and is not also reported as a missing
+* **One piece of evidence, one suspect.** A prediction that is some label's closest match (of
+  its class, or of another class) explains that label and is not also reported as a missing
   box; ObjectLab's overlooked score skips any prediction that touches a label at all, which
   hides a missing object next to a labelled one.
 
@@ -92,8 +92,7 @@ def score_image(labels: Boxes, predictions: Boxes, conf: float) -> list[Suspect]
     explains = np.zeros(len(predictions), dtype=bool)
     for i in range(len(labels)):
         suspect, used = _label_suspect(i, labels, predictions, overlap[i], confident)
-        if used is not None:
-            explains[used] = True
+        explains[used] = True
         if suspect is not None:
             suspects.append(suspect)
     for j in np.flatnonzero(confident & ~explains):
@@ -106,18 +105,18 @@ def score_image(labels: Boxes, predictions: Boxes, conf: float) -> list[Suspect]
 
 
 def _label_suspect(i: int, labels: Boxes, predictions: Boxes, overlap: np.ndarray,
-                   confident: np.ndarray) -> tuple[Suspect | None, int | None]:
-    """Label ``i``'s likeliest error (or None) and the prediction that explains it (or None)."""
+                   confident: np.ndarray) -> tuple[Suspect | None, list[int]]:
+    """Label ``i``'s likeliest error (or None) and the predictions its candidates used as evidence."""
     box = labels.xyxy[i]
     if box[2] <= box[0] or box[3] <= box[1]:
-        return Suspect("spurious", 1.0, i, None, {"area": 0.0}), None
+        return Suspect("spurious", 1.0, i, None, {"area": 0.0}), []
     same = np.array([c == labels.classes[i] for c in predictions.classes], dtype=bool)
     near = overlap >= NEAR_IOU
     seen_same = float(predictions.conf[same & (overlap >= MATCH_IOU)].max(initial=0.0))
     candidates: list[Suspect] = []
-    used: int | None = None
+    used: list[int] = []
     if (pick := _best(overlap, same & confident & near)) is not None:
-        used = pick
+        used.append(pick)
         candidates.append(Suspect("badly_placed", float(predictions.conf[pick]) * (1.0 - float(overlap[pick])), i,
                                   pick, {"iou": float(overlap[pick]), "confidence": float(predictions.conf[pick])}))
     if (other := _best(overlap, ~same & confident & near)) is not None:
@@ -126,8 +125,7 @@ def _label_suspect(i: int, labels: Boxes, predictions: Boxes, overlap: np.ndarra
         candidates.append(Suspect("wrong_class", score, i, other,
                                   {"iou": float(overlap[other]), "confidence": float(predictions.conf[other]),
                                    "labelled_class_confidence": seen_same}))
-        if used is None or score > candidates[0].score:
-            used = other
+        used.append(other)
     if not (near & confident).any():
         seen = float(predictions.conf[near].max(initial=0.0))
         candidates.append(Suspect("spurious", SPURIOUS_WEIGHT * (1.0 - seen), i, None, {"nearby_confidence": seen}))
