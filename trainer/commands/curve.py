@@ -15,11 +15,12 @@ from click.core import ParameterSource
 
 from tlsync.errors import TlsyncError
 
-from .train import train as train_command
+from .train import RESUME_OPTIONS as TRAIN_RESUME_OPTIONS
+from .train import options_for_runs
 
-# tlsync train options a curve decides per point (or that make no sense for one)
-NOT_PASSED = ("dataset", "name", "project", "exist_ok", "resume")
-RESUME_OPTIONS = ("resume", "target_map", "device", "workers")
+# What --resume may change: what train's --resume allows (where and how fast each point runs), and the
+# question asked of the fit.
+RESUME_OPTIONS = (*TRAIN_RESUME_OPTIONS, "target_map")
 
 
 @click.command()
@@ -51,8 +52,8 @@ def curve(ctx: click.Context, dataset: str | None, fractions: str, seeds: int, t
         if extra:
             raise TlsyncError(f"--resume carries on with the curve's own settings; drop {', '.join(extra)}")
         plan, done = load_plan(resume)
-        for key in ("device", "workers"):
-            if key in given:
+        for key in TRAIN_RESUME_OPTIONS:
+            if key in given and key in train_options:
                 plan.train_options[key] = train_options[key]
     else:
         if not dataset:
@@ -66,4 +67,4 @@ def curve(ctx: click.Context, dataset: str | None, fractions: str, seeds: int, t
     click.echo(f"curve: {plan.folder / 'curve.json'}, {plan.folder / 'curve.png'}")
 
 
-curve.params.extend(p for p in train_command.params if p.name not in NOT_PASSED)
+curve.params.extend(options_for_runs())

@@ -7,7 +7,6 @@ and notes go to stderr, so ``tlsync compare ... > table.txt`` captures just the 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -15,17 +14,8 @@ from tlsync.console import info, progress
 from tlsync.errors import TlsyncError
 from tlsync.format import SPLITS
 
-from ..evaluation.report import fmt
+from ..evaluation.summary import print_metrics
 from ..training.device import resolve_device
-
-
-def run_dir(path: Path) -> Path:
-    if not path.exists():
-        raise TlsyncError(f"run '{path}' not found")
-    if not path.is_dir():
-        raise TlsyncError(f"--run {path}: give the run directory (e.g. runs/chess-1), not a file")
-    return path
-
 
 DEVICE = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 
@@ -58,21 +48,21 @@ def eval_command(run: Path | None, model_file: Path | None, dataset: str | None,
         return eval_exported(model_file, dataset, split, conf, batch_size)
     assert run is not None
 
-    from ..evaluation.evaluate import evaluate_split
+    from ..evaluation.evaluate import default_split, evaluate_split
     from ..evaluation.report import write_report
     from ..training.checkpoint import load_model, resolve_checkpoint
-    from ..training.runs import read_config
+    from ..training.runs import existing_run_dir, read_config
 
-    run = run_dir(run)
+    run = existing_run_dir(run)
     config = read_config(run)
     trained_on = config.get("dataset")  # "name@version"
     if not dataset and not trained_on:
         raise TlsyncError(f"{run}/config.json names no dataset; pass --dataset NAME@VERSION")
     version = Store().open(str(dataset or trained_on))
-    default_split = "test" if next(version.items("test"), None) else "val"
-    split = split or default_split
+    usual = default_split(version)
+    split = split or usual
     # The run's own data and default split is "the" evaluation, shown by the report; others sit beside it.
-    is_default = version.ref == trained_on and split == default_split
+    is_default = version.ref == trained_on and split == usual
     out = run / "eval" if is_default else run / "eval" / f"{version.ref}-{split}"
     if warning := leak_warning(version, split):  # copies of train images make the score optimistic
         info(warning)
@@ -93,29 +83,6 @@ def eval_command(run: Path | None, model_file: Path | None, dataset: str | None,
     print_metrics(metrics, f"{run} ({checkpoint.name})")
     click.echo(f"eval files: {out}")
     click.echo(f"report: {write_report(run)}")
-
-
-def print_metrics(m: dict[str, Any], what: str) -> None:
-    click.echo(f"{what} on {m['dataset']} split {m['split']}: {m['images']} images, {m['ground_truth_boxes']} boxes")
-    click.echo(f"mAP50-95 {fmt(m['map50_95'])}  mAP50 {fmt(m['map50'])}")
-    click.echo(f"P {fmt(m['precision'])}  R {fmt(m['recall'])}  F1 {fmt(m['f1'])}  "
-               f"at conf {fmt(m['best_conf'], 2)} (the confidence with the best F1)")
-    if "at_conf" in m:
-        a = m["at_conf"]
-        click.echo(f"P {fmt(a['precision'])}  R {fmt(a['recall'])}  F1 {fmt(a['f1'])}  at conf {a['conf']:.2f}")
-    click.echo(f"per class (P, R, F1 at conf {fmt(m['confusion_conf'], 2)}):")
-    width = max(len(name) for name in [*m["per_class"], "class"])
-    click.echo(f"  {'class':<{width}}  {'boxes':>6}  {'P':>5}  {'R':>5}  {'F1':>5}  {'mAP50':>5}  {'mAP50-95':>8}")
-    pooled = m.get("at_conf", m)  # the per-class rows use --conf when given, else the best-F1 one
-    rows = [("all", m["ground_truth_boxes"], pooled["precision"], pooled["recall"], pooled["f1"],
-             m["map50"], m["map50_95"])]
-    rows += [(name, c["boxes"], c["precision"], c["recall"], c["f1"], c["ap50"], c["ap50_95"])
-             for name, c in m["per_class"].items()]
-    for name, boxes, *values in rows:
-        cells = "  ".join(f"{fmt(v):>{w}}" for v, w in zip(values, (5, 5, 5, 5, 8), strict=True))
-        click.echo(f"  {name:<{width}}  {boxes:>6}  {cells}" + ("  (no boxes of this class here)" if not boxes else ""))
-    if m.get("unknown_classes"):
-        click.echo(f"classes the model was not trained on (scored as AP 0): {', '.join(m['unknown_classes'])}")
 
 
 @click.command()

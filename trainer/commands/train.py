@@ -19,7 +19,7 @@ from click.core import ParameterSource
 from tlsync.errors import TlsyncError
 
 from ..trackers.builtin import check_trackers, parse_trackers
-from ..training.settings import TrainConfig
+from ..training.settings import PER_RUN_FIELDS, TrainConfig
 
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
 # Options that may accompany --resume: where and how fast it runs, not what it computes.
@@ -133,3 +133,9 @@ def _resume(ctx: click.Context, resume: Path, options: dict[str, Any]) -> Path:
     run: Path = launcher.run(partial(training.resume, resume, device=device, workers=workers, amp=amp),
                              config.get("devices", 1), device or config["device"], config.get("sync_bn", False))
     return run
+
+
+def options_for_runs() -> list[click.Parameter]:
+    """train's options that a command starting runs of its own (curve, audit) offers and passes to each run;
+    it decides the rest (``PER_RUN_FIELDS``) per run, and has its own ``--resume``."""
+    return [p for p in train.params if p.name not in (*PER_RUN_FIELDS, "resume")]

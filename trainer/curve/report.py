@@ -11,7 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from ..evaluation.report import colour, figure, fmt, save_figure
+from ..evaluation.drawing import colour
+from ..evaluation.plots import figure, save_figure
+from ..evaluation.summary import fmt
 from .fit import by_size
 
 

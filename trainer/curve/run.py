@@ -24,12 +24,13 @@ from tlsync.manifest import atomic_write_json
 from tlsync.store import DatasetVersion, Store
 
 from ..training import runs
+from ..training.settings import PER_RUN_FIELDS
 from .fit import analyse
 from .subsets import materialise, nested_order, subset_size
 
 CURVE = "curve.json"
-# Per-run options a curve sets itself for every point.
-OWN_OPTIONS = ("dataset", "name", "project", "exist_ok", "seed")
+# Per-run options a curve sets itself for every point (each point trains with its own seed).
+OWN_OPTIONS = (*PER_RUN_FIELDS, "seed")
 
 
 @dataclass
@@ -52,7 +53,9 @@ class CurvePlan:
 def new_plan(store: Store, dataset: str, fractions: list[float], seeds: int, train_options: dict[str, Any],
              name: str | None, project: Path) -> CurvePlan:
     base = store.open(dataset)
-    split = "test" if next(base.items("test"), None) else "val"
+    from ..evaluation.evaluate import default_split
+
+    split = default_split(base)
     if split == "val" and next(base.items("val"), None) is None:
         raise TlsyncError(f"dataset {base.ref} has neither test nor val items: a curve needs held-out data to score")
     folder = runs.create_run_dir(project, name, base.name)
@@ -67,9 +70,7 @@ def load_plan(folder: Path) -> tuple[CurvePlan, list[dict[str, Any]]]:
     path = folder / CURVE
     if not path.is_file():
         raise TlsyncError(f"--resume {folder}: no {CURVE} there (is it a curve folder, e.g. curves/horses-1?)")
-    from ..evaluation.report import read_json
-
-    data = read_json(path)
+    data = runs.read_json(path)
     try:
         plan = CurvePlan(folder.name, folder, data["dataset"], data["content_hash"], data["fractions"],
                          data["seeds"], data["seed"], data["train_options"], data["split"], data["created"])

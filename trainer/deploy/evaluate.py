@@ -21,9 +21,9 @@ def eval_exported(model_file: Path, dataset: str | None, split: str | None, conf
     from tlsync.errors import TlsyncError
     from tlsync.store import Store
 
-    from ..commands.evaluate import print_metrics
-    from ..evaluation.evaluate import evaluate_split
+    from ..evaluation.evaluate import default_split, evaluate_split
     from ..evaluation.report import write_report
+    from ..evaluation.summary import print_metrics
     from .runner import file_format, load_exported
 
     file_format(model_file)
@@ -32,7 +32,7 @@ def eval_exported(model_file: Path, dataset: str | None, split: str | None, conf
     if not ref:
         raise TlsyncError(f"{model_file.parent / 'model.json'} names no dataset; pass --dataset NAME@VERSION")
     version = Store().open(ref)
-    split = split or ("test" if next(version.items("test"), None) else "val")
+    split = split or default_split(version)
     run = model_file.resolve().parent.parent
     in_run = (run / "config.json").is_file() and (run / "weights").is_dir()
     out = (run / "eval" if in_run else model_file.parent / "eval") / f"{model_file.name}-{version.ref}-{split}"

@@ -16,7 +16,6 @@ run share one description.
 
 from __future__ import annotations
 
-import json
 import warnings
 from copy import deepcopy
 from pathlib import Path
@@ -36,10 +35,10 @@ from .runner import (
     ORT_OPTIMISATION,
     SIDECAR,
     TORCHSCRIPT_SUFFIX,
+    read_sidecar_file,
     sha256,
 )
-
-DEFAULT_OPSET = 17
+from .settings import DEFAULT_OPSET
 
 
 class SingleImage(nn.Module):
@@ -215,8 +214,8 @@ def write_sidecar(folder: Path, meta: dict[str, Any], name: str, entry: dict[str
     files: dict[str, Any] = {}
     if sidecar.is_file():
         try:
-            old = json.loads(sidecar.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            old = read_sidecar_file(sidecar)
+        except TlsyncError:  # not ours, or broken: written afresh
             old = {}
         same_source = old.get("checkpoint_sha256") == meta["checkpoint_sha256"]
         files = {k: v for k, v in old.get("files", {}).items() if same_source and (folder / k).is_file()}
@@ -227,6 +226,6 @@ def write_sidecar(folder: Path, meta: dict[str, Any], name: str, entry: dict[str
 
 def update_entry(path: Path, **fields: Any) -> None:
     sidecar = path.parent / SIDECAR
-    meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    meta = read_sidecar_file(sidecar)
     meta["files"][path.name].update(fields)
     atomic_write_json(sidecar, meta)

@@ -35,9 +35,9 @@ import torch
 from tlsync.format import Item
 from tlsync.store import DatasetVersion
 
-from ..evaluation.evaluate import score_split, split_items
+from ..evaluation.evaluate import default_split, score_split, split_items
 from ..evaluation.metrics import iou_matrix
-from ..evaluation.predict import _boxes, image_tensor, load_image
+from ..evaluation.predict import image_tensor, load_image, output_boxes
 
 MATCH_IOU = 0.99
 MIN_MATCHED = 0.99
@@ -178,12 +178,14 @@ def match_with_ties(original: Callable[[torch.Tensor], Outputs], exported: Calla
     return m, a, b
 
 
+# The split the check runs on: val, where the run chose its best epoch; test or train only when a dataset has
+# no val. Not eval's test-first rule, on purpose: whether an int8 file may ship (--max-map-drop) is a choice
+# about the model, and a choice made by looking at test would leave no untouched data to report a score on.
+CHECK_SPLITS = ("val", "test", "train")
+
+
 def check_split(version: DatasetVersion) -> str:
-    """val, the split the run chose its best epoch on; test or train only when a dataset has no val."""
-    for split in ("val", "test", "train"):
-        if next(version.items(split), None) is not None:
-            return split
-    return "val"
+    return default_split(version, CHECK_SPLITS)
 
 
 def compare(original: Callable[[torch.Tensor], Outputs], exported: Callable[[torch.Tensor], Outputs],
@@ -211,7 +213,8 @@ def compare(original: Callable[[torch.Tensor], Outputs], exported: Callable[[tor
         for key, (b, labels, scores) in outs.items():
             found = {"boxes": torch.from_numpy(b), "labels": torch.from_numpy(labels),
                      "scores": torch.from_numpy(scores)}
-            preds[key].append(Item(item.id, item.image, _boxes(found, categories, 0.0, *picture.size), item.split))
+            boxes = output_boxes(found, categories, 0.0, *picture.size)
+            preds[key].append(Item(item.id, item.image, boxes, item.split))
         if progress:
             progress(n, total=len(items))
     maps = {key: score_split(version, split, items, p, categories, None)["map50_95"] for key, p in preds.items()}

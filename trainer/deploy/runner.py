@@ -57,18 +57,24 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_sidecar(path: Path) -> dict[str, Any]:
-    """``model.json`` beside ``path``, checked for an entry for this file."""
-    sidecar = path.parent / SIDECAR
-    if not sidecar.is_file():
-        raise TlsyncError(f"{path}: no {SIDECAR} beside it; an exported model needs its {SIDECAR} (class names, "
-                          "input rules, sha256): keep the two together as `tlsync export-model` wrote them")
+def read_sidecar_file(sidecar: Path) -> dict[str, Any]:
+    """A ``model.json``: the one place it is parsed (loading, checking, and adding a file's entry all read it)."""
     try:
         meta = json.loads(sidecar.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise TlsyncError(f"{sidecar}: not valid JSON ({e})") from None
     if not isinstance(meta, dict) or meta.get("tlsync_export") != FORMAT or not isinstance(meta.get("files"), dict):
         raise TlsyncError(f"{sidecar}: not a tlsync export description (format {FORMAT})")
+    return meta
+
+
+def read_sidecar(path: Path) -> dict[str, Any]:
+    """``model.json`` beside ``path``, checked for an entry for this file."""
+    sidecar = path.parent / SIDECAR
+    if not sidecar.is_file():
+        raise TlsyncError(f"{path}: no {SIDECAR} beside it; an exported model needs its {SIDECAR} (class names, "
+                          "input rules, sha256): keep the two together as `tlsync export-model` wrote them")
+    meta = read_sidecar_file(sidecar)
     if path.name not in meta["files"]:
         raise TlsyncError(f"{sidecar} describes {', '.join(sorted(meta['files'])) or 'no files'}, not {path.name}")
     classes = meta.get("classes")

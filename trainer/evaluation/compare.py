@@ -15,8 +15,9 @@ from typing import Any
 
 from tlsync.errors import TlsyncError
 
-from ..training.runs import CONFIG, METRICS, read_config
-from .report import figure, fmt, read_json, read_metrics_csv, save_figure, whole_epochs
+from ..training.runs import CONFIG, METRICS, read_config, read_json, read_metrics_csv
+from .plots import figure, save_figure, whole_epochs
+from .summary import fmt
 
 
 @dataclass

@@ -1,10 +1,13 @@
-"""Boxes drawn on images, in one colour per class: for predictions and the report's val grid."""
+"""Boxes drawn on images, in one colour per class, and sheets of thumbnails: for predictions, the
+report's val grid and the selection's contact sheet."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
+from tlsync.atomic import atomic_write_file
 from tlsync.format import Box
 
 PALETTE = [
@@ -42,3 +45,37 @@ def draw_boxes(image: Any, boxes: Iterable[Box], categories: list[str],
         draw.rectangle((x0, ty, x0 + right - left + 2 * width, ty + bottom - top + 2 * width), fill=rgb)
         ink = (0, 0, 0) if sum(rgb) > 400 else (255, 255, 255)
         draw.text((x0 + width - left, ty + width - top), text, fill=ink, font=font)
+
+
+def thumbnail(path: Path, size: int) -> tuple[Any, float] | None:
+    """The image at ``path`` upright, its longer side ``size`` px, and the scale; None if it cannot be read.
+
+    Scale first and draw after (``scale_box``), so labels stay legible on large photos and tiny
+    images alike. An image that went missing or broke since is left out of a sheet, not fatal.
+    """
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as im:
+            picture = ImageOps.exif_transpose(im).convert("RGB")
+    except OSError:
+        return None
+    scale = size / max(picture.size)
+    return picture.resize((max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))), scale
+
+
+def scale_box(box: Box, scale: float) -> Box:
+    return Box(box.label, box.x * scale, box.y * scale, box.width * scale, box.height * scale,
+               confidence=box.confidence)
+
+
+def write_sheet(path: Path, thumbs: Sequence[Any], size: int, columns: int) -> None:
+    """A PNG of ``thumbs`` in rows of ``columns`` cells of ``size`` px, 4 px apart (one blank cell if none)."""
+    from PIL import Image
+
+    cols = max(1, min(columns, len(thumbs)))
+    rows = max(1, (len(thumbs) + cols - 1) // cols)
+    sheet = Image.new("RGB", (cols * (size + 4), rows * (size + 4)), (255, 255, 255))
+    for i, thumb in enumerate(thumbs):
+        sheet.paste(thumb, ((i % cols) * (size + 4), (i // cols) * (size + 4)))
+    atomic_write_file(path, lambda tmp: sheet.save(tmp, format="PNG"))

@@ -45,6 +45,19 @@ def evaluate_split(model: torch.nn.Module, dataset_version: DatasetVersion, spli
     return score_split(dataset_version, split, items, predictions, categories, out_dir, conf)
 
 
+# Where a model's score comes from when no --split is given: held-out test if the dataset has one, else val.
+SCORE_SPLITS = ("test", "val")
+
+
+def default_split(version: DatasetVersion, order: tuple[str, ...] = SCORE_SPLITS) -> str:
+    """The first split of ``order`` that has items ("val" when none has; the caller then says so).
+
+    ``tlsync eval``, the run's final report, ``eval --model``, the forgetting check and every
+    ``curve`` point score on ``SCORE_SPLITS``; the export parity check passes its own order.
+    """
+    return next((split for split in order if next(version.items(split), None) is not None), "val")
+
+
 def split_items(dataset_version: DatasetVersion, split: str) -> list[Item]:
     items = list(dataset_version.items(split))
     if not items:

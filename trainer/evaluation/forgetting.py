@@ -29,8 +29,8 @@ from tlsync.models import WEIGHTS
 from tlsync.store import DatasetVersion, Store
 
 from ..training.checkpoint import load_checkpoint, load_model, resolve_checkpoint
-from .evaluate import evaluate_split
-from .report import read_json
+from ..training.runs import read_json
+from .evaluate import default_split, evaluate_split
 
 FORGETTING = "forgetting.json"
 
@@ -50,7 +50,7 @@ def check_forgetting(run: Path, config: dict[str, Any], model: nn.Module, device
     if version.content_hash != parent_config.get("content_hash"):
         info(f"forgetting check skipped: {version.ref} is not the data the parent trained on (content hash differs)")
         return None
-    split = "test" if next(version.items("test"), None) else "val"
+    split = default_split(version)
     if next(version.items(split), None) is None:
         info(f"forgetting check skipped: {version.ref} has no test or val items")
         return None

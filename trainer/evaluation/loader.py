@@ -24,7 +24,7 @@ from tlsync.format import Item
 
 from ..training.checkpoint import unwrap
 from ..training.device import use_device
-from .predict import _boxes, image_tensor
+from .predict import image_tensor, output_boxes
 
 ORIENTATION = 0x0112  # EXIF tag; values 5-8 turn the image by a quarter, swapping width and height
 # What load_image turns into a one-line error (PIL's UnidentifiedImageError is an OSError).
@@ -111,5 +111,5 @@ def with_boxes(item: Item, output: dict[str, torch.Tensor], categories: list[str
     """``item`` with the model's boxes for its (possibly draft-decoded) ``tensor``, in the full image's pixels."""
     boxes = output["boxes"].float().cpu() * torch.tensor([sx, sy, sx, sy])
     width, height = round(tensor.shape[-1] * sx), round(tensor.shape[-2] * sy)
-    found = _boxes({**output, "boxes": boxes}, categories, 0.0, width, height)
+    found = output_boxes({**output, "boxes": boxes}, categories, 0.0, width, height)
     return Item(item.id, item.image, found, item.split, dict(item.metadata))

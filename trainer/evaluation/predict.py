@@ -85,7 +85,7 @@ def _predict(model: torch.nn.Module, items: Iterable[Item], image_path: Callable
             with torch.inference_mode():
                 outputs = model(tensors)
             for item, picture, output in zip(batch, pictures, outputs, strict=True):
-                yield item, picture, _boxes(output, categories, conf, *picture.size)
+                yield item, picture, output_boxes(output, categories, conf, *picture.size)
     finally:
         model.train(was_training)
 
@@ -109,7 +109,13 @@ def _save_picture(picture: Any, fmt: str, path: str) -> None:
     picture.save(path, format=fmt)
 
 
-def _boxes(output: dict[str, torch.Tensor], categories: list[str], conf: float, width: int, height: int) -> list[Box]:
+def output_boxes(output: dict[str, torch.Tensor], categories: list[str], conf: float, width: int,
+                 height: int) -> list[Box]:
+    """A detector's output for one image as ``Box``es in pixels: at least ``conf``, clipped to the image.
+
+    Every path from a model to boxes (predict, eval, parity, select) comes through here, so a
+    class index the run does not have is one error, and a box clipped to nothing is dropped alike.
+    """
     boxes = []
     xyxy = output["boxes"].float().cpu().tolist()
     labels, scores = output["labels"].tolist(), output["scores"].float().cpu().tolist()

@@ -9,79 +9,26 @@ without a display. Missing pieces (no eval yet, images moved away) leave their s
 
 from __future__ import annotations
 
-import csv
 import html
-import json
 from pathlib import Path
 from typing import Any
 
-from tlsync.atomic import atomic_write_file, atomic_write_text
+from tlsync.atomic import atomic_write_text
 from tlsync.errors import TlsyncError
 from tlsync.format import Box
 
-from .drawing import TRUTH_COLOUR, colour, draw_boxes
+from ..training.runs import read_json, read_metrics_csv
+from .drawing import TRUTH_COLOUR, colour, draw_boxes, scale_box, thumbnail, write_sheet
+from .plots import figure, plain, save_figure, whole_epochs
+from .summary import fmt
 
 GRID_IMAGES = 8
+GRID_COLUMNS = 4
 THUMB = 320
 LOSS_PREFIX = "loss"
 
 
-# -- shared helpers (also used by compare) -------------------------------------------------
-
-def save_figure(fig: Any, path: Path) -> None:
-    fig.tight_layout()
-    atomic_write_file(path, lambda tmp: fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".")))
-
-
-def read_metrics_csv(path: Path) -> list[dict[str, float]]:
-    """Rows of ``metrics.csv`` as floats (blank cells dropped); ``[]`` when there is none yet."""
-    if not path.exists():
-        return []
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = []
-        for n, row in enumerate(csv.DictReader(f), 2):
-            try:
-                rows.append({k: float(v) for k, v in row.items() if k and v not in (None, "")})
-            except ValueError:
-                raise TlsyncError(f"{path}: line {n} has a value that is not a number") from None
-    return rows
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise TlsyncError(f"{path}: not valid JSON ({e.msg})") from None
-
-
-def fmt(value: float | None, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
 # -- plots ---------------------------------------------------------------------------------
-
-def plain(text: str) -> str:
-    """A label from the data as matplotlib must get it to draw it as is.
-
-    A class named ``$\\undefinedmacro$`` is otherwise parsed as mathtext and fails the whole
-    report; ``\\$`` is a literal dollar. A leading ``_`` would hide the legend entry.
-    """
-    text = str(text).replace("$", r"\$")
-    return " " + text if text.startswith("_") else text
-
-
-def figure(width: float = 6.4, height: float = 4.0) -> Any:
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height))
-
-
-def whole_epochs(*axes: Any) -> None:
-    from matplotlib.ticker import MaxNLocator
-
-    for ax in axes:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-
 
 def plot_training(rows: list[dict[str, float]], path: Path) -> None:
     """Losses (left) and validation mAP (right) per epoch."""
@@ -149,8 +96,6 @@ def plot_val_grid(eval_dir: Path, conf: float, path: Path) -> bool:
 
     Returns False (and writes nothing) when none of the images can be read any more.
     """
-    from PIL import Image, ImageOps
-
     gt = read_json(eval_dir / "ground_truth.json")
     results = read_json(eval_dir / "predictions.json")
     names = {c["id"]: c["name"] for c in gt["categories"]}
@@ -159,34 +104,24 @@ def plot_val_grid(eval_dir: Path, conf: float, path: Path) -> bool:
     for image in gt["images"]:
         if len(thumbs) == GRID_IMAGES:
             break
-        try:
-            with Image.open(image["file_name"]) as im:
-                picture = ImageOps.exif_transpose(im).convert("RGB")
-        except OSError:
+        found = thumbnail(Path(image["file_name"]), THUMB)
+        if found is None:
             continue
-        # Scale first and draw after, so labels stay legible on large photos and tiny images alike.
-        scale = THUMB / max(picture.size)
-        picture = picture.resize((max(1, round(picture.width * scale)), max(1, round(picture.height * scale))))
-        truth = [_box(names[a["category_id"]], a["bbox"], scale=scale) for a in gt["annotations"]
-                 if a["image_id"] == image["id"]]
-        preds = [_box(names[r["category_id"]], r["bbox"], r["score"], scale) for r in results
+        picture, scale = found
+        truth = [_box(names[a["category_id"]], a["bbox"]) for a in gt["annotations"] if a["image_id"] == image["id"]]
+        preds = [_box(names[r["category_id"]], r["bbox"], r["score"]) for r in results
                  if r["image_id"] == image["id"] and r["score"] >= conf]
-        draw_boxes(picture, truth, categories, fixed=TRUTH_COLOUR)
-        draw_boxes(picture, preds, categories)
+        draw_boxes(picture, [scale_box(b, scale) for b in truth], categories, fixed=TRUTH_COLOUR)
+        draw_boxes(picture, [scale_box(b, scale) for b in preds], categories)
         thumbs.append(picture)
     if not thumbs:
         return False
-    cols = min(4, len(thumbs))
-    rows = (len(thumbs) + cols - 1) // cols
-    grid = Image.new("RGB", (cols * (THUMB + 4), rows * (THUMB + 4)), (255, 255, 255))
-    for i, thumb in enumerate(thumbs):
-        grid.paste(thumb, ((i % cols) * (THUMB + 4), (i // cols) * (THUMB + 4)))
-    atomic_write_file(path, lambda tmp: grid.save(tmp, format="PNG"))
+    write_sheet(path, thumbs, THUMB, GRID_COLUMNS)
     return True
 
 
-def _box(label: str, bbox: list[float], score: float | None = None, scale: float = 1.0) -> Box:
-    x, y, w, h = (v * scale for v in bbox)
+def _box(label: str, bbox: list[float], score: float | None = None) -> Box:
+    x, y, w, h = bbox
     return Box(label, x, y, w, h, confidence=score)
 
 

@@ -20,10 +20,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tlsync.atomic import atomic_write_file, atomic_write_json, atomic_write_text
+from tlsync.atomic import atomic_write_json, atomic_write_text
 from tlsync.format import Box, Item
 
-from ..evaluation.drawing import draw_boxes
+from ..evaluation.drawing import draw_boxes, scale_box, thumbnail, write_sheet
 from ..training import runs
 
 SHEET_IMAGES = 24
@@ -64,30 +64,20 @@ def write_selection(folder: Path, selected: list[dict[str, Any]], summary: dict[
 def contact_sheet(path: Path, items: Sequence[Item], image_paths: Sequence[Path],
                   categories: list[str]) -> list[str]:
     """The first ``SHEET_IMAGES`` selected images, boxes drawn, captioned with rank; returns their ids."""
-    from PIL import Image, ImageDraw, ImageOps
+    from PIL import ImageDraw
 
     thumbs: list[Any] = []
     shown: list[str] = []
     for rank, (item, image_path) in enumerate(zip(items, image_paths, strict=True), 1):
         if len(thumbs) == SHEET_IMAGES:
             break
-        try:
-            with Image.open(image_path) as im:
-                picture = ImageOps.exif_transpose(im).convert("RGB")
-        except OSError:
+        found = thumbnail(image_path, THUMB)
+        if found is None:
             continue
-        # Scale first and draw after, so labels stay legible on large photos and tiny images alike.
-        scale = THUMB / max(picture.size)
-        picture = picture.resize((max(1, round(picture.width * scale)), max(1, round(picture.height * scale))))
-        draw_boxes(picture, [Box(b.label, b.x * scale, b.y * scale, b.width * scale, b.height * scale,
-                                 confidence=b.confidence) for b in item.annotations], categories)
+        picture, scale = found
+        draw_boxes(picture, [scale_box(b, scale) for b in item.annotations], categories)
         ImageDraw.Draw(picture).text((3, picture.height - 14), f"#{rank}", fill=(255, 255, 0))
         thumbs.append(picture)
         shown.append(item.id)
-    cols = max(1, min(SHEET_COLUMNS, len(thumbs)))
-    rows_ = max(1, (len(thumbs) + cols - 1) // cols)
-    sheet = Image.new("RGB", (cols * (THUMB + 4), rows_ * (THUMB + 4)), (255, 255, 255))
-    for i, thumb in enumerate(thumbs):
-        sheet.paste(thumb, ((i % cols) * (THUMB + 4), (i // cols) * (THUMB + 4)))
-    atomic_write_file(path, lambda tmp: sheet.save(tmp, format="PNG"))
+    write_sheet(path, thumbs, THUMB, SHEET_COLUMNS)
     return shown

@@ -1,5 +1,5 @@
-"""``tlsync select`` from run + pool to a ranked selection: the parts the command and the
-benchmark share.
+"""``tlsync select`` from run + pool to a ranked selection (``run_selection``), and the parts the
+command and the benchmark share.
 
 Scoring (one model pass over the pool) is kept apart from choosing (a cheap function of
 the scores), so the benchmark scores a pool once and tries every strategy and seed on it,
@@ -11,19 +11,25 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from tlsync.console import info
+from tlsync.console import echo, info, progress
 from tlsync.errors import TlsyncError
 from tlsync.format import Item
-from tlsync.store import DatasetVersion
+from tlsync.store import DatasetVersion, Store
 
-from .output import histogram
-from .pool import Pool
+from ..training.checkpoint import load_model
+from ..training.device import resolve_device
+from ..training.runs import existing_run_dir, read_config
+from ..training.settings import default_workers
+from .output import claim_folder, histogram, rows, write_selection
+from .pool import Pool, build_pool, describe, pull_folder
 from .score import Scored, score_items
+from .settings import SelectConfig
 from .strategies import Pick, select
 
 NEEDS_FEATURES = ("diversity", "hybrid")
@@ -47,6 +53,62 @@ class Choice:
     picks: list[Pick]
     seconds: float
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Selected:
+    """A written selection: its folder, what was chosen from which candidates, and the run it is for."""
+
+    folder: Path
+    choice: Choice
+    candidates: Pool
+    run: dict[str, Any]  # name, dir, dataset, categories, config: what a target's send_selection receives
+
+
+def run_selection(cfg: SelectConfig) -> Selected:
+    """Score the pool with the run's model, choose ``cfg.budget`` images and write the selection folder."""
+    run = existing_run_dir(cfg.run)
+    config = read_config(run)
+    if not config.get("dataset"):
+        raise TlsyncError(f"{run}/config.json names no dataset, so tlsync cannot tell what is labelled already")
+    store = Store()
+    labelled = store.open(config["dataset"])
+    candidates = build_pool(store.open(_pool_ref(cfg, store)), labelled, [store.open(ref) for ref in cfg.exclude])
+    info(describe(candidates))
+    device = resolve_device(cfg.device)
+    model, categories, config = load_model(run, device=device)
+    with progress(f"select: score {len(candidates.items)} images", total=len(candidates.items) or None,
+                  unit="images") as update:
+        scores = score_pool(model, candidates, labelled, categories, device, int(config.get("img_size") or 640),
+                            cfg.strategy, cfg.batch_size, default_workers() if cfg.workers is None else cfg.workers,
+                            update)
+    report_unreadable(scores.scored)
+    choice = choose(scores, cfg.strategy, cfg.budget, cfg.seed, cfg.conf)
+    for note in choice.notes:
+        info(note)
+    run_info = {"name": run.name, "dir": str(run), "dataset": config["dataset"], "categories": categories,
+                "config": config}
+    folder = claim_folder(cfg.project, cfg.name, candidates.version.name)
+    selected = rows(choice.items, [p.score for p in choice.picks], [p.components for p in choice.picks])
+    meta = summary(run_info, candidates, cfg.strategy, cfg.budget, cfg.seed, scores, choice, categories, cfg.conf)
+    write_selection(folder, selected, meta, choice.items, [candidates.version.image_path(i) for i in choice.items],
+                    categories)
+    echo(f"selected {len(choice.items)} of {len(candidates.items)} candidates from {candidates.version.ref} "
+         f"({cfg.strategy}, seed {cfg.seed}), {meta['seconds']['per_1000_pool_images']:,.1f} s per 1,000 pool "
+         f"images: {folder}")
+    return Selected(folder, choice, candidates, run_info)
+
+
+def _pool_ref(cfg: SelectConfig, store: Store) -> str:
+    """``--pool``, or the dataset ``--pool-path``'s images were just pulled into."""
+    if cfg.pool_path is None:
+        assert cfg.pool is not None  # SelectConfig asks for one of the two
+        return cfg.pool
+    with progress(f"pull {cfg.pool_path} -> pool", unit="images") as update:
+        pool, pulled = pull_folder(store, cfg.pool_path, update)
+    if pulled.skipped:
+        info(f"skipped {sum(pulled.skipped.values())} unreadable files in {cfg.pool_path}")
+    return pool
 
 
 def score_pool(model: torch.nn.Module, pool: Pool, labelled: DatasetVersion, categories: list[str],

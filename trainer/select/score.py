@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from tlsync.errors import TlsyncError
 from tlsync.format import Box, Item
 
-from ..evaluation.predict import _boxes
+from ..evaluation.predict import output_boxes
 from ..training.data import decode
 
 
@@ -138,7 +138,7 @@ def score_items(model: torch.nn.Module, items: Sequence[Item], image_path: Calla
                         continue
                     scale = torch.tensor([width / tensor.shape[-1], height / tensor.shape[-2]] * 2)
                     output = {**output, "boxes": output["boxes"].float().cpu() * scale}
-                    scored.boxes.append(_boxes(output, categories, 0.0, width, height))
+                    scored.boxes.append(output_boxes(output, categories, 0.0, width, height))
                 if tap is not None and tap.vectors is not None:
                     vectors.append(tap.vectors)
             done += len(batch)

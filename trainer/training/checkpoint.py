@@ -104,14 +104,16 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
-def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A run directory means its ``weights/best.pt`` (else ``last.pt``); a file is itself."""
+def resolve_checkpoint(path: str | os.PathLike, weights: str | None = None) -> Path:
+    """A run directory means its ``weights/best.pt`` (else ``last.pt``), or ``weights/<weights>.pt`` when named;
+    a file is itself. Every command that takes ``--run`` finds its checkpoint here."""
     path = Path(path)
     if path.is_dir():
-        for name in ("best.pt", "last.pt"):
+        names = [f"{weights}.pt"] if weights else ["best.pt", "last.pt"]
+        for name in names:
             if (path / "weights" / name).is_file():
                 return path / "weights" / name
-        raise TlsyncError(f"{path}: no weights/best.pt or weights/last.pt (is it a tlsync run directory?)")
+        raise TlsyncError(f"{path}: no weights/{' or weights/'.join(names)} (is it a tlsync run directory?)")
     if not path.is_file():
         raise TlsyncError(f"{path}: no such run directory or checkpoint file")
     return path

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 
 from tlsync.console import info, progress
 from tlsync.errors import TlsyncError
+from tlsync.events import VAL_METRICS
 from tlsync.format import Item
 from tlsync.models import WEIGHTS
 from tlsync.store import DatasetVersion, Store
@@ -71,8 +72,6 @@ from .settings import (
 
 __all__ = ["BASE_BATCH", "BASE_LR", "DEFAULT_MODEL", "RunSettings", "RunState", "Runtime", "TrainConfig", "TrainData",
            "default_workers", "resolve_device", "resume", "train"]
-
-VAL_METRICS = ("map50_95", "map50", "precision", "recall", "f1")
 
 
 @dataclass

@@ -64,6 +64,15 @@ def claim_folder(project: Path, name: str | None, stem: str, exist_ok: bool = Fa
             n += 1
 
 
+def existing_run_dir(path: Path) -> Path:
+    """``--run PATH`` of the commands that read a run (eval, select, export-model): a folder that is there."""
+    if not path.exists():
+        raise TlsyncError(f"run '{path}' not found")
+    if not path.is_dir():
+        raise TlsyncError(f"--run {path}: give the run directory (e.g. runs/chess-1), not a file")
+    return path
+
+
 def environment() -> dict[str, str]:
     """Versions (and the CPU thread count, which changes float sums) that decide whether a run reproduces."""
     import torch
@@ -81,13 +90,32 @@ def write_config(run: Path, config: dict[str, Any]) -> None:
 
 
 def read_config(run: Path) -> dict[str, Any]:
-    path = run / CONFIG
+    if not (run / CONFIG).is_file():
+        raise TlsyncError(f"{run} is not a tlsync run directory (no {CONFIG})")
+    config: dict[str, Any] = read_json(run / CONFIG)
+    return config
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file of a run (config, metrics, predictions), or one line naming it if it is not JSON."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TlsyncError(f"{run} is not a tlsync run directory (no {CONFIG})") from None
     except json.JSONDecodeError as e:
         raise TlsyncError(f"{path}: not valid JSON ({e.msg})") from None
+
+
+def read_metrics_csv(path: Path) -> list[dict[str, float]]:
+    """Rows of ``metrics.csv`` as floats (blank cells dropped); ``[]`` when there is none yet."""
+    if not path.exists():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = []
+        for n, row in enumerate(csv.DictReader(f), 2):
+            try:
+                rows.append({k: float(v) for k, v in row.items() if k and v not in (None, "")})
+            except ValueError:
+                raise TlsyncError(f"{path}: line {n} has a value that is not a number") from None
+    return rows
 
 
 class MetricsLog:

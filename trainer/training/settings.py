@@ -89,6 +89,10 @@ class TrainConfig:
 def default_workers() -> int:
     return max(0, min(4, (os.cpu_count() or 1) - 1))
 
+# TrainConfig fields that a command starting runs of its own (curve, audit) sets for each run it starts.
+PER_RUN_FIELDS = ("dataset", "name", "project", "exist_ok")
+
+
 
 @dataclass
 class RunSettings(TrainConfig):
