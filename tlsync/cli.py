@@ -225,14 +225,14 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _main(argv: list[str] | None) -> None:
-    from .console import EscapedStream, echo
+    from .console import echo, escaped
 
     try:
         cli.main(args=argv, prog_name="tlsync", standalone_mode=False)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.ClickException as e:
-        e.show(file=EscapedStream(sys.stderr))  # its message may quote a value from data (a name, a file)
+        e.show(file=escaped(sys.stderr))  # its message may quote a value from data (a name, a file)
         sys.exit(e.exit_code)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)

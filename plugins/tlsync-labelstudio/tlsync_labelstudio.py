@@ -268,7 +268,7 @@ def _boxes(ctx: PullContext, label: str, results: Any) -> list[Box] | None:
         where = f"{label}: result {result.get('id')}"
         value = result.get("value") if isinstance(result.get("value"), dict) else {}
         size = [result.get("original_width"), result.get("original_height")]
-        geometry = [value.get(k) for k in ("x", "y", "width", "height")]
+        geometry: list[Any] = [value.get(k) for k in ("x", "y", "width", "height")]  # numbers once checked below
         if not all(_is_number(v) and v > 0 for v in size):
             ctx.bad(f"{where}: original_width/original_height missing, so its percentages cannot become pixels")
             continue
