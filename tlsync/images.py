@@ -101,7 +101,7 @@ def _info(f: IO[bytes]) -> tuple[int, int, str]:
         raise TlsyncError(f"not a readable image (declares {what}, limit {_megapixels(limit)}; "
                           f"raise {MAX_PIXELS_ENV} if it is real)") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, struct.error) as e:
-        raise TlsyncError(f"not a readable image ({_why(e)})") from None
+        raise _unreadable(e, _why(e)) from None
     if orientation in (5, 6, 7, 8):
         width, height = height, width
     if fmt not in EXTENSIONS:
@@ -113,6 +113,13 @@ def _check_pixels(width: int, height: int, limit: int) -> None:
     if width * height > limit:
         raise TlsyncError(f"not a readable image (declares {width}x{height} = {_megapixels(width * height)}, "
                           f"limit {_megapixels(limit)}; raise {MAX_PIXELS_ENV} if it is real)")
+
+
+class IncompleteImage(TlsyncError):
+    """The bytes start like an image but stop early (a download cut short): worth a retry.
+
+    Raised where the end is found missing, so a fetcher retries on the type, never on the wording.
+    """
 
 
 def check_complete_image(path: Path) -> tuple[int, int, str]:
@@ -148,10 +155,10 @@ def _check_jpeg(f: IO[bytes]) -> None:
     """
     size = os.fstat(f.fileno()).st_size  # not seek(0, SEEK_END): that would drop the header from f's buffer
     if size < 4:
-        raise TlsyncError("not a readable image (truncated JPEG: no end-of-image marker)")
+        raise IncompleteImage("not a readable image (truncated JPEG: no end-of-image marker)")
     scan = _jpeg_scan_start(f)
     if scan is None or not _has_eoi(f, scan, size):
-        raise TlsyncError("not a readable image (truncated JPEG: no end-of-image marker after its image data)")
+        raise IncompleteImage("not a readable image (truncated JPEG: no end-of-image marker after its image data)")
 
 
 def _jpeg_scan_start(f: IO[bytes]) -> int | None:
@@ -212,7 +219,7 @@ def _check_png(f: IO[bytes]) -> None:
             break
         if kind == b"IEND":
             return
-    raise TlsyncError("not a readable image (truncated PNG: its chunks end before IEND)")
+    raise IncompleteImage("not a readable image (truncated PNG: its chunks end before IEND)")
 
 
 def _decode_fully(path: Path) -> None:
@@ -222,7 +229,13 @@ def _decode_fully(path: Path) -> None:
         with Image.open(path) as im:
             im.load()
     except (OSError, ValueError, SyntaxError, struct.error) as e:
-        raise TlsyncError(f"not a readable image (it does not decode: {_why(e)})") from None
+        raise _unreadable(e, f"it does not decode: {_why(e)}") from None
+
+
+def _unreadable(e: BaseException, why: str) -> TlsyncError:
+    """PIL's error as ours; PIL tells "the file ends early" only in an OSError's words, read here alone."""
+    cut_short = isinstance(e, OSError) and "truncated" in str(e)
+    return (IncompleteImage if cut_short else TlsyncError)(f"not a readable image ({why})")
 
 
 def _why(e: BaseException) -> str:

@@ -36,7 +36,7 @@ from .errors import TlsyncError
 from .fetch_cache import FetchCache
 from .files import open_regular
 from .format import Item
-from .images import EXTENSIONS, check_complete_image, image_info  # noqa: F401  (re-exported)
+from .images import EXTENSIONS, IncompleteImage, check_complete_image, image_info  # noqa: F401  (re-exported)
 from .locks import LockTimeout, exclusive
 from .manifest import INFO, ITEMS, atomic_write_json, read_info, read_items
 from .sink import ImageSink, StoreWriteError, store_write_error
@@ -75,20 +75,6 @@ def file_sha256(path: Path) -> str:
         return digest.hexdigest()
     except (OSError, TlsyncError) as e:
         return f"unreadable: {getattr(e, 'strerror', None) or e}"
-
-
-class IncompleteImage(TlsyncError):
-    """The bytes start like an image but stop early (a download cut short): worth a retry."""
-
-
-def check_image(path: Path) -> tuple[int, int, str]:
-    """``check_complete_image``, with a cut-off file told apart: a download may be retried."""
-    try:
-        return check_complete_image(path)
-    except TlsyncError as e:
-        if "truncated" in str(e):  # images.py's wording for "the bytes stop early"
-            raise IncompleteImage(str(e)) from None
-        raise
 
 
 def default_home() -> Path:
@@ -232,7 +218,7 @@ class Store:
                 finally:
                     if sink.failed:
                         raise sink.failed from None
-            width, height, ext = check_image(Path(tmp))
+            width, height, ext = check_complete_image(Path(tmp))  # IncompleteImage when cut short
             rel = self.image_relpath(sink.sha256(), ext)
             self._place(Path(tmp), self.home / rel)
             return rel, sink.sha256(), width, height
