@@ -7,7 +7,7 @@ a super-category on top.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -214,5 +214,5 @@ class CocoSource(Source):
 
 
 @hookimpl
-def tlsync_register_sources(register):
+def tlsync_register_sources(register: Callable[[Source], None]) -> None:
     register(CocoSource())

@@ -343,5 +343,5 @@ def _locked(slot: Path) -> Iterator[None]:
 
 
 @hookimpl
-def tlsync_register_sources(register):
+def tlsync_register_sources(register: Callable[[Source], None]) -> None:
     register(RoboflowSource())

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 import click
@@ -84,5 +84,5 @@ class SyntheticSource(Source):
 
 
 @hookimpl
-def tlsync_register_sources(register):
+def tlsync_register_sources(register: Callable[[Source], None]) -> None:
     register(SyntheticSource())

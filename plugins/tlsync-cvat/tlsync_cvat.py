@@ -11,7 +11,7 @@ points and the other shapes are counted in the pull summary, not turned into box
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -44,11 +44,11 @@ class CvatSource(Source):
         ALLOW_OUTSIDE_OPTION,
     ]
 
-    def items(self, ctx: PullContext, path: Path, images: Path | None = None, allow_outside_root: bool = False,
-              **_: Any) -> Iterator[Item]:
+    def items(self, ctx: PullContext, **options: Any) -> Iterator[Item]:
+        path: Path = options["path"]  # a required option: click never calls without it
         root = _read(path)
-        images = images or _default_images(path)
-        export = ExportRoot(images, allow_outside_root)  # symlinks in the image folder may not lead out of it
+        images = options.get("images") or _default_images(path)
+        export = ExportRoot(images, bool(options.get("allow_outside_root")))  # symlinks may not lead out of it
         labels = list(dict.fromkeys(n.text.strip() for n in root.findall("meta//labels/label/name") if n.text))
         if labels:
             ctx.set_categories(labels)
@@ -57,9 +57,10 @@ class CvatSource(Source):
             if item is not None:
                 yield item
 
-    def fingerprint(self, ctx: PullContext, path: Path, images: Path | None = None, **_: Any) -> str | None:
+    def fingerprint(self, ctx: PullContext, **options: Any) -> str | None:
         """The XML and the image folder: unchanged files let a re-pull skip reading them."""
-        return files_fingerprint(path, images or _default_images(path))
+        path: Path = options["path"]
+        return files_fingerprint(path, options.get("images") or _default_images(path))
 
 
 def _default_images(xml: Path) -> Path:
@@ -126,5 +127,5 @@ def _box(ctx: PullContext, where: str, element: Any, labels: set[str]) -> Box | 
 
 
 @hookimpl
-def tlsync_register_sources(register: Any) -> None:
+def tlsync_register_sources(register: Callable[[Source], None]) -> None:
     register(CvatSource())
