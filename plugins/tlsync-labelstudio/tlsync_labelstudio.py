@@ -147,7 +147,9 @@ class LabelStudioSource(Source):
         boxes = _boxes(ctx, f"{label}: {origin} {chosen.get('id')}", chosen.get("result"))
         if boxes is None:
             return None
-        return Item(str(task_id), ImageRef(uri), boxes, metadata={"task": task_id, origin: chosen.get("id")})
+        # ctx.item: an id with a control character is this task's bad field, not the end of the pull
+        return ctx.item(task_id, ImageRef(uri), boxes, metadata={"task": task_id, origin: chosen.get("id")},
+                        where=label)
 
     def _image_uri(self, ctx: PullContext, label: str, image: str, images: Path | None,
                    export_dir: Path | None) -> str | None:
