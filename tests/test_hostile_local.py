@@ -75,12 +75,18 @@ def test_coco_file_name_outside_the_folder_is_refused(how, tmp_path, run_cli, is
     assert_nothing_stored(isolated_home, digest)
 
 
-def test_allow_outside_root_lets_a_folder_point_elsewhere(tmp_path, run_cli):
-    secret, _ = secret_image(tmp_path)
+def stored_hashes(home: Path, dataset: str) -> dict[str, str]:
+    """``{item id: image sha256}`` of the dataset's latest version."""
+    return {item.id: item.image.sha256 for item in Store(home).open(dataset).items()}
+
+
+def test_allow_outside_root_lets_a_folder_point_elsewhere(tmp_path, run_cli, isolated_home):
+    secret, digest = secret_image(tmp_path)
     folder = coco_folder(tmp_path / "export", ["ok.png", str(secret)])
     result = run_cli("pull", "--source", "coco", "--path", folder, "--dataset", "d", "--allow-outside-root")
     assert result.exit_code == 0, result.stderr
-    assert "2 items" in result.stdout
+    hashes = stored_hashes(isolated_home, "d")  # both images, the outside one byte for byte
+    assert sorted(hashes.values()) == sorted([hashlib.sha256((folder / "ok.png").read_bytes()).hexdigest(), digest])
 
 
 def test_coco_annotations_file_with_images_dir_keeps_to_the_images_dir(tmp_path, run_cli, isolated_home):
@@ -112,10 +118,14 @@ def outside_split(tmp_path: Path) -> Path:
     return images
 
 
-def test_yolo_roboflow_dotdot_convention_still_resolves_inside(tmp_path, run_cli):
-    result = run_cli("pull", "--source", "roboflow", "--path", yolo_export(tmp_path / "export"), "--dataset", "d")
+def test_yolo_roboflow_dotdot_convention_still_resolves_inside(tmp_path, run_cli, isolated_home):
+    root = yolo_export(tmp_path / "export")
+    result = run_cli("pull", "--source", "roboflow", "--path", root, "--dataset", "d")
     assert result.exit_code == 0, result.stderr
-    assert "2 items" in result.stdout
+    items = list(Store(isolated_home).open("d").items())  # each split's image, from inside the export, in its split
+    assert sorted((i.split, i.image.sha256) for i in items) == sorted(
+        (split, hashlib.sha256((root / folder / "images" / f"{folder}.png").read_bytes()).hexdigest())
+        for split, folder in (("train", "train"), ("val", "valid")))
 
 
 @pytest.mark.parametrize("key, value", [

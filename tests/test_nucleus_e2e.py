@@ -172,7 +172,7 @@ def test_push_cli_predicts_the_slice_and_uploads_as_a_model(nucleus, run_cli, st
     """An untrained tiny detector stands in for a trained one: this checks the plumbing, not accuracy."""
     import torch
 
-    from tlsync.trainer import build_model, save_checkpoint
+    from tlsync.trainer import build_model, load_model, predict_items, save_checkpoint
 
     assert run_cli(*pull_args()).exit_code == 0
     version = store.open("horses")
@@ -195,6 +195,12 @@ def test_push_cli_predicts_the_slice_and_uploads_as_a_model(nucleus, run_cli, st
     assert int(summary["boxes"]) == len(uploaded) == int(summary["predictions_processed"])
     assert {a["reference_id"] for a in uploaded} <= {"img_000002", "img_000005", "img_000011"}
     assert all(0 <= a["confidence"] <= 1 and a["label"] in version.categories for a in uploaded)
+    # what was uploaded is what the model predicts for the slice's items, box for box (not just "some boxes")
+    model_, categories, _ = load_model(run)
+    wanted = [i for i in version.items() if i.id in {"img_000002", "img_000005", "img_000011"}]
+    expected = {p.id: len(p.annotations) for p in predict_items(model_, wanted, version.image_path, categories)}
+    assert sum(expected.values()) > 0, "the untrained model predicted nothing at --conf 0: the upload is untested"
+    assert {ref: sum(a["reference_id"] == ref for a in uploaded) for ref in expected} == expected
     assert model["metadata"]["tlsync_run"] == "horses-1"
     assert model["metadata"]["categories"] == version.categories
     assert model["metadata"]["config"]["dataset"] == "horses@1"

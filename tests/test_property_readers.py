@@ -16,9 +16,12 @@ import copy
 import json
 import os
 import tempfile
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -78,6 +81,18 @@ def spliced(draw: Any, text: str) -> str:
     return text[:start] + filler + text[end:]
 
 
+# How each pull of the running property ended: "pulled" or "refused".
+OUTCOMES: Counter[str] = Counter()
+
+
+def requires_valid_pulls(examples: Callable[[], None]) -> None:
+    """Run a property's examples; some must pull valid items, or the property only ever saw refusals
+    (a reader that refused everything, or mutations that always break the export, would pass unseen)."""
+    OUTCOMES.clear()
+    examples()
+    assert OUTCOMES["pulled"] > 0, f"no example pulled anything ({dict(OUTCOMES)}): the valid side went untested"
+
+
 def assert_valid_or_one_line_error(source: str, options: dict[str, Any], home: Path) -> None:
     store = Store(home)
     for n, on_error in enumerate(("fail", "skip")):
@@ -89,7 +104,9 @@ def assert_valid_or_one_line_error(source: str, options: dict[str, Any], home: P
             assert not isinstance(e, PluginError), str(e)
             assert "\n" not in str(e).strip(), repr(str(e))
             assert store.versions(name) == [], "a failed pull must publish nothing"
+            OUTCOMES["refused"] += 1
             continue
+        OUTCOMES["pulled"] += 1
         version = store.open(result.ref)
         items = list(version.items())
         assert len(items) == result.items > 0
@@ -115,7 +132,7 @@ def coco_doc() -> dict[str, Any]:
 
 @SETTINGS
 @given(doc=mutated(coco_doc()), cut=st.none() | st.integers(0, 200))
-def test_coco_reader_on_mutated_json(doc: Any, cut: int | None) -> None:
+def coco_reader_on_mutated_json_examples(doc: Any, cut: int | None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "export"
         for i in (1, 2):
@@ -127,6 +144,10 @@ def test_coco_reader_on_mutated_json(doc: Any, cut: int | None) -> None:
         assert_valid_or_one_line_error("coco", {"path": folder}, Path(tmp) / "home")
 
 
+def test_coco_reader_on_mutated_json() -> None:
+    requires_valid_pulls(coco_reader_on_mutated_json_examples)
+
+
 YOLO_CONFIG = {"names": ["cat", "dog"], "nc": 2, "train": "../train/images", "val": "../valid/images"}
 label_tokens = st.sampled_from(["0", "1", "2", "-1", "0.5", "0.25", "1.5", "nan", "inf", "1e309", "x", "0.1", "1"])
 label_text = st.lists(st.lists(label_tokens, max_size=7).map(" ".join), max_size=4).map("\n".join)
@@ -134,7 +155,7 @@ label_text = st.lists(st.lists(label_tokens, max_size=7).map(" ".join), max_size
 
 @SETTINGS
 @given(config=mutated(YOLO_CONFIG), labels=label_text, yaml_text=st.none() | spliced(yaml.safe_dump(YOLO_CONFIG)))
-def test_yolo_reader_on_mutated_yaml_and_labels(config: Any, labels: str, yaml_text: str | None) -> None:
+def yolo_reader_on_mutated_yaml_and_labels_examples(config: Any, labels: str, yaml_text: str | None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "export"
         for split in ("train", "valid"):
@@ -143,6 +164,10 @@ def test_yolo_reader_on_mutated_yaml_and_labels(config: Any, labels: str, yaml_t
             (root / split / "labels" / "a.txt").write_text(labels if split == "train" else "0 0.5 0.5 0.2 0.2\n")
         (root / "data.yaml").write_text(yaml_text if yaml_text is not None else yaml.safe_dump(config))
         assert_valid_or_one_line_error("roboflow", {"path": root}, Path(tmp) / "home")
+
+
+def test_yolo_reader_on_mutated_yaml_and_labels() -> None:
+    requires_valid_pulls(yolo_reader_on_mutated_yaml_and_labels_examples)
 
 
 VOC_XML = ("<annotation><filename>a.png</filename><size><width>64</width><height>48</height></size>"
@@ -165,13 +190,17 @@ def voc_xml(draw: Any) -> str:
 
 @SETTINGS
 @given(xml=voc_xml())
-def test_voc_reader_on_mutated_xml(xml: str) -> None:
+def voc_reader_on_mutated_xml_examples(xml: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "voc"
         write_image(root / "JPEGImages" / "a.png")
         (root / "Annotations").mkdir(parents=True)
         (root / "Annotations" / "a.xml").write_text(xml, encoding="utf-8", errors="surrogatepass")
         assert_valid_or_one_line_error("roboflow", {"path": root}, Path(tmp) / "home")
+
+
+def test_voc_reader_on_mutated_xml() -> None:
+    requires_valid_pulls(voc_reader_on_mutated_xml_examples)
 
 
 # -- platform rows: the Nucleus export page, served over HTTP from 127.0.0.1 ------------------
@@ -217,7 +246,7 @@ NUCLEUS, GOOD_ROW, MUTABLE_ROW = _nucleus_rows()
 
 @SETTINGS
 @given(page=nucleus_page(MUTABLE_ROW), polygons=st.booleans())
-def test_nucleus_reader_on_mutated_rows(page: bytes, polygons: bool) -> None:
+def nucleus_reader_on_mutated_rows_examples(page: bytes, polygons: bool) -> None:
     from tlsync.testing.server import Response
 
     NUCLEUS.page_handler = lambda request: Response(200, page, {"Content-Type": "application/json"})
@@ -235,6 +264,10 @@ def test_nucleus_reader_on_mutated_rows(page: bytes, polygons: bool) -> None:
                 os.environ[key] = value
 
 
+def test_nucleus_reader_on_mutated_rows() -> None:
+    requires_valid_pulls(nucleus_reader_on_mutated_rows_examples)
+
+
 LS_TASK = {"id": 1, "data": {"image": "a.png"}, "predictions": [],
            "annotations": [{"id": 1, "updated_at": "2024-01-01T00:00:00Z", "result": [
                {"id": "r1", "type": "rectanglelabels", "original_width": 64, "original_height": 48,
@@ -243,12 +276,10 @@ LS_TASK = {"id": 1, "data": {"image": "a.png"}, "predictions": [],
 
 @SETTINGS
 @given(tasks=st.lists(mutated(LS_TASK), min_size=1, max_size=3))
-def test_labelstudio_reader_on_mutated_tasks(tasks: list[Any]) -> None:
-    """The Label Studio plugin's rows, mutated the same way (skipped where it is not installed)."""
-    try:
-        import tlsync_labelstudio
-    except ImportError:
-        return
+def labelstudio_reader_on_mutated_tasks_examples(tasks: list[Any]) -> None:
+    """The Label Studio plugin's rows, mutated the same way."""
+    import tlsync_labelstudio
+
     from tlsync.testing import isolated_plugins
 
     with tempfile.TemporaryDirectory() as tmp, isolated_plugins(tlsync_labelstudio):
@@ -258,3 +289,8 @@ def test_labelstudio_reader_on_mutated_tasks(tasks: list[Any]) -> None:
                 task["id"] = n + 1  # distinct ids, unless a mutation changed them
         (Path(tmp) / "export.json").write_text(json.dumps(tasks))
         assert_valid_or_one_line_error("labelstudio", {"path": Path(tmp) / "export.json"}, Path(tmp) / "home")
+
+
+def test_labelstudio_reader_on_mutated_tasks() -> None:
+    pytest.importorskip("tlsync_labelstudio")
+    requires_valid_pulls(labelstudio_reader_on_mutated_tasks_examples)

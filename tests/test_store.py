@@ -119,7 +119,14 @@ def test_datasets_cli(store, run_cli):
     assert row.split()[:5] == ["shapes", "@1", "12", str(store.open("shapes").info["counts"]["boxes"]), "3"]
     assert "synthetic" in row
     shown = run_cli("datasets", "show", "shapes@1")
-    assert "circle" in shown.stdout and "train" in shown.stdout
+    version, lines = store.open("shapes@1"), [line.split() for line in shown.stdout.splitlines()]
+    counts = version.info["counts"]
+    assert ["content", "hash", version.content_hash] in lines
+    assert ["12", "items", "(0", "without", "boxes),", str(counts["boxes"]), "boxes"] in lines
+    assert ["train", "12", "items", str(counts["splits"]["train"]["boxes"]), "boxes"] in lines
+    assert set(counts["classes"]) == {"circle", "square", "triangle"}
+    for name, boxes in counts["classes"].items():  # each class with its own count, not just its name
+        assert [name, str(boxes), "boxes"] in lines
     missing = run_cli("datasets", "show", "shapes@7")
     assert missing.exit_code == 1 and "has no version 7" in missing.stderr
     declined = run_cli("datasets", "rm", "shapes", input="n\n")
