@@ -52,9 +52,9 @@ class CurvePlan:
 
 def new_plan(store: Store, dataset: str, fractions: list[float], seeds: int, train_options: dict[str, Any],
              name: str | None, project: Path) -> CurvePlan:
-    base = store.open(dataset)
     from ..evaluation.evaluate import default_split
 
+    base = store.open(dataset)
     split = default_split(base)
     if split == "val" and next(base.items("val"), None) is None:
         raise TlsyncError(f"dataset {base.ref} has neither test nor val items: a curve needs held-out data to score")

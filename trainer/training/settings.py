@@ -86,12 +86,12 @@ class TrainConfig:
         return BASE_LR[self.optimizer] * self.batch_size * world_size / BASE_BATCH
 
 
-def default_workers() -> int:
-    return max(0, min(4, (os.cpu_count() or 1) - 1))
-
 # TrainConfig fields that a command starting runs of its own (curve, audit) sets for each run it starts.
 PER_RUN_FIELDS = ("dataset", "name", "project", "exist_ok")
 
+
+def default_workers() -> int:
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
 
 
 @dataclass
