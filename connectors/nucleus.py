@@ -207,8 +207,8 @@ class NucleusTarget(Target):
             return None
         api = _api(self.http)
         api.info("slice", slice_id)
-        wanted = {(r.get("item") or {}).get("reference_id") or (r.get("item") or {}).get("ref_id")
-                  for r in api.export_rows("slice", slice_id, 10_000) if isinstance(r, dict)}
+        wanted = {item.get("reference_id") or item.get("ref_id") for r in api.export_rows("slice", slice_id, 10_000)
+                  if isinstance(r, dict) and isinstance(item := r.get("item"), dict)}  # other shapes: not an item
         return lambda item: item.id in wanted
 
     def push(self, predictions: Iterator[Item], run: dict[str, Any], dataset_id: str = "", model_name: str = "",

@@ -167,3 +167,20 @@ def test_labelstudio_rows_of_the_wrong_type(tmp_path: Path, run_cli: Any, tlsync
     (tmp_path / "deep.json").write_bytes(DEEP)
     assert_one_line(run_cli("pull", "--source", "labelstudio", "--path", str(tmp_path / "deep.json"),
                             "--dataset", "ls2"), "deep.json")
+
+
+def test_cvat_corners_that_overflow_are_that_boxs_bad_field(tmp_path: Path, run_cli: Any, tlsync_plugins: Any) -> None:
+    cvat = pytest.importorskip("tlsync_cvat")
+    tlsync_plugins(cvat)
+    from tlsync.testing import write_image
+
+    write_image(tmp_path / "images" / "a.png")
+    (tmp_path / "annotations.xml").write_text(
+        "<annotations><meta><task><labels><label><name>cat</name></label></labels></task></meta>"
+        "<image id='0' name='a.png' width='64' height='48'>"
+        "<box label='cat' xtl='-1e308' ytl='1' xbr='1e308' ybr='5'/>"
+        "<box label='cat' xtl='2' ytl='2' xbr='20' ybr='20'/></image></annotations>")
+    result = run_cli("pull", "--source", "cvat", "--path", str(tmp_path / "annotations.xml"), "--dataset", "cv",
+                     "--on-error", "skip")
+    assert result.exit_code == 0, result.stderr
+    assert "1 items, 1 boxes" in result.stdout and "must be finite" in result.stdout + result.stderr

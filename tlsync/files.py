@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import stat
-from pathlib import Path
 from typing import IO, Any
 
 from .errors import SourceError
@@ -75,14 +74,6 @@ def read_bytes(path: str | os.PathLike[str], limit: int | None = None) -> bytes:
 def read_text(path: str | os.PathLike[str], encoding: str = "utf-8", limit: int | None = None) -> str:
     """``Path.read_text`` for a regular file (``UnicodeDecodeError`` as it would raise)."""
     return read_bytes(path, limit).decode(encoding)
-
-
-def is_regular(path: str | os.PathLike[str] | Path) -> bool:
-    """Whether ``path`` (symlinks followed) is a regular file; never opens it."""
-    try:
-        return stat.S_ISREG(os.stat(path).st_mode)
-    except (OSError, ValueError):
-        return False
 
 
 def why(e: Any) -> str:

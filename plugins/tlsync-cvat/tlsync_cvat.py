@@ -20,7 +20,7 @@ import defusedxml.ElementTree as ET
 from defusedxml import DefusedXmlException
 
 from tlsync import Box, ImageRef, Item, PullContext, Source, hookimpl
-from tlsync.errors import SourceError
+from tlsync.errors import InvalidItem, SourceError
 from tlsync.files import open_regular
 from tlsync.paths import ALLOW_OUTSIDE_OPTION, ExportRoot
 from tlsync.sources import files_fingerprint
@@ -123,7 +123,11 @@ def _box(ctx: PullContext, where: str, element: Any, labels: set[str]) -> Box | 
         ctx.bad(f"{where} '{label}' has no area (xtl={xtl:g} xbr={xbr:g} ytl={ytl:g} ybr={ybr:g})")
         return None
     occluded = {"occluded": True} if element.get("occluded") == "1" else {}
-    return Box(label, xtl, ytl, xbr - xtl, ybr - ytl, metadata=occluded)
+    try:  # finite corners can still be infinitely far apart (-1e308 to 1e308): the Box refuses that, named
+        return Box(label, xtl, ytl, xbr - xtl, ybr - ytl, metadata=occluded)
+    except InvalidItem as e:
+        ctx.bad(f"{where}: {e}")
+        return None
 
 
 @hookimpl
