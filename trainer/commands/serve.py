@@ -84,7 +84,9 @@ def _load(run: Path | None, model_file: Path | None, device: str) -> tuple[Any, 
         from ..deploy.runner import load_exported
 
         exported = load_exported(model_file)
-        return exported, exported.categories, model_file.stem, "cpu"
+        # export-model writes RUN/export/model.onnx: name it after the run, as --run would be
+        beside_run = model_file.parent.name == "export" and model_file.parent.parent.name
+        return exported, exported.categories, beside_run or model_file.stem, "cpu"
     assert run is not None
     if not run.exists():
         raise TlsyncError(f"run '{run}' not found")
