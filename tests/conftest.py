@@ -8,14 +8,13 @@ same kit it ships.
 from __future__ import annotations
 
 import os
-from collections.abc import Generator
 from pathlib import Path
 
 import pytest
 
 from tlsync.store import Store
 
-pytest_plugins = ["tlsync.testing.fixtures"]
+pytest_plugins = ["tlsync.testing.fixtures", "ci_skips"]
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 
@@ -58,23 +57,6 @@ def ram_temp_root() -> Path | None:
         return None
     is_tmpfs = any(line.split()[1:3] == [str(RAM_TEMP), "tmpfs"] for line in mounts if line.strip())
     return RAM_TEMP if is_tmpfs and stats.f_bavail * stats.f_frsize >= RAM_TEMP_FREE else None
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_make_collect_report(
-        collector: pytest.Collector) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
-    """Under CI (``CI=true``) a whole test module skipped is a failure, not a skip.
-
-    ``pytest.importorskip`` at module level hides every test of a file behind one "s" when a
-    test dependency is missing; on a developer's machine that is a convenience, in CI it would
-    let a whole area (ONNX export, the trackers) go untested with a green run.
-    """
-    report = yield
-    if os.environ.get("CI", "").lower() == "true" and report.skipped and isinstance(collector, pytest.Module):
-        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-        report.outcome = "failed"
-        report.longrepr = f"{collector.nodeid}: the whole module was skipped under CI=true ({reason})"
-    return report
 
 
 def pytest_configure(config: pytest.Config) -> None:
