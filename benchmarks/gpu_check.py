@@ -1,30 +1,33 @@
-"""The CUDA paths of ``tlsync train``, checked in one go on one GPU (under 8 minutes).
+"""The CUDA paths of ``tlsync train``, checked on one GPU in two calls that each fit a 10-minute command.
 
-    python benchmarks/gpu_check.py                 # on a CUDA machine: every check, BENCHMARKS.md section
-    python benchmarks/gpu_check.py --device cpu    # the same code paths, tiny, on the CPU (no figures written)
-    python benchmarks/gpu_check.py --only amp,checkpoint
+    python benchmarks/gpu_check.py --only amp,ddp,checkpoint,loader,resume --out "$OUT"   # call 1
+    python benchmarks/gpu_check.py --only compile,throughput --out "$OUT"                 # call 2
+    python benchmarks/gpu_check.py --merge DIR1 DIR2   # back home: BENCHMARKS.md's section from both calls
+    python benchmarks/gpu_check.py --device cpu --only checkpoint   # the same code, tiny, on the CPU
 
-Checks, one line each, then a summary:
+Every call starts with a preflight (tlsync importable, the GPU and its compute capability, whether
+the Lite0 extra is installed, where the chess export is) and then runs its checks, one line each:
 
-* ``amp``: a few training steps of each model family (Faster R-CNN, RetinaNet, FCOS, SSDLite,
-  SSD, Faster R-CNN Lite0) through tlsync's own ``train_one_epoch``, under autocast bf16 and
-  then fp16 with a GradScaler: the losses stay finite and the scaler's scale stays usable.
-* ``ddp``: ``torchrun --nproc-per-node 1 -m tlsync train --sync-bn`` through the real CLI, so
-  NCCL, DistributedDataParallel and SyncBatchNorm run end to end (gloo, without --sync-bn,
-  on the CPU, which SyncBatchNorm does not support).
-* ``compile``: ``tlsync train --compile`` for one epoch through the CLI.
-* ``checkpoint``: a model trained a step on the GPU is saved there and loaded by a process
-  that sees no GPU (``CUDA_VISIBLE_DEVICES=``): same weights, and it predicts.
-* ``throughput``: train images/s of ``tlsync train`` (pinned memory, non-blocking copies,
-  cudnn.benchmark, AMP) against a bare torchvision loop on the same GPU, for
-  fasterrcnn_resnet50_fpn and Lite0 at 640 px, alternating rounds; the overhead ratio.
-* ``loader``: the data pipeline's images/s (decode + augment, default loader workers) on the
-  chess export's 2048x1371 JPEGs, against what the GPU consumed in ``throughput``: whether
-  the loader is the limit, and by how much.
+* ``amp``: training steps of each model family through tlsync's ``train_one_epoch``, bf16 (native
+  from compute capability 8.0) and fp16 with a live GradScaler: finite losses, a usable scale.
+* ``ddp``: ``torchrun --nproc-per-node 1 -m tlsync train --sync-bn --amp bf16`` through the CLI on
+  a dataset with a val split, so NCCL, DDP, SyncBatchNorm and the distributed evaluation all run.
+* ``checkpoint``: a model trained a step on the GPU, saved, loaded by a process that sees no GPU.
+* ``loader``: the data pipeline's images/s on the chess export's 2048x1371 JPEGs.
+* ``resume``: a run killed after its first epoch (started with ``--amp bf16``) resumed with
+  ``--amp fp16``, the case where a disabled scaler's empty state meets an enabled one.
+* ``compile``: ``tlsync train --compile`` (backbone and FPN compiled) against the same run without.
+* ``throughput``: train images/s of ``tlsync train`` against a bare loop over the same dataset
+  class and augmentation, alternating rounds; and ``cudnn.benchmark`` on against off.
+
+Each check has its own time allowance inside the call's ``--budget``; a check that overruns is
+stopped where it is (SIGALRM; subprocesses are killed with their process group), keeps what it
+measured and is reported as over its deadline, and the next check still runs. With ``--out`` the
+results (JSON) and this call's BENCHMARKS section go to that folder (``$OUT`` on a lent device, the
+folder that comes back); ``--merge`` turns the JSON of both calls into the section of BENCHMARKS.md.
 
 Without CUDA (and without ``--device cpu``) it says so and exits 0. Models start from random
-weights (``--weights none``): the GPU machines have no internet, and speed does not depend on
-the weights' values.
+weights (``--weights none``): the GPU machines have no internet, and speed does not depend on them.
 """
 
 from __future__ import annotations
@@ -32,11 +35,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,11 +50,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 CHESS = next((p for p in (ROOT / "shared" / "datasets" / "chess-pieces-coco",
                           ROOT.parent / "shared" / "datasets" / "chess-pieces-coco") if p.is_dir()), None)
-CHECKS = ("amp", "ddp", "compile", "checkpoint", "throughput", "loader")
+CHECKS = ("amp", "ddp", "checkpoint", "loader", "resume", "compile", "throughput")
+HALVES = ("amp,ddp,checkpoint,loader,resume", "compile,throughput")
+LITE0 = "fasterrcnn_efficientnet_lite0_fpn"
 FAMILIES = ("fasterrcnn_resnet50_fpn", "retinanet_resnet50_fpn_v2", "fcos_resnet50_fpn",
-            "ssdlite320_mobilenet_v3_large", "ssd300_vgg16", "fasterrcnn_efficientnet_lite0_fpn")
-SPEED_MODELS = ("fasterrcnn_resnet50_fpn", "fasterrcnn_efficientnet_lite0_fpn")
-BUDGET_S = 8 * 60
+            "ssdlite320_mobilenet_v3_large", "ssd300_vgg16", LITE0)
+CLI_MODEL = "fasterrcnn_mobilenet_v3_large_fpn"
+BUDGET_S = 540  # one call: the device allows 600 s a command, less the interpreter's start and the files
+# Seconds each check may take on the GPU (both halves' sums stay under BUDGET_S); the CPU smoke run gets 10x.
+CHECK_BUDGET_S = {"amp": 120, "ddp": 100, "checkpoint": 45, "loader": 75, "resume": 150,
+                  "compile": 210, "throughput": 300}
 
 
 @dataclass(frozen=True)
@@ -60,19 +70,20 @@ class Plan:
     img_size: int  # px, longest side
     batch: int
     amp_steps: int  # training steps per family and dtype
+    cli_images: int  # synthetic images of the CLI runs (ddp, resume, compile), a quarter of them val
     speed_images: int  # synthetic training images for the throughput loops
-    speed_epochs: int  # per round; the first epoch of each round is warm-up (cudnn autotuning)
+    speed_epochs: int  # per round; the first epoch of each round is warm-up
     rounds: int  # alternating tlsync / bare rounds
     loader_images: int | None  # None: every chess train image
-    cli_timeout_s: int
+    time_scale: float  # times CHECK_BUDGET_S
 
     @property
     def smoke(self) -> bool:
         return self.device == "cpu"
 
 
-GPU = Plan("cuda", 640, 4, 3, 64, 3, 2, None, 300)
-CPU = Plan("cpu", 64, 2, 1, 4, 2, 1, 8, 600)
+GPU = Plan("cuda", 640, 4, 3, 16, 128, 3, 2, None, 1.0)
+CPU = Plan("cpu", 64, 2, 1, 8, 4, 2, 1, 8, 10.0)
 
 
 @dataclass
@@ -87,28 +98,74 @@ class Result:
         return f"{status} {self.name}: {self.detail}"
 
 
+class DeadlineExceeded(BaseException):
+    """A check ran past its allowance and was stopped where it was.
+
+    A ``BaseException``, like ``KeyboardInterrupt``, so that no ``except Exception`` on the way
+    (a check reporting one family's failure and going on) swallows it."""
+
+
+@contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Raise ``DeadlineExceeded`` in this (main) thread after ``seconds``, wherever it is.
+
+    A signal rather than checks between steps, because the slow parts (a compilation, a
+    training epoch, a subprocess) are single calls that would otherwise run to their end.
+    """
+
+    def ring(signum: int, frame: Any) -> None:
+        raise DeadlineExceeded(f"stopped at its {seconds:.0f}s deadline")
+
+    previous = signal.signal(signal.SIGALRM, ring)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.001))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 @dataclass
 class Context:
     plan: Plan
     work: Path
-    deadline: float
+    deadline: float  # time.monotonic() at which the running check must end
     results: list[Result] = field(default_factory=list)
+    lite0: bool = True  # the Lite0 extra is installed
     _datasets: dict[str, Any] = field(default_factory=dict)
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "TLSYNC_HOME": str(self.work / "home"), "TLSYNC_LOAD_PLUGINS": ""}
 
-    def dataset(self, name: str, items: int, size: int) -> Any:
-        """A synthetic dataset pulled once into this run's store (every item in train)."""
+    def dataset(self, name: str, items: int, size: int, val: float = 0.0) -> Any:
+        """A synthetic dataset pulled once into this run's store (``val`` of it in val, the rest in train)."""
         if name not in self._datasets:
             from tlsync.connectors.synthetic import SyntheticSource
             from tlsync.pull import pull
             from tlsync.store import Store
 
             store = Store(self.work / "home")
-            pull(store, SyntheticSource(), {"items": items, "size": size, "seed": 0}, name, split_ratios=(1.0, 0, 0))
+            pull(store, SyntheticSource(), {"items": items, "size": size, "seed": 0}, name,
+                 split_ratios=(1.0 - val, val, 0))
             self._datasets[name] = store.open(name)
         return self._datasets[name]
+
+
+def run_command(args: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """``subprocess.run`` in its own process group, killed whole on a timeout or a deadline (torchrun's
+    workers too, which would otherwise hold the GPU for the next check)."""
+    process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        out, err = process.communicate(timeout=max(timeout, 1))
+    except BaseException:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise
+    return subprocess.CompletedProcess(args, process.returncode, out, err)
 
 
 def synthetic_batch(plan: Plan, size: int, classes: int = 3) -> tuple[list[Any], list[dict[str, Any]]]:
@@ -148,65 +205,95 @@ def amp_steps(name: str, plan: Plan, dtype: Any) -> str:
         f" {result.seconds / plan.amp_steps:.2f}s/step"
 
 
-def check_amp(ctx: Context) -> list[Result]:
+def check_amp(ctx: Context) -> Iterator[Result]:
     import torch
 
-    out = []
+    from tlsync.trainer.training.engine import amp_dtype
+
+    auto = amp_dtype(torch.device(ctx.plan.device), "auto") if ctx.plan.device == "cuda" else None
     for name in FAMILIES:
+        if name == LITE0 and not ctx.lite0:
+            yield Result(f"amp {name}", None, "skipped: the lite0 extra is not installed")
+            continue
         parts, ok = [], True
-        dtypes = [torch.bfloat16, torch.float16]
-        if ctx.plan.device == "cuda" and not torch.cuda.is_bf16_supported():
-            parts.append("bf16 not supported by this GPU")
-            dtypes = [torch.float16]
-        for dtype in dtypes:
+        for dtype in (torch.bfloat16, torch.float16):
             try:
-                parts.append(amp_steps(name, ctx.plan, dtype))
+                parts.append(amp_steps(name, ctx.plan, dtype) + (" (--amp auto's choice)" if dtype == auto else ""))
             except Exception as e:  # one family failing must not hide the others
                 ok = False
                 parts.append(f"{str(dtype).removeprefix('torch.')} failed: {type(e).__name__}: {str(e)[:200]}")
-        out.append(Result(f"amp {name}", ok, "; ".join(parts)))
-    return out
+        yield Result(f"amp {name}", ok, "; ".join(parts))
 
 
-def cli_train(ctx: Context, name: str, extra: list[str], launcher: list[str] | None = None) -> tuple[bool, str, Path]:
-    """``tlsync train`` in a subprocess on a small synthetic dataset: (ok, last stderr line, run dir)."""
-    ctx.dataset("cli", 8, ctx.plan.img_size)
-    model = "fasterrcnn_mobilenet_v3_large_fpn"
-    args = [*(launcher or [sys.executable, "-m"]), "tlsync", "train", "--dataset", "cli", "--model", model,
-            "--weights", "none", "--img-size", str(ctx.plan.img_size), "--batch-size", str(ctx.plan.batch),
-            "--epochs", "1", "--workers", "0", "--device", ctx.plan.device, "--project", str(ctx.work / "runs"),
-            "--name", name, *extra]
+def cli_train(ctx: Context, name: str, extra: list[str], launcher: list[str] | None = None,
+              epochs: int = 1) -> tuple[bool, str, Path]:
+    """``tlsync train`` in a subprocess on a small synthetic dataset with a val split: (ok, detail, run dir)."""
+    ctx.dataset("cli", ctx.plan.cli_images, ctx.plan.img_size, val=0.25)
     started = time.perf_counter()
-    try:
-        done = subprocess.run(args, env=ctx.env(), capture_output=True, text=True, timeout=ctx.plan.cli_timeout_s)
-    except subprocess.TimeoutExpired:
-        return False, f"timed out after {ctx.plan.cli_timeout_s}s", ctx.work / "runs" / name
+    done = run_command([*(launcher or [sys.executable, "-m"]), *train_args(ctx, name, epochs), *extra], ctx.env(),
+                       ctx.left())
     lines = [line for line in done.stderr.splitlines() if line.strip()]
-    tail = lines[-1] if lines else ""
     took = f"{time.perf_counter() - started:.0f}s"
-    return done.returncode == 0, (f"{took}" if done.returncode == 0 else f"exit {done.returncode}: {tail}"), \
+    return done.returncode == 0, (took if done.returncode == 0 else f"exit {done.returncode}: {lines[-1:]}"), \
         ctx.work / "runs" / name
 
 
-def check_ddp(ctx: Context) -> list[Result]:
+def train_args(ctx: Context, name: str, epochs: int) -> list[str]:
+    return ["tlsync", "train", "--dataset", "cli", "--model", CLI_MODEL, "--weights", "none",
+            "--img-size", str(ctx.plan.img_size), "--batch-size", str(ctx.plan.batch), "--epochs", str(epochs),
+            "--workers", "0", "--device", ctx.plan.device, "--project", str(ctx.work / "runs"), "--name", name]
+
+
+def amp_flag(ctx: Context, dtype: str) -> list[str]:
+    """``--amp bf16``/``fp16`` on the GPU; the CPU has no mixed precision (``--amp off``)."""
+    return ["--amp", dtype if ctx.plan.device == "cuda" else "off"]
+
+
+def check_ddp(ctx: Context) -> Iterator[Result]:
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1", "-m"]
-    extra = ["--sync-bn"] if ctx.plan.device == "cuda" else []
+    extra = ["--sync-bn", *amp_flag(ctx, "bf16")] if ctx.plan.device == "cuda" else []
     ok, detail, run = cli_train(ctx, "ddp", extra, torchrun)
     if ok:
         config = json.loads((run / "config.json").read_text())
-        backend = "nccl" if ctx.plan.device == "cuda" else "gloo"
-        ok = config["world_size"] == 1 and config["sync_bn"] == bool(extra) and (run / "weights" / "last.pt").exists()
-        detail = (f"torchrun 1 process, {backend}, {'--sync-bn' if extra else 'no --sync-bn (CUDA only)'}: "
-                  f"1 epoch in {detail}, checkpoint written")
-    return [Result("ddp", ok, detail)]
-
-
-def check_compile(ctx: Context) -> list[Result]:
-    ok, detail, run = cli_train(ctx, "compile", ["--compile"])
-    if ok:
         rows = (run / "metrics.csv").read_text().splitlines()
-        detail = f"1 epoch with torch.compile in {detail} (train {float(rows[1].split(',')[2]):.1f}s)"
-    return [Result("compile", ok, detail)]
+        header = rows[0].split(",")
+        val = "map50" in header and rows[1].split(",")[header.index("map50")] != ""
+        backend = "nccl" if ctx.plan.device == "cuda" else "gloo"
+        ok = config["world_size"] == 1 and config["sync_bn"] == bool(extra) and val and \
+            (run / "weights" / "last.pt").exists()
+        detail = (f"torchrun 1 process, {backend}, {' '.join(extra) or 'no --sync-bn (CUDA only)'}: 1 epoch "
+                  f"with val evaluation ({'scored' if val else 'NO val metrics'}) in {detail}, checkpoint written")
+    yield Result("ddp", ok, detail)
+
+
+def check_resume(ctx: Context) -> Iterator[Result]:
+    """A run killed once its first epoch is saved, then ``--resume``d under the other precision."""
+    ctx.dataset("cli", ctx.plan.cli_images, ctx.plan.img_size, val=0.25)
+    run = ctx.work / "runs" / "resume"
+    args = [sys.executable, "-m", *train_args(ctx, "resume", 4), *amp_flag(ctx, "bf16")]
+    first = subprocess.Popen(args, env=ctx.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    try:
+        while first.poll() is None and not (run / "weights" / "last.pt").exists() and ctx.left() > 0:
+            time.sleep(0.1)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+        _, err = first.communicate()
+    if not (run / "weights" / "last.pt").exists():
+        yield Result("resume", False, f"the first run saved no epoch (exit {first.returncode}: "
+                                      f"{err.strip().splitlines()[-1:]})")
+        return
+    started = time.perf_counter()
+    done = run_command([sys.executable, "-m", "tlsync", "train", "--resume", str(run), *amp_flag(ctx, "fp16")],
+                       ctx.env(), ctx.left())
+    rows = (run / "metrics.csv").read_text().splitlines()[1:] if (run / "metrics.csv").exists() else []
+    ok = done.returncode == 0 and len(rows) == 4
+    tail = [line for line in done.stderr.splitlines() if line.strip()][-1:]
+    yield Result("resume", ok, f"killed after epoch 1 ({' '.join(amp_flag(ctx, 'bf16'))}), resumed with "
+                               f"{' '.join(amp_flag(ctx, 'fp16'))}: " +
+                 (f"{len(rows)} of 4 epochs in the metrics, {time.perf_counter() - started:.0f}s" if ok
+                  else f"exit {done.returncode}, {len(rows)} metrics rows: {tail}"))
 
 
 LOAD_ON_CPU = """
@@ -214,6 +301,7 @@ import sys, torch
 from tlsync.trainer import load_model
 from tlsync.trainer.distributed.ddp import weights_digest
 assert not torch.cuda.is_available()
+saved = torch.load(sys.argv[1], weights_only=True)  # a plain load, as any CPU-only tool would do it
 model, categories, _ = load_model(sys.argv[1], "cpu")
 with torch.no_grad():
     (out,) = model([torch.rand(3, 96, 128)])
@@ -221,54 +309,86 @@ print(weights_digest(model), sorted(out))
 """
 
 
-def check_checkpoint(ctx: Context) -> list[Result]:
+def check_checkpoint(ctx: Context) -> Iterator[Result]:
     import torch
 
     from tlsync.trainer import build_model, save_checkpoint
     from tlsync.trainer.distributed.ddp import weights_digest
 
     device = torch.device(ctx.plan.device)
-    model = build_model("fasterrcnn_mobilenet_v3_large_fpn", 3, "none", ctx.plan.img_size).to(device).train()
+    model = build_model(CLI_MODEL, 3, "none", ctx.plan.img_size).to(device).train()
     images, targets = synthetic_batch(ctx.plan, ctx.plan.img_size)
     on_device = [{k: v.to(device) for k, v in t.items()} for t in targets]
     loss = sum(model([i.to(device) for i in images], on_device).values())
     loss.backward()
-    torch.optim.SGD(model.parameters(), lr=0.01).step()
-    path = save_checkpoint(ctx.work / "gpu.pt", model, ["a", "b", "c"], {"model": "fasterrcnn_mobilenet_v3_large_fpn"},
-                           epoch=1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    optimizer.step()
+    path = save_checkpoint(ctx.work / "gpu.pt", model, ["a", "b", "c"], {"model": CLI_MODEL}, epoch=1,
+                           optimizer=optimizer.state_dict())
     env = {**ctx.env(), "CUDA_VISIBLE_DEVICES": ""}
-    done = subprocess.run([sys.executable, "-c", LOAD_ON_CPU, str(path)], env=env, capture_output=True, text=True,
-                          timeout=ctx.plan.cli_timeout_s)
+    done = run_command([sys.executable, "-c", LOAD_ON_CPU, str(path)], env, ctx.left())
     if done.returncode != 0:
-        return [Result("checkpoint", False, f"loading on the CPU failed: {done.stderr.strip().splitlines()[-1:]}")]
+        yield Result("checkpoint", False, f"loading on the CPU failed: {done.stderr.strip().splitlines()[-1:]}")
+        return
     digest, keys = done.stdout.split(" ", 1)
     same = digest == weights_digest(model)
-    return [Result("checkpoint", same and "boxes" in keys,
-                   f"saved from {device}, loaded by a CPU-only process: weights {'identical' if same else 'DIFFER'}, "
-                   f"predicts {keys.strip()}")]
+    yield Result("checkpoint", same and "boxes" in keys,
+                 f"saved from {device}, loaded by a CPU-only process: weights {'identical' if same else 'DIFFER'}, "
+                 f"predicts {keys.strip()}")
 
 
-CHECK_FUNCTIONS: dict[str, Callable[[Context], list[Result]]] = {
-    "amp": check_amp, "ddp": check_ddp, "compile": check_compile, "checkpoint": check_checkpoint,
+def check_compile(ctx: Context) -> Iterator[Result]:
+    """Two epochs with ``--compile`` and two without; the second epoch's train time of each (the first compiles)."""
+    seconds = {}
+    for name, extra in (("plain", []), ("compile", ["--compile"])):
+        ok, detail, run = cli_train(ctx, name, extra, epochs=2)
+        if not ok:
+            yield Result("compile", False, f"{' '.join(extra) or 'without --compile'}: {detail}")
+            return
+        rows = [row.split(",") for row in (run / "metrics.csv").read_text().splitlines()]
+        column = rows[0].index("train_seconds")
+        seconds[name] = [float(row[column]) for row in rows[1:]]
+    speedup = seconds["plain"][-1] / seconds["compile"][-1]
+    yield Result("compile", True, f"--compile (backbone + FPN): epoch train seconds "
+                                  f"{', '.join(f'{s:.1f}' for s in seconds['compile'])} against "
+                                  f"{', '.join(f'{s:.1f}' for s in seconds['plain'])} without; second epoch "
+                                  f"{speedup:.2f}x", {"compile_speedup": speedup})
+
+
+CHECK_FUNCTIONS: dict[str, Callable[[Context], Iterator[Result]]] = {
+    "amp": check_amp, "ddp": check_ddp, "checkpoint": check_checkpoint, "resume": check_resume,
+    "compile": check_compile,
 }
 
 
-def run_checks(plan: Plan, only: tuple[str, ...], work: Path) -> list[Result]:
+def run_checks(plan: Plan, only: tuple[str, ...], work: Path, budget: float = BUDGET_S,
+               lite0: bool = True) -> list[Result]:
+    """Each check within its allowance (and the call's ``budget``); what a stopped check found is kept."""
     from gpu_check_speed import check_loader, check_throughput
 
     functions = {**CHECK_FUNCTIONS, "throughput": check_throughput, "loader": check_loader}
-    ctx = Context(plan, work, time.monotonic() + BUDGET_S)
+    ends = time.monotonic() + budget
+    ctx = Context(plan, work, ends, lite0=lite0)
     for name in only:
-        if time.monotonic() > ctx.deadline:
-            results = [Result(name, None, f"skipped: the {BUDGET_S // 60}-minute budget is spent")]
+        allowed = min(CHECK_BUDGET_S[name] * plan.time_scale, ends - time.monotonic())
+        ctx.deadline = time.monotonic() + allowed
+        found: list[Result] = []
+        ending: list[Result] = []
+        if allowed <= 1:
+            ending.append(Result(name, None, f"skipped: the call's {budget:.0f}s budget is spent"))
         else:
             try:
-                results = functions[name](ctx)
+                with deadline(allowed):
+                    for result in functions[name](ctx):
+                        print(result.line(), flush=True)
+                        found.append(result)
+            except DeadlineExceeded as e:
+                ending.append(Result(name, False, f"{e} (its allowance; the {len(found)} result(s) before it kept)"))
             except Exception as e:  # report and go on: the next check may still tell us something
-                results = [Result(name, False, f"{type(e).__name__}: {str(e)[:300]}")]
-        for result in results:
+                ending.append(Result(name, False, f"{type(e).__name__}: {str(e)[:300]}"))
+        for result in ending:
             print(result.line(), flush=True)
-        ctx.results += results
+        ctx.results += found + ending
     return ctx.results
 
 
@@ -282,33 +402,51 @@ def no_cuda_message() -> str | None:
             f"nothing to check. Run it on a GPU machine, or with --device cpu for a tiny CPU run of the same code.")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
-                        help="cpu: every check tiny on the CPU (exercises the code; figures are not written)")
-    parser.add_argument("--only", default=",".join(CHECKS), help=f"comma list of checks ({', '.join(CHECKS)})")
-    args = parser.parse_args(argv)
-    only = tuple(n.strip() for n in args.only.split(",") if n.strip())
+def parse_only(parser: argparse.ArgumentParser, value: str) -> tuple[str, ...]:
+    only = tuple(n.strip() for n in value.split(",") if n.strip())
     unknown = [n for n in only if n not in CHECKS]
     if unknown:
         parser.error(f"unknown check {unknown[0]!r}; choose from {', '.join(CHECKS)}")
+    return only
+
+
+def main(argv: list[str] | None = None) -> int:
+    from gpu_check_report import merge, preflight, write_out
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
+                        help="cpu: every check tiny on the CPU (exercises the code; figures are not written)")
+    parser.add_argument("--only", default=HALVES[0],
+                        help=f"comma list of checks ({', '.join(CHECKS)}); the two calls: {' / '.join(HALVES)}")
+    parser.add_argument("--budget", type=float, default=BUDGET_S, help="seconds this call may take in all")
+    parser.add_argument("--out", type=Path, default=os.environ.get("OUT") or None,
+                        help="folder for the results JSON and this call's BENCHMARKS section (default: $OUT)")
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="DIR",
+                        help="write BENCHMARKS.md's section from the results JSON in these folders; run nothing")
+    args = parser.parse_args(argv)
+    if args.merge:
+        print(merge(args.merge))
+        return 0
+    only = parse_only(parser, args.only)
     if args.device == "cuda" and (message := no_cuda_message()):
         print(message)
         return 0
     plan = GPU if args.device == "cuda" else CPU
     started = time.perf_counter()
+    facts = preflight(plan, CHESS)
+    print("preflight: " + ", ".join(f"{k} {v}" for k, v in facts.items()), flush=True)
     with tempfile.TemporaryDirectory(prefix="tlsync-gpu-check-") as work:
-        results = run_checks(plan, only, Path(work))
+        results = run_checks(plan, only, Path(work), args.budget, lite0=bool(facts["lite0"]))
     failed = [r.name for r in results if r.ok is False]
     passed = sum(r.ok is True for r in results)
     skipped = sum(r.ok is None for r in results)
-    print(f"gpu_check ({plan.device}{', smoke sizes' if plan.smoke else ''}): {passed} passed, {len(failed)} failed"
-          f"{f', {skipped} skipped' if skipped else ''} in {time.perf_counter() - started:.0f}s"
-          + (f"; failed: {', '.join(failed)}" if failed else ""))
-    if not plan.smoke:
-        from gpu_check_speed import write_section
-
-        write_section(results, " ".join(["python benchmarks/gpu_check.py", *(argv or sys.argv[1:])]))
+    summary = (f"gpu_check ({plan.device}{', smoke sizes' if plan.smoke else ''}): {passed} passed, {len(failed)} "
+               f"failed{f', {skipped} skipped' if skipped else ''} in {time.perf_counter() - started:.0f}s"
+               + (f"; failed: {', '.join(failed)}" if failed else ""))
+    print(summary)
+    if args.out is not None:
+        command = " ".join(["python benchmarks/gpu_check.py", *(argv if argv is not None else sys.argv[1:])])
+        write_out(args.out, only, facts, results, summary, command, plan.smoke)
     return 1 if failed else 0
 
 

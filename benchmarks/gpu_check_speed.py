@@ -1,4 +1,4 @@
-"""The speed half of ``gpu_check.py``: tlsync vs a bare loop, and the loader vs the GPU.
+"""The speed half of ``gpu_check.py``: tlsync vs a bare loop, cudnn.benchmark, and the loader's images/s.
 
 Apart from ``gpu_check.py`` only to keep each file small; run ``gpu_check.py``, not this.
 """
@@ -7,21 +7,27 @@ from __future__ import annotations
 
 import csv
 import time
+from collections.abc import Iterator
 from typing import Any
 
-from bench_report import update_section
-from gpu_check import CHESS, SPEED_MODELS, Context, Result
-from train_overhead import TutorialDataset
+from gpu_check import CHESS, LITE0, Context, Result
 
+SPEED_MODELS = ("fasterrcnn_resnet50_fpn", LITE0)
 TARGET_RATIO = 1.10  # tlsync's train time over the bare loop's, as in train_overhead.py
 
 
-def collate(batch: list[Any]) -> tuple[Any, ...]:
-    return tuple(zip(*batch, strict=True))
+def speed_dataset(ctx: Context, version: Any) -> Any:
+    """tlsync's own dataset class and training augmentation, so both loops decode and augment alike."""
+    from tlsync.trainer import DetectionDataset
+    from tlsync.trainer.training.data import train_transforms
+
+    items = list(version.items("train"))
+    return DetectionDataset(items, [version.image_path(i) for i in items], version.categories,
+                            train_transforms(ctx.plan.img_size), ctx.plan.img_size)
 
 
 def tlsync_ips(ctx: Context, model: str, version: Any, tag: str) -> float:
-    """Train images/s of ``tlsync train`` itself: its best epoch after the first (cudnn autotuning)."""
+    """Train images/s of ``tlsync train`` itself: its best epoch after the first (warm-up)."""
     from tlsync.store import Store
     from tlsync.trainer import TrainConfig, train
 
@@ -36,10 +42,11 @@ def tlsync_ips(ctx: Context, model: str, version: Any, tag: str) -> float:
 
 
 def bare_ips(ctx: Context, model: str, version: Any) -> float:
-    """The torchvision fine-tuning tutorial's loop on the same GPU, AMP, workers and RoI sampling."""
+    """The torchvision fine-tuning tutorial's loop on the same GPU, AMP, workers, data and RoI sampling."""
     import torch
 
     from tlsync.trainer import TrainConfig, build_model, default_workers
+    from tlsync.trainer.training.data import collate
     from tlsync.trainer.training.engine import amp_settings
 
     plan, device = ctx.plan, torch.device(ctx.plan.device)
@@ -48,15 +55,16 @@ def bare_ips(ctx: Context, model: str, version: Any) -> float:
     sampler = getattr(getattr(net, "roi_heads", None), "fg_bg_sampler", None)
     if sampler is not None:
         sampler.batch_size_per_image = TrainConfig.rois_per_image
-    loader = torch.utils.data.DataLoader(TutorialDataset(version, version.categories), batch_size=plan.batch,
-                                         shuffle=True, num_workers=default_workers(), collate_fn=collate,
-                                         pin_memory=device.type == "cuda", persistent_workers=default_workers() > 0)
+    workers = default_workers()
+    loader = torch.utils.data.DataLoader(speed_dataset(ctx, version), batch_size=plan.batch, shuffle=True,
+                                         num_workers=workers, collate_fn=collate, pin_memory=device.type == "cuda",
+                                         persistent_workers=workers > 0)
     optimizer = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.005, momentum=0.9)
     amp_dtype, scaler = amp_settings(device)
     seconds = []
     for _ in range(plan.speed_epochs):
         started = time.perf_counter()
-        for images, targets in loader:
+        for images, targets, _failed in loader:
             images = [i.to(device, non_blocking=True) for i in images]
             targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
@@ -71,28 +79,48 @@ def bare_ips(ctx: Context, model: str, version: Any) -> float:
     return plan.speed_images / min(seconds[1:] or seconds)
 
 
-def check_throughput(ctx: Context) -> list[Result]:
-    """Alternating rounds (tlsync, bare; then bare, tlsync) so drift in clocks or heat hits both alike."""
+def check_throughput(ctx: Context) -> Iterator[Result]:
+    """Alternating rounds (tlsync, bare; then bare, tlsync) so drift in clocks or heat hits both alike;
+    then one tlsync round with ``cudnn.benchmark`` on, against the default (off)."""
     plan = ctx.plan
     version = ctx.dataset("speed", plan.speed_images, plan.img_size)
-    out = []
     for model in SPEED_MODELS:
+        if model == LITE0 and not ctx.lite0:
+            yield Result(f"throughput {model}", None, "skipped: the lite0 extra is not installed")
+            continue
         ours: list[float] = []
         bare: list[float] = []
         for r in range(plan.rounds):
-            order = [("tlsync", ours), ("bare", bare)][:: 1 if r % 2 == 0 else -1]
-            for kind, into in order:
-                ips = tlsync_ips(ctx, model, version, str(r)) if kind == "tlsync" else bare_ips(ctx, model, version)
-                into.append(ips)
+            for kind in (("tlsync", "bare") if r % 2 == 0 else ("bare", "tlsync")):
+                if kind == "tlsync":
+                    ours.append(tlsync_ips(ctx, model, version, str(r)))
+                else:
+                    bare.append(bare_ips(ctx, model, version))
         ratio = max(bare) / max(ours)
         judged = "" if plan.smoke else (" (target <= 1.10)" if ratio <= TARGET_RATIO else " OVER the 1.10 target")
-        out.append(Result(f"throughput {model}", plan.smoke or ratio <= TARGET_RATIO,
-                          f"tlsync {max(ours):.1f} img/s, bare loop {max(bare):.1f} img/s at {plan.img_size} px, "
-                          f"batch {plan.batch}: overhead ratio {ratio:.2f}{judged} "
-                          f"(best epoch after warm-up, {plan.rounds} round(s) each: "
-                          f"tlsync {', '.join(f'{v:.1f}' for v in ours)}; bare {', '.join(f'{v:.1f}' for v in bare)})",
-                          {"tlsync_ips": max(ours), "bare_ips": max(bare), "ratio": ratio, "model": model}))
-    return out
+        yield Result(f"throughput {model}", plan.smoke or ratio <= TARGET_RATIO,
+                     f"tlsync {max(ours):.1f} img/s, bare loop {max(bare):.1f} img/s at {plan.img_size} px, "
+                     f"batch {plan.batch}, {plan.speed_images} images x {plan.speed_epochs} epochs, same dataset class "
+                     f"and augmentation: overhead ratio {ratio:.2f}{judged} (best epoch after warm-up; rounds: "
+                     f"tlsync {', '.join(f'{v:.1f}' for v in ours)}; bare {', '.join(f'{v:.1f}' for v in bare)})",
+                     {"tlsync_ips": max(ours), "bare_ips": max(bare), "ratio": ratio, "model": model})
+    yield cudnn_benchmark(ctx, version, SPEED_MODELS[0])
+
+
+def cudnn_benchmark(ctx: Context, version: Any, model: str) -> Result:
+    """tlsync's images/s with ``cudnn.benchmark`` on and off (off is the default: shapes change per batch)."""
+    import torch
+
+    ips = {}
+    for on in (False, True):
+        torch.backends.cudnn.benchmark = on
+        try:
+            ips[on] = tlsync_ips(ctx, model, version, f"cudnn-{on}")
+        finally:
+            torch.backends.cudnn.benchmark = False
+    return Result("cudnn.benchmark", True, f"{model}: {ips[True]:.1f} img/s with it on, {ips[False]:.1f} off "
+                                           f"(the default): on/off {ips[True] / ips[False]:.2f}",
+                  {"cudnn_on_ips": ips[True], "cudnn_off_ips": ips[False]})
 
 
 def chess_version(ctx: Context) -> Any:
@@ -112,8 +140,8 @@ def loader_ips(ctx: Context, version: Any) -> tuple[float, int, int]:
     """(images/s, workers, images) of ``make_loader`` over the train items, second pass (warm page cache)."""
     import torch
 
-    from tlsync.trainer import default_workers
-    from tlsync.trainer.training.data import DetectionDataset, make_loader, start_epoch, train_transforms
+    from tlsync.trainer import DetectionDataset, default_workers
+    from tlsync.trainer.training.data import make_loader, start_epoch, train_transforms
 
     items = list(version.items("train"))[: ctx.plan.loader_images]
     dataset = DetectionDataset(items, [version.image_path(i) for i in items], version.categories,
@@ -130,28 +158,18 @@ def loader_ips(ctx: Context, version: Any) -> tuple[float, int, int]:
     return len(items) / seconds, workers, len(items)
 
 
-def check_loader(ctx: Context) -> list[Result]:
+def check_loader(ctx: Context) -> Iterator[Result]:
+    """The loader's images/s; set against the GPU's in the BENCHMARKS section (``gpu_check_report.verdicts``),
+    which sees both calls' figures."""
+    from gpu_check_report import verdicts
+
     if CHESS is None:
-        return [Result("loader", None, "skipped: ../shared/datasets/chess-pieces-coco not found")]
+        yield Result("loader", None, "skipped: shared/datasets/chess-pieces-coco not found (nor ../shared)")
+        return
     ips, workers, n = loader_ips(ctx, chess_version(ctx))
-    consumed = [r.figures for r in ctx.results if "tlsync_ips" in r.figures]
-    verdicts = []
-    for figures in consumed:
-        need = figures["tlsync_ips"]
-        verdicts.append(f"{figures['model']} trains {need:.1f} img/s: " +
-                        (f"the LOADER LIMITS it by {need / ips:.1f}x" if ips < need else f"{ips / need:.1f}x headroom"))
-    compared = "; ".join(verdicts) if verdicts else "no GPU figure to compare (run with the throughput check)"
-    return [Result("loader", True, f"{ips:.1f} img/s decoding + augmenting {n} chess JPEGs (2048x1371) with "
-                   f"{workers} worker(s) (the default); {compared}", {"loader_ips": ips, "workers": workers})]
-
-
-def write_section(results: list[Result], command: str) -> None:
-    import torch
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    failed = [r.name for r in results if r.ok is False]
-    body = (f"On {gpu} (torch {torch.__version__}, CUDA {torch.version.cuda}); models from random weights.\n\n"
-            + "\n".join(f"- `{r.line()}`" for r in results)
-            + f"\n\n{len(results) - len(failed)} of {len(results)} checks passed"
-            + (f"; failed: {', '.join(failed)}." if failed else "."))
-    update_section("gpu-check", "GPU check: AMP, DDP + SyncBatchNorm, compile, checkpoints, speed", body, command)
+    result = Result("loader", True, f"{ips:.1f} img/s decoding + augmenting {n} chess JPEGs (2048x1371) with "
+                    f"{workers} worker(s) (the default)", {"loader_ips": ips, "workers": workers})
+    compared = verdicts([*ctx.results, result])
+    if compared:
+        result.detail += "; " + "; ".join(compared)
+    yield result
