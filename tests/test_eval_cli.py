@@ -183,3 +183,23 @@ def test_empty_inputs_are_refused_clearly(run_cli, shapes, tmp_path) -> None:
 
     for result in (empty, nothing, unfinished):
         assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_each_row_says_which_model_and_split_it_scored(run_cli, shapes, tmp_path) -> None:
+    """The report's other evaluations name the file each scored; compare says when rows are on different splits."""
+    run = make_run(Path("runs/a"), shapes)
+    make_run(Path("runs/b"), shapes)
+    assert run_cli("eval", "--run", run, "--device", "cpu").exit_code == 0  # test: the dataset has test items
+    on_val = run_cli("eval", "--run", run, "--split", "val", "--device", "cpu")
+    assert on_val.exit_code == 0, on_val.stderr
+    assert json.loads((run / "eval" / "shapes@1-val" / "metrics.json").read_text())["model"] == "weights/best.pt"
+    rows = re.findall(r"<tr><td>([^<]*)</td><td>([^<]*)</td>", (run / "report.html").read_text())
+    assert ("weights/best.pt", "shapes@1 val") in rows
+
+    compared = run_cli("compare", "runs/a", "runs/b", "--out", tmp_path / "cmp")
+    assert compared.exit_code == 0, compared.stderr
+    assert compared.stdout.splitlines()[-2] == (
+        "note: these rows were scored on different splits (test: a; val: b), so their numbers do not compare; "
+        "score them on one split (tlsync eval --run RUN --split SPLIT)")
+    same = run_cli("compare", "runs/b", "runs/b", "--out", tmp_path / "same")
+    assert "note:" not in same.stdout

@@ -388,3 +388,36 @@ def test_a_model_the_exporter_cannot_handle_is_a_one_line_error(here, run_cli) -
     assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1
     assert "model 'plain_boxes' cannot be exported: it is a Boxes, not a torchvision-style detector" in result.stderr
     assert not (run / "export" / "model.onnx").exists()
+
+
+def test_int8_reports_the_calibration_it_used_and_the_report_names_each_file(here, workspace, run_cli) -> None:
+    from tlsync.store import Store
+
+    run = workspace[2]
+    train = sum(1 for _ in Store().open("shapes").items("train"))
+    assert train < 32
+    result = export(run_cli, run, "--format", "onnx", "--quantize", "int8", "--calibration-images", 32, "--exist-ok",
+                    "--max-map-drop", "1", "--check-images", 1)
+    assert result.exit_code == 0, result.stderr
+    assert (f"quantizing to int8 with {train} train calibration images (all there are; --calibration-images asked "
+            "for 32)") in result.stderr
+    how = sidecar(run)["files"]["model.int8.onnx"]["quantization"]
+    assert how["calibration"] == f"{train} train images, MinMax" and how["calibration_images"] == train
+
+    for name in ("model.int8.onnx", "model.onnx"):
+        scored = run_cli("eval", "--model", run / "export" / name, "--split", "val")
+        assert scored.exit_code == 0, scored.stderr
+    rows = re.findall(r"<tr><td>([^<]*)</td><td>([^<]*)</td>", (run / "report.html").read_text())
+    assert {("export/model.int8.onnx", "shapes@1 val"), ("export/model.onnx", "shapes@1 val")} <= set(rows)
+
+
+def test_a_parity_line_with_no_matching_box_says_so_plainly() -> None:
+    from tlsync.trainer.deploy.parity import summary_line
+
+    result = {"images": 2, "split": "val", "dataset": "shapes@1", "map50_95_original": 0.1, "map50_95_exported": 0.0,
+              "boxes": 375, "matched": 0, "tied": 0, "max_score_diff": None}
+    line = summary_line(Path("model.int8.onnx"), result, False, "int8 costs 0.1000 val mAP50-95")
+    assert line == ("model.int8.onnx: UNVERIFIED on 2 val images of shapes@1: mAP50-95 0.1000 -> 0.0000, "
+                    "no box of the 375 matched (int8 costs 0.1000 val mAP50-95)")
+    result.update(matched=370, max_score_diff=0.012)
+    assert "370/375 boxes match, largest score difference 0.012" in summary_line(Path("m.onnx"), result, True, "")

@@ -252,3 +252,24 @@ def test_an_unknown_tracker_is_refused(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = run_cli("train", "--dataset", "shapes", "--log", "tensorboard,wandb")
     assert result.exit_code == 2 and "unknown tracker 'wandb'" in result.stderr
+
+
+def test_a_sqlite_tracking_uri_is_stored_as_mlflow_opens_it(tmp_path, monkeypatch):
+    """``sqlite:////abs/path`` (four slashes) used to come back as ``sqlite://abs/path``, a URI MLflow cannot
+    open; a password in a server URI is still left out."""
+    from mlflow import MlflowClient
+
+    from tlsync.trainer.trackers.mlflow_tracker import MlflowLogger, without_credentials
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert uri.startswith("sqlite:////")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    run = tmp_path / "run"
+    run.mkdir()
+    logger = MlflowLogger()
+    logger.on_run_start(RunStart(run, {"model": "m", "epochs": 1}, "shapes@1", "abc", ["a"]))
+    stored = json.loads((run / "mlflow.json").read_text())
+    assert stored["tracking_uri"] == uri
+    assert MlflowClient(stored["tracking_uri"]).get_run(stored["run_id"]).info.run_name == "run"
+    assert without_credentials("https://me:s3cret@mlflow.example:5000/x?y=1") == "https://mlflow.example:5000/x?y=1"

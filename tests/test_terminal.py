@@ -91,3 +91,18 @@ def test_a_bad_progress_interval_is_one_line_naming_the_variable(value: str, tmp
     assert run.returncode == 1
     assert run.stderr.strip() == (f"Error: TLSYNC_PROGRESS_EVERY={value!r}: give the seconds between progress "
                                   "lines, such as 30")
+
+
+def test_train_draws_its_epoch_bar_and_prints_the_run_on_a_terminal(tmp_path: Path):
+    home = tmp_path / "home"
+    pulled = run_on_terminal("pull", "--source", "synthetic", "--items", "12", "--size", "64", "--split-ratios",
+                             "0.6,0.4,0", "--dataset", "shapes", home=home)
+    assert pulled.exit_code == 0, pulled.text
+    screen = run_on_terminal("train", "--dataset", "shapes", "--model", "fasterrcnn_efficientnet_lite0_fpn",
+                             "--weights", "imagenet", "--img-size", "64", "--batch-size", "2", "--workers", "0",
+                             "--device", "cpu", "--epochs", "1", "--name", "tty", home=home, cwd=tmp_path)
+    assert screen.exit_code == 0, screen.text
+    bar = next(line for line in screen.lines if line.startswith("epoch 1/1 classifier "))
+    assert "━━━━━━━━━━" in bar and "img/s" in bar
+    assert "run: runs/tty" in screen.lines and "report: runs/tty/report.html" in screen.lines
+    assert_no_code_as_text(screen.text)

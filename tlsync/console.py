@@ -23,7 +23,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import IO, Any, cast
 
 from .errors import TlsyncError
 from .secrets import redact
@@ -82,6 +82,11 @@ class EscapedStream(io.TextIOBase):
     @property
     def errors(self) -> str | None:  # type: ignore[override]
         return getattr(self.rich_proxied_file, "errors", None)
+
+
+def escaped(stream: Any) -> IO[str]:
+    """``stream`` behind ``printable``, typed as the file object ``click`` and ``print`` take."""
+    return cast(IO[str], EscapedStream(stream))
 
 
 @contextmanager
@@ -191,14 +196,16 @@ class PlainProgress:
 
     def __init__(self, description: str, total: float | None, unit: str, every: float):
         self.description, self.total, self.unit, self.every = description, total, unit, every
+        self.steps: tuple[int, int] | None = None
         self.started = self.last = time.monotonic()
 
     def __call__(self, completed: float, total: float | None = None, description: str | None = None,
-                 **_fields: Any) -> None:
+                 steps: tuple[int, int] | None = None, **_fields: Any) -> None:
         if total is not None:
             self.total = total
         if description is not None:
             self.description = description
+        self.steps = steps
         now = time.monotonic()
         if now - self.last < self.every or (_console is not None and _console.quiet):
             return
@@ -209,7 +216,8 @@ class PlainProgress:
     def line(self, completed: float, elapsed: float) -> str:
         rate = completed / elapsed if elapsed > 0 else 0.0
         done = f"{completed:,.0f}/{self.total:,.0f}" if self.total else f"{completed:,.0f}"
-        text = f"{self.description}: {done} {self.unit}, {rate:,.1f} {self.unit}/s, elapsed {clock(elapsed)}"
+        step = f"step {self.steps[0]}/{self.steps[1]}, " if self.steps else ""
+        text = f"{self.description}: {step}{done} {self.unit}, {rate:,.1f} {self.unit}/s, elapsed {clock(elapsed)}"
         if self.total and rate > 0:
             text += f", ETA {clock(max(0.0, self.total - completed) / rate)}"
         return printable(redact(text))
@@ -217,7 +225,10 @@ class PlainProgress:
 
 @contextmanager
 def progress(description: str, total: float | None = None, unit: str = "items") -> Iterator[Callable[..., None]]:
-    """Progress of one phase; yields ``update(completed, total=None, description=None, **fields)``.
+    """Progress of one phase; yields ``update(completed, total=None, description=None, steps=None)``.
+
+    ``steps`` is ``(k, n)`` where the work goes in steps (a training epoch): the plain lines
+    show it; the bar already shows the count it is drawn from.
 
     A rich bar with a rate on a terminal; without one, ``PlainProgress`` lines (never rich,
     which a pull without a terminal does not even import).
@@ -244,7 +255,7 @@ def progress(description: str, total: float | None = None, unit: str = "items") 
         task = bar.add_task(printable(redact(description)), total=total, rate="")
 
         def update(completed: float, total: float | None = None, description: str | None = None,
-                   **fields: Any) -> None:
+                   steps: tuple[int, int] | None = None, **fields: Any) -> None:
             elapsed = bar.tasks[task].elapsed or 0.0
             rate = f"{completed / elapsed:,.1f} {unit}/s" if elapsed > 0 else ""
             extra: dict[str, Any] = {"total": total} if total is not None else {}

@@ -13,6 +13,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from tlsync.console import echo
 from tlsync.errors import TlsyncError
 
 from .train import RESUME_OPTIONS as TRAIN_RESUME_OPTIONS
@@ -55,16 +56,19 @@ def curve(ctx: click.Context, dataset: str | None, fractions: str, seeds: int, t
         for key in TRAIN_RESUME_OPTIONS:
             if key in given and key in train_options:
                 plan.train_options[key] = train_options[key]
+        if "target_map" in given:  # a new question of the same points; otherwise the first run's
+            plan.target_map = target_map
     else:
         if not dataset:
             raise TlsyncError("give --dataset NAME (or --resume curves/NAME)")
         plan, done = new_plan(Store(), dataset, parse_fractions(fractions), seeds, train_options, name, project), []
-    click.echo(f"curve {plan.folder}: {plan.dataset}, fractions {', '.join(f'{f:g}' for f in plan.fractions)}, "
-               f"{plan.seeds} seed(s), scored on {plan.split}")
-    data = run_curve(plan, done, train_point, target_map)
+        plan.target_map = target_map
+    echo(f"curve {plan.folder}: {plan.dataset}, fractions {', '.join(f'{f:g}' for f in plan.fractions)}, "
+         f"{plan.seeds} seed(s), scored on {plan.split}")
+    data = run_curve(plan, done, train_point)
     for line in summary(data):
-        click.echo(line)
-    click.echo(f"curve: {plan.folder / 'curve.json'}, {plan.folder / 'curve.png'}")
+        echo(line)
+    echo(f"curve: {plan.folder / 'curve.json'}, {plan.folder / 'curve.png'}")
 
 
 curve.params.extend(options_for_runs())

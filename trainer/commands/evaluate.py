@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from tlsync.console import info, progress
+from tlsync.console import echo, info, progress
 from tlsync.errors import TlsyncError
 from tlsync.format import SPLITS
 
@@ -73,16 +73,16 @@ def eval_command(run: Path | None, model_file: Path | None, dataset: str | None,
         from ..training.precise_bn import fix_checkpoint
 
         checkpoint, layers, images = fix_checkpoint(checkpoint, Store(), dev)
-        click.echo(f"recomputed the statistics of {layers} batch-norm layer(s) over {images} train image(s) "
-                   f"of {trained_on}: wrote {checkpoint}")
+        echo(f"recomputed the statistics of {layers} batch-norm layer(s) over {images} train image(s) "
+             f"of {trained_on}: wrote {checkpoint}")
         out = out.with_name(out.name + "-recomputed-bn")
     model, categories, _ = load_model(checkpoint, device=dev)
     with progress(f"eval {checkpoint.name} on {version.ref} {split}", unit="images") as update:
         metrics = evaluate_split(model, version, split, categories, dev, out, conf=conf, progress=update,
-                                 batch_size=batch_size)
+                                 batch_size=batch_size, model_name=f"{checkpoint.parent.name}/{checkpoint.name}")
     print_metrics(metrics, f"{run} ({checkpoint.name})")
-    click.echo(f"eval files: {out}")
-    click.echo(f"report: {write_report(run)}")
+    echo(f"eval files: {out}")
+    echo(f"report: {write_report(run)}")
 
 
 @click.command()
@@ -117,9 +117,9 @@ def predict(run: Path | None, model_file: Path | None, sources: tuple[str, ...],
     for path, reason in result["skipped"].items():
         info(f"skipped {path}: {reason}")
     counts = ", ".join(f"{name} {n}" for name, n in result["per_class"].items()) or "none"
-    click.echo(f"{result['images']} images, {result['boxes']} boxes at conf >= {conf:.2f} ({counts})")
-    click.echo(f"predictions: {out / 'predictions.json'} (COCO results; images in {out / 'images.json'})")
-    click.echo(f"drawn images: {out}")
+    echo(f"{result['images']} images, {result['boxes']} boxes at conf >= {conf:.2f} ({counts})")
+    echo(f"predictions: {out / 'predictions.json'} (COCO results; images in {out / 'images.json'})")
+    echo(f"drawn images: {out}")
 
 
 @click.command()
@@ -131,6 +131,6 @@ def compare(runs: tuple[Path, ...], out: Path) -> None:
     from ..evaluation.compare import compare_runs, plot, table
 
     summaries = compare_runs(list(runs))
-    click.echo(table(summaries))
+    echo(table(summaries))
     plot(summaries, out / "compare.png")
-    click.echo(f"curves: {out / 'compare.png'}")
+    echo(f"curves: {out / 'compare.png'}")

@@ -13,10 +13,9 @@ from typing import Any
 import click
 
 from tlsync.cli import TargetCommand
-from tlsync.console import progress
+from tlsync.console import echo, progress
 from tlsync.errors import TlsyncError
 from tlsync.format import SPLITS
-from tlsync.secrets import redact
 from tlsync.store import Store
 
 from ..evaluation.predict import predict_items
@@ -62,4 +61,4 @@ def push(ctx: click.Context, target_name: str, run: Path, dataset: str | None, s
         predictions = predict_items(model, items, version.image_path, categories, torch_device, batch_size, conf)
         summary = target.push(counted(predictions), run_info, **target_options)
     for key, value in summary.items():
-        click.echo(redact(f"{key}: {value}"))
+        echo(f"{key}: {value}")

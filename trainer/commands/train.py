@@ -16,6 +16,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from tlsync.console import echo
 from tlsync.errors import TlsyncError
 
 from ..trackers.builtin import check_trackers, parse_trackers
@@ -111,8 +112,8 @@ def train(ctx: click.Context, resume: Path | None, **options: Any) -> None:
         check_trackers(cfg.log)  # a missing extra fails here, before a run folder exists
         run = launcher.run(partial(training.train, cfg), cfg.devices, cfg.device, cfg.sync_bn)
     if distributed.is_main():  # under torchrun every rank gets here; one prints
-        click.echo(f"run: {run}")
-        click.echo(f"report: {run / 'report.html'}")
+        echo(f"run: {run}")
+        echo(f"report: {run / 'report.html'}")
 
 
 def _resume(ctx: click.Context, resume: Path, options: dict[str, Any]) -> Path:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import click
 
+from tlsync.console import echo
+
 
 @click.group()
 def weights() -> None:
@@ -23,11 +25,11 @@ def where(model: str) -> None:
 
     files = weights_where(model)
     if not files:
-        click.echo(f"{model}: no pretrained weights known; train it with --weights none")
+        echo(f"{model}: no pretrained weights known; train it with --weights none")
         return
     for f in files:
         status = "present" if f.present else "MISSING"
-        click.echo(f"{model} --weights {f.what}: {status}\n  file: {f.path}\n  from: {f.url}")
+        echo(f"{model} --weights {f.what}: {status}\n  file: {f.path}\n  from: {f.url}")
 
 
 @weights.command(name="list")
@@ -38,4 +40,4 @@ def list_models() -> None:
     for name, spec in sorted(get_models().items()):
         files = spec.where() if spec.where else []
         starts = ", ".join(f"{f.what} {'present' if f.present else 'missing'}" for f in files) or "scratch only"
-        click.echo(f"{name}: {spec.description} [{starts}]")
+        echo(f"{name}: {spec.description} [{starts}]")

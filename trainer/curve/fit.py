@@ -24,6 +24,10 @@ import numpy as np
 
 MULTIPLES = (1.5, 2.0, 4.0)
 BOOTSTRAP = 200
+# A target that needs more than this many times today's labels is out of reach of the fit: the
+# power law was fitted on a few fractions of today's data, and a number of images 100x beyond
+# them (let alone 10^38, as a flat fit gives) is no estimate.
+REACH = 100
 
 
 @dataclass
@@ -115,15 +119,22 @@ def analyse(points: list[dict[str, Any]], target: float | None = None, seed: int
         out.predictions.append({"multiple": m, "images": round(n), "map50_95": out.fit.predict(n),
                                 "low": low, "high": high})
     if target is not None:
-        need = out.fit.labels_for(target)
-        reps = [f.labels_for(target) for f in replicates]
-        reachable = [r for r in reps if r is not None]
-        low, high = _interval(reachable) if len(reachable) >= len(reps) / 2 and reachable else (None, None)
-        out.target = {"map50_95": target, "images": None if need is None else math.ceil(need),
-                      "low": low, "high": high if len(reachable) == len(reps) else None,
-                      "plateau": out.fit.a}
+        out.target = _target(out.fit, replicates, target, REACH * n_today)
     out.warnings += _fit_warnings(out.fit, sizes, out.predictions)
     return out
+
+
+def _target(fit: Fit, replicates: list[Fit], target: float, reach: float) -> dict[str, Any]:
+    """The labelled images ``target`` needs, with its interval; ``images`` None when the curve
+    levels off below it (``beyond_reach`` False) or only gets there past ``reach`` images (True)."""
+    need = fit.labels_for(target)
+    reps = [f.labels_for(target) for f in replicates]
+    reachable = [r for r in reps if r is not None and r <= reach]
+    low, high = _interval(reachable) if len(reachable) >= len(reps) / 2 and reachable else (None, None)
+    beyond = need is not None and need > reach
+    return {"map50_95": target, "images": None if need is None or beyond else math.ceil(need),
+            "low": low, "high": high if len(reachable) == len(reps) else None, "plateau": fit.a,
+            "beyond_reach": beyond, "reach_images": round(reach)}
 
 
 def diagnose(sizes: dict[int, list[float]]) -> list[str]:

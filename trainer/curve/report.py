@@ -14,7 +14,7 @@ import numpy as np
 from ..evaluation.drawing import colour
 from ..evaluation.plots import figure, save_figure
 from ..evaluation.summary import fmt
-from .fit import by_size
+from .fit import REACH, by_size
 
 
 def plot_curve(data: dict[str, Any], path: Path) -> None:
@@ -78,7 +78,10 @@ def summary(data: dict[str, Any]) -> list[str]:
             lines.append(f"{p['images']:>15}  {str(p['multiple']) + 'x':>8}  {'pred':>5}  {p['map50_95']:>9.3f} {band}")
     target = fit.get("target")
     if target:
-        if target["images"] is None:
+        if target.get("beyond_reach"):
+            lines.append(f"target mAP50-95 {target['map50_95']:.3f}: out of reach of this fit (it would need more "
+                         f"than {REACH}x today's {fit['n_today']} labelled images)")
+        elif target["images"] is None:
             lines.append(f"target mAP50-95 {target['map50_95']:.3f}: out of reach of the fit, which levels off "
                          f"at {target['plateau']:.3f}")
         else:

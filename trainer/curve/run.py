@@ -45,6 +45,7 @@ class CurvePlan:
     train_options: dict[str, Any]
     split: str  # what every point is scored on: test, else val
     created: str
+    target_map: float | None = None  # --target-map: kept in curve.json, so --resume keeps answering it
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items() if k != "folder"}
@@ -73,7 +74,8 @@ def load_plan(folder: Path) -> tuple[CurvePlan, list[dict[str, Any]]]:
     data = runs.read_json(path)
     try:
         plan = CurvePlan(folder.name, folder, data["dataset"], data["content_hash"], data["fractions"],
-                         data["seeds"], data["seed"], data["train_options"], data["split"], data["created"])
+                         data["seeds"], data["seed"], data["train_options"], data["split"], data["created"],
+                         data.get("target_map"))
     except KeyError as e:
         raise TlsyncError(f"{path}: missing field {e}; it was not written by tlsync curve") from None
     return plan, list(data.get("points", []))
@@ -84,7 +86,7 @@ def point_label(fraction: float, seed: int) -> str:
 
 
 def run_curve(plan: CurvePlan, done: list[dict[str, Any]], train_point: Callable[[Any], Path],
-              target: float | None = None, store: Store | None = None) -> dict[str, Any]:
+              store: Store | None = None) -> dict[str, Any]:
     """Every point not in ``done``, in order (seed by seed, smallest first); returns the final curve.json."""
     store = store or Store()
     base = store.open(plan.dataset)
@@ -121,8 +123,8 @@ def run_curve(plan: CurvePlan, done: list[dict[str, Any]], train_point: Callable
         seconds_per_image.append(point["seconds"] / max(1, point["train_images"]))
         info(f"curve point {k} of {len(todo)} done: {plan.split} mAP50-95 {point['map50_95']:.3f}, "
              f"mAP50 {point['map50']:.3f} in {_duration(point['seconds'])}")
-        write_curve(plan, points, target)
-    return write_curve(plan, points, target)
+        write_curve(plan, points)
+    return write_curve(plan, points)
 
 
 def _point_config(plan: CurvePlan, version: DatasetVersion, label: str, seed: int) -> Any:
@@ -151,11 +153,11 @@ def score_point(run: Path, version: DatasetVersion, plan: CurvePlan, fraction: f
             "per_class_ap50_95": {name: c["ap50_95"] for name, c in metrics["per_class"].items()}}
 
 
-def write_curve(plan: CurvePlan, points: list[dict[str, Any]], target: float | None) -> dict[str, Any]:
+def write_curve(plan: CurvePlan, points: list[dict[str, Any]]) -> dict[str, Any]:
     """``curve.json`` (atomically) and ``curve.png``, from the points so far."""
     from .report import plot_curve
 
-    fit = analyse(points, target)
+    fit = analyse(points, plan.target_map)
     data = {**plan.to_dict(), "points": points, "fit": fit.to_dict(),
             "finished": len(points) == len(plan.fractions) * plan.seeds}
     atomic_write_json(plan.folder / CURVE, data)

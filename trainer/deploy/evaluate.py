@@ -11,9 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, cast
 
-import click
-
-from tlsync.console import progress
+from tlsync.console import echo, progress
 
 
 def eval_exported(model_file: Path, dataset: str | None, split: str | None, conf: float | None,
@@ -36,10 +34,11 @@ def eval_exported(model_file: Path, dataset: str | None, split: str | None, conf
     run = model_file.resolve().parent.parent
     in_run = (run / "config.json").is_file() and (run / "weights").is_dir()
     out = (run / "eval" if in_run else model_file.parent / "eval") / f"{model_file.name}-{version.ref}-{split}"
+    scored = f"{model_file.parent.name}/{model_file.name}" if in_run else model_file.name  # as the report names it
     with progress(f"eval {model_file.name} on {version.ref} {split}", unit="images") as update:
         metrics = evaluate_split(cast(Any, model), version, split, model.categories, "cpu", out, conf=conf,
-                                 progress=update, batch_size=batch_size)
+                                 progress=update, batch_size=batch_size, model_name=scored)
     print_metrics(metrics, f"{model_file} ({model.format}, {model.meta['files'][model_file.name]['precision']})")
-    click.echo(f"eval files: {out}")
+    echo(f"eval files: {out}")
     if in_run:
-        click.echo(f"report: {write_report(run)}")
+        echo(f"report: {write_report(run)}")

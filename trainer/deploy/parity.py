@@ -220,7 +220,7 @@ def compare(original: Callable[[torch.Tensor], Outputs], exported: Callable[[tor
     maps = {key: score_split(version, split, items, p, categories, None)["map50_95"] for key, p in preds.items()}
     return {"dataset": version.ref, "split": split, "images": len(items), "boxes": total, "matched": matched,
             "matched_share": matched / total if total else 1.0, "tied": tied,
-            "tied_share": tied / total if total else 0.0, "max_score_diff": max(diffs, default=0.0),
+            "tied_share": tied / total if total else 0.0, "max_score_diff": max(diffs) if diffs else None,
             "map50_95_original": maps["original"], "map50_95_exported": maps["exported"],
             "map50_95_diff": maps["exported"] - maps["original"], "shapes_checked": sorted(shapes),
             "probe_image": first}
@@ -278,9 +278,12 @@ def verdict(result: dict[str, Any], quantized: bool, max_map_drop: float) -> tup
 
 def summary_line(path: Path, result: dict[str, Any], verified: bool, why: str) -> str:
     state = "verified" if verified else "UNVERIFIED"
+    if result["boxes"] and not result["matched"]:  # a largest difference over no pair would read as a match
+        boxes = f"no box of the {result['boxes']} matched"
+    else:
+        boxes = (f"{result['matched']}/{result['boxes']} boxes match"
+                 + (f" (+{result['tied']} swapped among tied scores)" if result.get("tied") else "")
+                 + (f", largest score difference {result['max_score_diff']:.2g}" if result["matched"] else ""))
     return (f"{path.name}: {state} on {result['images']} {result['split']} images of {result['dataset']}: "
-            f"mAP50-95 {result['map50_95_original']:.4f} -> {result['map50_95_exported']:.4f}, "
-            f"{result['matched']}/{result['boxes']} boxes match"
-            + (f" (+{result['tied']} swapped among tied scores)" if result.get("tied") else "")
-            + ", largest score difference "
-            f"{result['max_score_diff']:.2g}" + ("" if verified else f" ({why})"))
+            f"mAP50-95 {result['map50_95_original']:.4f} -> {result['map50_95_exported']:.4f}, {boxes}"
+            + ("" if verified else f" ({why})"))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import numpy as np
 
 from tlsync.atomic import atomic_write_file
 from tlsync.errors import TlsyncError
+from tlsync.format import Item
 from tlsync.store import DatasetVersion
 
 from .runner import EXTRA
@@ -46,18 +48,26 @@ class _Calibration:
         pass
 
 
-def calibration_images(version: DatasetVersion, count: int) -> Iterator[np.ndarray]:
+def calibration_set(version: DatasetVersion, count: int) -> tuple[str, list[Item]]:
+    """Up to ``count`` train images (val ones when train has none), and the split they are from:
+    a dataset with fewer images than asked calibrates with what it has, and says so."""
+    for split in ("train", "val"):
+        items = list(islice(version.items(split), count))
+        if items:
+            return split, items
+    raise TlsyncError(f"dataset {version.ref} has no train or val images to calibrate int8 with")
+
+
+def calibration_images(version: DatasetVersion, items: list[Item]) -> Iterator[np.ndarray]:
     from ..evaluation.predict import image_tensor, load_image
 
-    items = list(version.items("train"))[:count] or list(version.items("val"))[:count]
-    if not items:
-        raise TlsyncError(f"dataset {version.ref} has no train or val images to calibrate int8 with")
     for item in items:
         yield image_tensor(load_image(version.image_path(item))).numpy()
 
 
 def quantize(source: Path, target: Path, version: DatasetVersion, calibration: int = 32) -> dict[str, Any]:
-    """Write ``target`` (temp name, then renamed); returns how it was quantized, for model.json."""
+    """Write ``target`` (temp name, then renamed); returns how it was quantized, for model.json
+    (``calibration_images``: how many were used, which may be fewer than ``calibration``)."""
     try:
         import onnx
         from onnxruntime import quantization as q
@@ -65,16 +75,18 @@ def quantize(source: Path, target: Path, version: DatasetVersion, calibration: i
         raise TlsyncError(f"--quantize int8 needs onnx and onnxruntime: {EXTRA}") from None
     graph = onnx.load(str(source))
     keep = [n.name for n in graph.graph.node if n.op_type in OPS and any(k in n.name for k in KEEP_FLOAT)]
+    split, items = calibration_set(version, calibration)
     how: dict[str, Any] = {}
 
     def write(tmp: str) -> None:
         try:
-            q.quantize_static(str(source), tmp, _Calibration(calibration_images(version, calibration)),
+            q.quantize_static(str(source), tmp, _Calibration(calibration_images(version, items)),
                               quant_format=q.QuantFormat.QDQ, op_types_to_quantize=OPS, per_channel=True,
                               reduce_range=True, activation_type=q.QuantType.QUInt8,
                               weight_type=q.QuantType.QInt8, nodes_to_exclude=keep,
                               calibrate_method=q.CalibrationMethod.MinMax)
-            how.update(method="static", format="QDQ", calibration=f"{calibration} train images, MinMax")
+            how.update(method="static", format="QDQ", calibration=f"{len(items)} {split} images, MinMax",
+                       calibration_images=len(items), calibration_split=split)
         except Exception as e:  # calibration that cannot run the graph -> weights only
             q.quantize_dynamic(str(source), tmp, op_types_to_quantize=["MatMul", "Gemm"],
                                weight_type=q.QuantType.QInt8, nodes_to_exclude=keep)

@@ -34,6 +34,7 @@ class RunSummary:
     recall: float | None
     f1: float | None
     evaluated_on: str
+    split: str  # the split the final numbers are from: val (training's) or what tlsync eval scored
     epoch_axis: list[float]
     seconds_axis: list[float]
     map_curve: list[float]
@@ -63,7 +64,7 @@ def summarise(run: Path, label: str | None = None) -> RunSummary:
         wall_seconds=elapsed[-1], seconds_to_best=elapsed[best],
         map50_95=final.get("map50_95"), map50=final.get("map50"),
         precision=final.get("precision"), recall=final.get("recall"), f1=final.get("f1"),
-        evaluated_on=final["evaluated_on"],
+        evaluated_on=final["evaluated_on"], split=str(final.get("split", "val")),
         epoch_axis=[row.get("epoch", i + 1) for i, row in enumerate(rows)], seconds_axis=elapsed, map_curve=maps,
         on_parent=_on_parent(run),
     )
@@ -114,11 +115,23 @@ def table(summaries: list[RunSummary]) -> str:
         rows = [[*row, s.on_parent or "-"] for row, s in zip(rows, summaries, strict=True)]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     left = {0, 1, 2, len(HEADER) - 1, len(HEADER)}
-    return "\n".join(
-        "  ".join(cell.ljust(w) if i in left else cell.rjust(w)
-                  for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip()
-        for row in [header, *rows]
-    )
+    lines = ["  ".join(cell.ljust(w) if i in left else cell.rjust(w)
+                       for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip()
+             for row in [header, *rows]]
+    return "\n".join(lines + split_note(summaries))
+
+
+def split_note(summaries: list[RunSummary]) -> list[str]:
+    """A warning line when the rows were scored on different splits: a val score (what training
+    picked its best epoch on) next to a test score reads as a comparison and is not one."""
+    splits: dict[str, list[str]] = {}
+    for s in summaries:
+        splits.setdefault(s.split, []).append(s.label)
+    if len(splits) < 2:
+        return []
+    groups = "; ".join(f"{split}: {', '.join(labels)}" for split, labels in sorted(splits.items()))
+    return [f"note: these rows were scored on different splits ({groups}), so their numbers do not compare; "
+            "score them on one split (tlsync eval --run RUN --split SPLIT)"]
 
 
 def duration(seconds: float) -> str:

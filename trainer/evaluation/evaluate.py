@@ -25,7 +25,7 @@ from .metrics import coco_ground_truth, coco_results, evaluate
 def evaluate_split(model: torch.nn.Module, dataset_version: DatasetVersion, split: str, categories: list[str],
                    device: str | torch.device, out_dir: Path | None, conf: float | None = None,
                    progress: Callable[..., None] | None = None, batch_size: int = 4, workers: int = 0,
-                   draft: bool = False) -> dict[str, Any]:
+                   draft: bool = False, model_name: str | None = None) -> dict[str, Any]:
     """Predict on every item of ``split`` and score it; write the eval files when ``out_dir`` is given.
 
     Images are decoded by ``workers`` loader processes (``loader.predict_loaded``; ``draft``:
@@ -42,7 +42,7 @@ def evaluate_split(model: torch.nn.Module, dataset_version: DatasetVersion, spli
         predictions.append(item)
         if progress:
             progress(len(predictions), total=len(items))
-    return score_split(dataset_version, split, items, predictions, categories, out_dir, conf)
+    return score_split(dataset_version, split, items, predictions, categories, out_dir, conf, model_name)
 
 
 # Where a model's score comes from when no --split is given: held-out test if the dataset has one, else val.
@@ -66,8 +66,12 @@ def split_items(dataset_version: DatasetVersion, split: str) -> list[Item]:
 
 
 def score_split(dataset_version: DatasetVersion, split: str, items: list[Item], predictions: list[Item],
-                categories: list[str], out_dir: Path | None, conf: float | None = None) -> dict[str, Any]:
+                categories: list[str], out_dir: Path | None, conf: float | None = None,
+                model_name: str | None = None) -> dict[str, Any]:
     """The metrics of ``predictions`` (one per item, in order), and the eval files when ``out_dir`` is given.
+
+    ``model_name`` (``weights/best.pt``, ``export/model.int8.onnx``) is recorded as ``model``:
+    a run's report lists several evaluations, and each row must say which file it scored.
 
     Apart from ``evaluate_split`` so that a distributed evaluation, whose ranks each
     predict a share of the items, scores the gathered predictions exactly the same way.
@@ -78,6 +82,8 @@ def score_split(dataset_version: DatasetVersion, split: str, items: list[Item], 
     metrics = evaluate(items, predictions, scored, conf)
     metrics.update(dataset=dataset_version.ref, content_hash=dataset_version.content_hash, split=split,
                    unknown_classes=unknown)
+    if model_name is not None:
+        metrics["model"] = model_name
     if out_dir is not None:
         write_eval(Path(out_dir), dataset_version, items, predictions, scored, metrics)
     return metrics

@@ -158,7 +158,7 @@ def write_report(run_dir: Path) -> Path:
         sections.append(_forgetting_html(read_json(run_dir / "forgetting.json")))
     others = sorted(p for p in eval_dir.glob("*/metrics.json")) if eval_dir.is_dir() else []
     if others:
-        sections.append(_other_evals_html([read_json(p) for p in others]))
+        sections.append(_other_evals_html([(p.parent.name, read_json(p)) for p in others]))
 
     title = html.escape(f"tlsync run {run_dir.name}")
     page = (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{title}</title><style>{CSS}</style></head>\n"
@@ -217,10 +217,13 @@ def _metrics_html(m: dict[str, Any]) -> str:
             + per_class)
 
 
-def _other_evals_html(evals: list[dict[str, Any]]) -> str:
-    rows = [[f"{m.get('dataset', '?')} {m.get('split', '?')}", fmt(m["map50_95"]), fmt(m["map50"]),
-             fmt(m["precision"]), fmt(m["recall"]), fmt(m["f1"])] for m in evals]
-    return "<h2>Other evaluations</h2>" + _table(["data", "mAP50-95", "mAP50", "P", "R", "F1"], rows)
+def _other_evals_html(evals: list[tuple[str, dict[str, Any]]]) -> str:
+    """One row per evaluation beside the main one, naming the model file it scored (a run's
+    exports share its dataset and split, so those alone cannot tell the rows apart); files
+    written before the name was recorded show their folder, which holds it."""
+    rows = [[m.get("model") or folder, f"{m.get('dataset', '?')} {m.get('split', '?')}", fmt(m["map50_95"]),
+             fmt(m["map50"]), fmt(m["precision"]), fmt(m["recall"]), fmt(m["f1"])] for folder, m in evals]
+    return "<h2>Other evaluations</h2>" + _table(["model", "data", "mAP50-95", "mAP50", "P", "R", "F1"], rows)
 
 
 def _forgetting_html(f: dict[str, Any]) -> str:

@@ -22,7 +22,6 @@ import os
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from tlsync.atomic import atomic_write_json
 from tlsync.events import EpochEnd, EvalEnd, RunEnd, RunStart, TrainingCallback
@@ -43,11 +42,17 @@ def tracking_uri() -> str:
 
 
 def without_credentials(uri: str) -> str:
-    """The URI with any ``user:password@`` removed: it is stored in the run dir and compared on resume."""
-    parts = urlsplit(uri)
-    if parts.username or parts.password:
-        parts = parts._replace(netloc=(parts.hostname or "") + (f":{parts.port}" if parts.port else ""))
-    return urlunsplit(parts)
+    """The URI with any ``user:password@`` removed: it is stored in the run dir and compared on resume.
+
+    Only the user part is cut out of the text: a split-and-rejoin round trip rewrites other
+    URIs (``sqlite:////tmp/mlflow.db`` comes back as ``sqlite://tmp/mlflow.db``, which MLflow
+    cannot open), and the stored URI must open the same store.
+    """
+    scheme, sep, rest = uri.partition("://")
+    authority, slash, path = rest.partition("/")
+    if not sep or "@" not in authority:
+        return uri
+    return f"{scheme}://{authority.rpartition('@')[2]}{slash}{path}"
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -97,11 +102,6 @@ class MlflowLogger(TrainingCallback):
                                                      "tracking_uri": without_credentials(uri)})
         self._log_params(event.config)
 
-    def _experiment(self, name: str) -> str:
-        found = self.client.get_experiment_by_name(name)
-        if found is not None:
-            return str(found.experiment_id)
-        try:
     def start_hint(self, error: Exception) -> str:
         """What to set when the store would not open (shown in the one-line refusal)."""
         uri = without_credentials(tracking_uri())
@@ -110,6 +110,11 @@ class MlflowLogger(TrainingCallback):
                     f"(a database store), or MLFLOW_ALLOW_FILE_STORE=true to keep using the file store")
         return f"check MLFLOW_TRACKING_URI (now {uri}) and that the server answers"
 
+    def _experiment(self, name: str) -> str:
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return str(found.experiment_id)
+        try:
             return str(self.client.create_experiment(name))
         except Exception:  # another run created it in between
             found = self.client.get_experiment_by_name(name)

@@ -82,7 +82,7 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: 
                     progress: Callable[..., None] | None = None) -> EpochResult:
     """Train over ``loader`` once; raise ``NonFiniteLoss`` (before stepping) if the loss blows up.
 
-    ``progress(images_done, losses_text)`` is called after every step.
+    ``progress(images_done, losses_text, steps_done)`` is called after every step.
     """
     started, images, failures = time.perf_counter(), 0, []
     totals: dict[str, float] = {}
@@ -112,7 +112,7 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: 
         for k, v in values.items():
             totals[k] = totals.get(k, 0.0) + v * len(batch)
         if progress:
-            progress(images, " ".join(f"{short(k)} {totals[k] / images:.3f}" for k in totals))
+            progress(images, " ".join(f"{short(k)} {totals[k] / images:.3f}" for k in totals), step + 1)
     return EpochResult({k: v / max(images, 1) for k, v in totals.items()}, images, time.perf_counter() - started,
                        optimizer.param_groups[0]["lr"], failures)
 

@@ -184,7 +184,7 @@ def train(cfg: TrainConfig, store: Store | None = None, runtime: Runtime | None 
         weights_source=weights_source, world_size=runtime.world_size, device=str(runtime.device),
         versions=runs.environment())
     run = runtime.from_main(lambda: start_run(settings, version, data, runtime))
-    with events.session(run, settings.as_config(), version, runtime.is_main):
+    with runs.says_where_it_stopped(run), events.session(run, settings.as_config(), version, runtime.is_main):
         return fit(run, settings, version, data, model, runtime, RunState(), None)
 
 
@@ -204,13 +204,13 @@ def resume(run: Path, store: Store | None = None, device: str | None = None, wor
     """Continue ``run`` from ``weights/last.pt``: same data, settings, optimiser state and random state.
 
     ``device``, ``workers`` and ``amp`` may change: where and how fast it runs (a run resumed on
-    another GPU may need another precision), not what it computes.
+    another GPU may need another precision), not what it computes. A run stopped before its
+    first checkpoint has only ``config.json``: it starts again from epoch 1 in its own folder,
+    with those settings, so its name is not used up.
     """
     run = Path(run)
     settings = RunSettings.from_config(runs.read_config(run))
     last = run / "weights" / "last.pt"
-    if not last.exists():
-        raise TlsyncError(f"{run} has no finished epoch to resume from ({last} is missing); start it again")
     runtime = runtime or Runtime(resolve_device(device or settings.device))
     settings = dataclasses.replace(settings, device=str(runtime.device), amp=amp or settings.amp,
                                    workers=settings.workers if workers is None else workers)
@@ -222,6 +222,8 @@ def resume(run: Path, store: Store | None = None, device: str | None = None, wor
     if version.content_hash != settings.content_hash:
         raise TlsyncError(f"dataset {version.ref} changed since {run} started (content hash differs); "
                           f"start a new run with --weights {run} instead")
+    if not last.exists():
+        return restart(run, settings, version, runtime)
     checkpoint = load_checkpoint(last)
     model = rebuild_model(checkpoint)
     model.load_state_dict(checkpoint["model"])
@@ -232,8 +234,21 @@ def resume(run: Path, store: Store | None = None, device: str | None = None, wor
     if runtime.is_main:
         runs.MetricsLog(run).truncate(state.epoch)
         info(f"resuming {run} after epoch {state.epoch} of {settings.epochs}")
-    with events.session(run, settings.as_config(), version, runtime.is_main, resumed_after=state.epoch):
+    with runs.says_where_it_stopped(run), \
+            events.session(run, settings.as_config(), version, runtime.is_main, resumed_after=state.epoch):
         return fit(run, settings, version, TrainData.read(version), model, runtime, state, checkpoint)
+
+
+def restart(run: Path, settings: RunSettings, version: DatasetVersion, runtime: Runtime) -> Path:
+    """Train ``run`` from epoch 1 again, in its folder, with the settings its ``config.json`` holds."""
+    data = check_data(version)
+    seed_everything(settings.seed)
+    model, _, _ = initial_model(settings, version.categories)
+    if runtime.is_main:
+        runs.MetricsLog(run).truncate(0)
+        info(f"{run} stopped before its first checkpoint: training it again from epoch 1 with its config.json")
+    with runs.says_where_it_stopped(run), events.session(run, settings.as_config(), version, runtime.is_main):
+        return fit(run, settings, version, data, model, runtime, RunState(), None)
 
 
 def fit(run: Path, settings: RunSettings, version: DatasetVersion, data: TrainData, model: nn.Module,
@@ -297,11 +312,15 @@ def train_epoch(loop: Fit, state: RunState, epoch: int) -> EpochResult:
     start_epoch(loop.loader, epoch, settings.seed)
     label = epoch_label(loop, epoch)
     total = len(loop.loader.batch_sampler.sampler) * runtime.world_size  # type: ignore[union-attr]
+    steps = len(loop.loader)
     with progress(label, total=total, unit="img") as update:
+
+        def shown(images: int, losses: str, step: int) -> None:
+            update(images * runtime.world_size, description=f"{label} {losses}", steps=(step, steps))
+
         try:
             result = train_one_epoch(loop.net, loop.optimizer, loop.loader, runtime.device, loop.scheduler,
-                                     loop.scaler, loop.amp_dtype, settings.clip_norm,
-                                     lambda n, losses: update(n * runtime.world_size, description=f"{label} {losses}"))
+                                     loop.scaler, loop.amp_dtype, settings.clip_norm, shown)
         except NonFiniteLoss as e:
             kept = (f"{loop.weights / 'last.pt'} keeps epoch {state.epoch}, the last good one" if state.epoch
                     else "no epoch had finished, so no checkpoint was written")
@@ -404,7 +423,8 @@ def end_of_training(loop: Fit, state: RunState, stop_reason: str) -> None:
         best = load_checkpoint(loop.weights / "best.pt")
         loop.model.load_state_dict(best["model"])
         metrics = evaluate_split(loop.model.eval(), loop.version, "val", loop.settings.categories,
-                                 loop.runtime.device, loop.run / "eval", workers=loop.settings.workers)
+                                 loop.runtime.device, loop.run / "eval", workers=loop.settings.workers,
+                                 model_name="weights/best.pt")
         events.eval_end(loop.run / "eval", metrics)
         info(f"best epoch {best['epoch']}: val mAP50-95 {metrics['map50_95']:.3f}, mAP50 {metrics['map50']:.3f}, "
              f"P {metrics['precision']:.3f}, R {metrics['recall']:.3f}, F1 {metrics['f1']:.3f}")

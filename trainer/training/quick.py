@@ -11,9 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import click
-
-from tlsync.console import info
+from tlsync.console import echo, info
 
 from ..models.weights import weights_where
 from .fit import TrainConfig, train
@@ -39,7 +37,7 @@ def run(dataset_ref: str, seconds: float = 60) -> Path:
     cfg = TrainConfig(dataset=dataset_ref, model=model, weights=weights, img_size=IMG_SIZE, batch_size=4,
                       epochs=max(1, round(EPOCHS_PER_MINUTE * seconds / 60)), time_limit=seconds, patience=0)
     run_dir = train(cfg)
-    click.echo(f"run: {run_dir}")
-    click.echo(f"report: {run_dir / 'report.html'}")
-    click.echo(f"next: tlsync predict --run {run_dir} IMAGES --out preds/")
+    echo(f"run: {run_dir}")
+    echo(f"report: {run_dir / 'report.html'}")
+    echo(f"next: tlsync predict --run {run_dir} IMAGES --out preds/")
     return run_dir

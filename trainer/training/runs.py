@@ -5,7 +5,8 @@ Layout of ``<project>/<name>/`` (``project`` defaults to ``runs`` in the current
     config.json        every setting, the dataset name@version and content hash, versions
     metrics.csv        one row per finished epoch: epoch, seconds (the epoch's wall time),
                        train_seconds (of which training, the rest is val eval), lr, losses, val metrics
-    weights/last.pt    the latest finished epoch (what --resume continues from)
+    weights/last.pt    the latest finished epoch (what --resume continues from; a run stopped
+                       before it exists is trained again from epoch 1 by --resume)
     weights/best.pt    the epoch with the best val mAP50-95
     eval/              COCO ground truth and predictions of best.pt on val, metrics.json
     report.html        plots of the above
@@ -21,18 +22,26 @@ import csv
 import io
 import json
 import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from tlsync.atomic import atomic_write_json, atomic_write_text
+from tlsync.console import info
 from tlsync.errors import TlsyncError
 
 CONFIG = "config.json"
 METRICS = "metrics.csv"
+LAST = Path("weights") / "last.pt"
 
 
 def create_run_dir(project: Path, name: str | None, dataset: str, exist_ok: bool = False) -> Path:
     """Make and return a new run directory; ``mkdir`` claims the name, so concurrent runs never share one."""
+    folder = project / name if name else None
+    if folder is not None and not exist_ok and (folder / CONFIG).is_file() and not (folder / LAST).is_file():
+        raise TlsyncError(f"run directory {folder} already exists and stopped before its first checkpoint; "
+                          f"tlsync train --resume {folder} trains it again there, or choose another --name")
     return claim_folder(project, name, dataset, exist_ok,
                         taken="run directory {} already exists; choose another --name or pass --exist-ok "
                               "to write into it")
@@ -62,6 +71,24 @@ def claim_folder(project: Path, name: str | None, stem: str, exist_ok: bool = Fa
             return folder
         except FileExistsError:
             n += 1
+
+
+@contextmanager
+def says_where_it_stopped(run: Path) -> Iterator[None]:
+    """On Ctrl-C, say what the run keeps and how to carry on, before the CLI's "Interrupted."
+
+    Stopped before its first checkpoint a run folder holds only ``config.json``; without a
+    word it looks like a name used up, when ``--resume`` can train it again right there.
+    """
+    try:
+        yield
+    except KeyboardInterrupt:
+        if (run / LAST).is_file():
+            info(f"stopped: {run / LAST} keeps the last finished epoch; tlsync train --resume {run} continues")
+        else:
+            info(f"stopped before the first checkpoint: {run} holds no weights yet; "
+                 f"tlsync train --resume {run} trains it again there from epoch 1")
+        raise
 
 
 def existing_run_dir(path: Path) -> Path:
