@@ -23,6 +23,7 @@ import time
 from typing import IO, Any, BinaryIO, cast
 
 from tlsync.errors import TlsyncError
+from tlsync.fields import loads, max_json_bytes
 from tlsync.http import HttpClient, HttpError
 from tlsync.secrets import get_secret, remember
 
@@ -30,6 +31,7 @@ API_KEY = "LABEL_STUDIO_API_KEY"
 URL = "LABEL_STUDIO_URL"
 REFRESH_MARGIN = 30.0  # seconds before its exp that an access token is replaced
 REASON_LIMIT = 200  # characters of the server's reason quoted in an error
+REASON_BYTES = 64 << 10  # bytes of a refusal (or a token answer) read at most
 
 _HINTS = {
     "pat": ("a Personal Access Token", "if your organisation uses legacy tokens instead, copy the legacy token "
@@ -85,15 +87,18 @@ class LabelStudioClient:
             return {"Authorization": f"Bearer {self._access[0]}"}
 
     def _refresh(self) -> tuple[str, float]:
-        url = f"{self.server}/api/token/refresh"
-        response = self.http.request("POST", url, "Label Studio token refresh", json={"refresh": self.key})
+        url = f"{self.server}/api/token/refresh/"
+        response = self.http.request("POST", url, "Label Studio token refresh", json={"refresh": self.key},
+                                     stream=True)
         if response.status_code in (400, 401, 403):
             raise self.refused(response.status_code, _reason(response), "POST /api/token/refresh")
         if not response.ok:
+            response.close()
             raise HttpError(f"Label Studio: POST {url} returned HTTP {response.status_code}", response.status_code)
         try:
-            access = response.json().get("access")
-        except (ValueError, AttributeError):
+            answer = loads(_read(response, REASON_BYTES), f"Label Studio: POST {url}")
+            access = answer.get("access") if isinstance(answer, dict) else None
+        except (ValueError, TlsyncError):
             access = None
         if not isinstance(access, str) or not access:
             raise TlsyncError(f"Label Studio: POST {url} returned no access token")
@@ -119,21 +124,23 @@ class LabelStudioClient:
             said = f": {reason}" if reason else ""
             raise HttpError(f"{what}: {method} {url} returned HTTP {response.status_code}{said}",
                             response.status_code)
-        if response.status_code == 204 or not response.content:
-            return None
+        body = _read(response, max_json_bytes(), f"{what}: {method} {url}")
+        if not body:
+            return None  # 204 No Content (a DELETE)
         try:
-            return response.json()
+            return loads(body, f"{what}: {method} {url}")
         except ValueError:
             raise HttpError(f"{what}: {method} {url} returned a body that is not valid JSON",
                             response.status_code) from None
 
     def _send(self, method: str, url: str, what: str, **kwargs: Any) -> Any:
         extra = kwargs.pop("headers", {})
-        response = self.http.request(method, url, what, headers={**self.headers(), **extra}, **kwargs)
+        response = self.http.request(method, url, what, headers={**self.headers(), **extra}, stream=True, **kwargs)
         if response.status_code == 401 and self.kind == "pat":
             response.close()
             _rewind(kwargs)
-            response = self.http.request(method, url, what, headers={**self.headers(renew=True), **extra}, **kwargs)
+            response = self.http.request(method, url, what, headers={**self.headers(renew=True), **extra},
+                                         stream=True, **kwargs)
         return response
 
     def download(self, url: str, out: IO[bytes], what: str, **kwargs: Any) -> int:
@@ -152,22 +159,39 @@ class LabelStudioClient:
     def _explain(self, url: str, status: int) -> TlsyncError:
         """A download's refusal, with the reason the server gives for this key (a download has no JSON body)."""
         probe = self.http.request("GET", f"{self.server}/api/current-user/whoami", "Label Studio",
-                                  headers=self.headers())
+                                  headers=self.headers(), stream=True)
         reason = _reason(probe) if probe.status_code in (401, 403) else ""
         probe.close()
         return self.refused(status, reason or "the key may not read this project's files",
                             f"GET {url.split('?')[0]}")
 
 
+def _read(response: Any, limit: int, what: str = "") -> bytes:
+    """A streamed body, whole; one over ``limit`` bytes is refused (for a reason: cut) before it is all read."""
+    chunks, size = [], 0
+    try:
+        for chunk in response.iter_content(1 << 16):
+            size += len(chunk)
+            if size > limit:
+                if not what:
+                    break
+                raise TlsyncError(f"{what}: the answer is larger than {limit:,} bytes; refused")
+            chunks.append(chunk)
+    finally:
+        response.close()
+    return b"".join(chunks)
+
+
 def _reason(response: Any) -> str:
     """The server's ``detail`` (or body) in one bounded, printable line: it is quoted in an error."""
+    raw = _read(response, REASON_BYTES)
     try:
-        body = response.json()
+        body = loads(raw, "Label Studio's refusal")
         text = body.get("detail") or body.get("message") or body if isinstance(body, dict) else body
-    except ValueError:
-        text = response.text
-    line = " ".join(str(text).split())
-    line = "".join(c for c in line if c.isprintable())
+    except (ValueError, TlsyncError):  # not JSON, or too deep: the raw start of it
+        text = raw[:REASON_LIMIT * 4].decode("utf-8", "replace")
+    printable = "".join(c if c.isprintable() else " " for c in str(text))  # escape sequences lose their ESC
+    line = " ".join(printable.split())
     return line[:REASON_LIMIT] + ("..." if len(line) > REASON_LIMIT else "")
 
 

@@ -100,3 +100,24 @@ def test_a_key_pasted_with_a_carriage_return_is_never_printed_or_stored(tmp_path
     assert "/signed/b.png" in stored
     for text in (result.stdout, result.stderr, stored):
         assert KEY not in text and "X-Amz-Signature" not in text and "AKIA1234" not in text
+
+
+def test_a_hostile_refusal_is_quoted_short_and_printable(tlsync_store, monkeypatch):
+    """A 401 whose body is huge and full of control characters: one short line, read only in part."""
+    server = LoopbackServer()
+    junk = ("\x1b[2J\rno \x07 access " * 400_000).encode()
+
+    @server.route("GET", "/api/projects/{project}/export")
+    def export(request):
+        return Response(401, junk, {"Content-Type": "text/plain"})
+
+    @server.route("GET", "/api/current-user/whoami")
+    def whoami(request):
+        return Response(401, junk, {"Content-Type": "text/plain"})
+
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", KEY)
+    with server, pytest.raises(TlsyncError) as refused:
+        check_source(tlsync_labelstudio.LabelStudioSource(), store=tlsync_store, project=4, url=server.url)
+    message = str(refused.value)
+    assert "refused a legacy token in LABEL_STUDIO_API_KEY" in message and "HTTP 401: [2J no access [2J no access" in message
+    assert len(message) < 800 and "\x1b" not in message and "\x07" not in message and KEY not in message
