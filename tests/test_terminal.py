@@ -106,3 +106,26 @@ def test_train_draws_its_epoch_bar_and_prints_the_run_on_a_terminal(tmp_path: Pa
     assert "━━━━━━━━━━" in bar and "img/s" in bar
     assert "run: runs/tty" in screen.lines and "report: runs/tty/report.html" in screen.lines
     assert_no_code_as_text(screen.text)
+
+
+def test_predict_draws_its_bar_and_prints_its_summary_on_a_terminal(tmp_path: Path):
+    import torch
+
+    from tlsync.trainer import build_model, save_checkpoint
+
+    images = tmp_path / "images"
+    for n in range(6):
+        write_image(images / f"{n}.png", seed=n)
+    model_name, categories = "fasterrcnn_mobilenet_v3_large_320_fpn", ["circle", "square"]
+    config = {"model": model_name, "img_size": 96, "weights": "none", "categories": categories, "device": "cpu"}
+    torch.manual_seed(0)
+    run = tmp_path / "runs" / "untrained"
+    save_checkpoint(run / "weights" / "best.pt", build_model(model_name, 2, "none", 96), categories, config, epoch=1)
+    (run / "config.json").write_text(json.dumps(config))
+    screen = run_on_terminal("predict", "--run", run, images, "--out", tmp_path / "preds", "--device", "cpu",
+                             home=tmp_path / "home")
+    assert screen.exit_code == 0, screen.text
+    bar = next(line for line in screen.lines if line.startswith("predict "))
+    assert "━━━━━━━━━━" in bar and "6/6" in bar and "images/s" in bar
+    assert any(line.startswith("6 images, ") and " boxes at conf >= 0.25 " in line for line in screen.lines)
+    assert_no_code_as_text(screen.text)
