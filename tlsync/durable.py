@@ -9,19 +9,16 @@ tmpfs). Here a placed image only joins a batch; the batch is flushed every
 ``FLUSH_SECONDS`` (or ``FLUSH_FILES`` images), and always before a version is published:
 its files are fsynced together from a few threads, so the filesystem commits them in one
 or two journal transactions rather than one each, then their folders, then the cache rows
-go into SQLite in one transaction. So that the bytes are not all written out at the end,
-each image's writeback is started as soon as it is written (``start_writeback``: Linux's
-``sync_file_range(SYNC_FILE_RANGE_WRITE)``, which queues the pages and returns at once),
-overlapping with the other downloads as the old per-image fsync did, without its wait.
+go into SQLite in one transaction. (Starting each image's writeback early with
+``sync_file_range`` was tried and measured slower under a concurrent writer: it can block
+the fetch thread while the disk's queue is full.)
 A killed pull loses at most the last batch's cache rows (those images are fetched again);
 their bytes, never named by a published version or a cache row, are harmless.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -36,34 +33,6 @@ FLUSH_FILES = 512
 FSYNC_THREADS = 16  # concurrent fsyncs share the filesystem's journal commits
 
 Row = tuple[str, str, str, int, int]  # fetch-cache key, path, sha256, width, height
-_SYNC_FILE_RANGE_WRITE = 2
-
-
-def _sync_file_range() -> Callable[[int], None] | None:
-    """Linux's ``sync_file_range`` through ctypes (Python's ``os`` has no binding), or None."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        call = libc.sync_file_range
-    except (OSError, AttributeError):
-        return None
-    call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    call.restype = ctypes.c_int
-    return lambda fd: None if call(fd, 0, 0, _SYNC_FILE_RANGE_WRITE) == 0 else None
-
-
-_WRITEBACK = _sync_file_range()
-
-
-def start_writeback(fd: int) -> None:
-    """Queue a just-written file's pages for writing, without waiting (a no-op where unsupported).
-
-    Only a head start for the batch's fsync, which is what makes the file durable: an error
-    here is ignored, and the fsync reports any that matters.
-    """
-    if _WRITEBACK is not None:
-        _WRITEBACK(fd)
 
 
 class DurableBatch:
@@ -128,16 +97,22 @@ def _fsync_file(path: Path) -> None:
 
 
 def sync_files(files: list[Path], threads: int = FSYNC_THREADS) -> None:
-    """fsync ``files`` (from up to ``threads`` threads at once), then each folder holding them once."""
+    """fsync ``files``, then each folder holding them once, from up to ``threads`` threads at once.
+
+    The folders too: one after another, each would wait for a journal commit of its own,
+    since the other fetch threads keep adding images to the same 256 folders meanwhile
+    (a 200-image pull has ~180 of them); concurrent fsyncs share their commits.
+    """
     unique = list(dict.fromkeys(files))
+    folders = list(dict.fromkeys(path.parent for path in unique))
     try:
         if len(unique) == 1:
             _fsync_file(unique[0])
-        else:
-            with ThreadPoolExecutor(min(threads, len(unique)), thread_name_prefix="tlsync-fsync") as pool:
-                list(pool.map(_fsync_file, unique))
+            fsync_dir(folders[0])
+            return
+        with ThreadPoolExecutor(min(threads, len(unique)), thread_name_prefix="tlsync-fsync") as pool:
+            list(pool.map(_fsync_file, unique))
+            list(pool.map(fsync_dir, folders))
     except OSError as e:
         raise store_write_error(e, unique[0].parent) from None
-    for folder in dict.fromkeys(path.parent for path in unique):
-        fsync_dir(folder)
 

@@ -31,7 +31,7 @@ from typing import Any, cast
 import orjson
 
 from .atomic import fsync_dir
-from .durable import DurableBatch, start_writeback
+from .durable import DurableBatch
 from .errors import TlsyncError
 from .fetch_cache import FetchCache
 from .files import open_regular
@@ -200,7 +200,6 @@ class Store:
         real name; ``clean_tmp`` removes what dead processes left behind. The image joins
         the durability batch (``tlsync.durable``): fsynced with others before any version
         names it and before the fetch cache records it. Any error writing the store is a
-                    start_writeback(f.fileno())  # the batch's fsync then finds the bytes on their way
         ``StoreWriteError``, whatever ``write`` did with it.
         """
         tmp_dir = self.images_dir / ".tmp"
