@@ -66,10 +66,10 @@ def test_the_commands_own_options_are_read_without_importing_torch() -> None:
 
 @pytest.mark.parametrize("options, selection_options, message", [
     ([], [click.Option(["--project"], type=int)],
-     "target 'pusher' declares option --project, which clashes with `tlsync select`'s own "
+     "target 'pusher': option --project clashes with `tlsync select`'s own "
      "--project (parameter 'project'); the plugin must rename it (e.g. --pusher-project)"),
     ([click.Option(["--where", "run"])], [],
-     "target 'pusher' declares option --where, which clashes with `tlsync push`'s own --run (parameter 'run')"),
+     "target 'pusher': option --where clashes with `tlsync push`'s own --run (parameter 'run')"),
     ([click.Option(["-h", "--help-me"])], [], None),
 ])
 def test_a_target_option_that_shadows_its_commands_is_refused_at_registration(fresh, run_cli, options,
@@ -87,6 +87,6 @@ def test_a_source_option_that_shadows_pull_is_refused_and_named(fresh, run_cli):
     fresh(plugin("grabby", tlsync_register_sources=lambda register: register(
         Puller([click.Option(["--on-error/--no-on-error"])]))))
     listed = run_cli("sources").stdout
-    assert "BROKEN grabby: tlsync_register_sources raised TlsyncError: plugin 'grabby': source 'puller' declares " \
-           "option --on-error, which clashes with `tlsync pull`'s own --on-error" in listed
+    assert "BROKEN grabby: tlsync_register_sources raised TlsyncError: plugin 'grabby': source 'puller': " \
+           "option --on-error clashes with `tlsync pull`'s own --on-error" in listed
     assert "puller:" not in listed

@@ -42,8 +42,8 @@ def _spellings(param: click.Parameter) -> set[str]:
     return {*param.opts, *getattr(param, "secondary_opts", [])}
 
 
-def check_options(obj: Any, kind: str, plugin: str) -> None:
-    """Refuse ``obj`` (a source or target) if any option of it clashes with its command's own."""
+def option_clash(obj: Any, kind: str) -> str | None:
+    """The first option of ``obj`` (a source or target) that clashes with its command's own, described; else None."""
     for (host_kind, attr), command in HOSTS.items():
         if host_kind != kind:
             continue
@@ -52,8 +52,14 @@ def check_options(obj: Any, kind: str, plugin: str) -> None:
             for param in own:
                 clash = sorted(_spellings(option) & _spellings(param))
                 if clash or (option.name and option.name == param.name):
-                    raise TlsyncError(
-                        f"plugin '{plugin}': {kind} '{obj.name}' declares option "
-                        f"{'/'.join(clash) or option.opts[0]}, which clashes with `tlsync {command}`'s own "
-                        f"{param.opts[0]} (parameter '{param.name}'); the plugin must rename it "
-                        f"(e.g. --{obj.name}-{(option.name or 'x').replace('_', '-')})")
+                    return (f"option {'/'.join(clash) or option.opts[0]} clashes with `tlsync {command}`'s own "
+                            f"{param.opts[0]} (parameter '{param.name}'); the plugin must rename it "
+                            f"(e.g. --{obj.name}-{(option.name or 'x').replace('_', '-')})")
+    return None
+
+
+def check_options(obj: Any, kind: str, plugin: str) -> None:
+    """Refuse ``obj`` at registration if an option of it clashes with its command's own, naming plugin and option."""
+    clash = option_clash(obj, kind)
+    if clash:
+        raise TlsyncError(f"plugin '{plugin}': {kind} '{obj.name}': {clash}")

@@ -174,7 +174,7 @@ def check_fingerprint(source: Source, change: Callable[[], None], *, store: Stor
 
 def _check_declaration(source: Source, who: str) -> None:
     """What ``tlsync sources`` and ``tlsync pull`` need before any item is read."""
-    from ..cli import pull as pull_command
+    from ..plugin_options import option_clash
 
     if not isinstance(source, Source):
         raise ContractError(f"{source!r} is not a tlsync.sources.Source")
@@ -182,15 +182,14 @@ def _check_declaration(source: Source, who: str) -> None:
         raise ContractError(f"{who}: name must be lower-case letters, digits, '.', '_' or '-'")
     if not source.description:
         raise ContractError(f"{who}: give it a description (shown by `tlsync sources`)")
-    reserved = {opt for param in pull_command.params for opt in param.opts}
     names = set()
     for opt in source.options:
         if not isinstance(opt, click.Option):
             raise ContractError(f"{who}: options must be click.Option objects (got {opt!r})")
-        clash = reserved.intersection(opt.opts)
-        if clash:
-            raise ContractError(f"{who}: option {', '.join(sorted(clash))} clashes with `tlsync pull`'s own")
         names.add(opt.name)
+    clash = option_clash(source, "source")  # the rule registration applies: the kit fails what tlsync refuses
+    if clash:
+        raise ContractError(f"{who}: {clash}")
     for secret in source.secret_options:
         if secret not in names:
             raise ContractError(f"{who}: secret_options names '{secret}', which is not one of its options")
