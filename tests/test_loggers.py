@@ -255,21 +255,25 @@ def test_an_unknown_tracker_is_refused(tmp_path, monkeypatch):
 
 
 def test_a_sqlite_tracking_uri_is_stored_as_mlflow_opens_it(tmp_path, monkeypatch):
-    """``sqlite:////abs/path`` (four slashes) used to come back as ``sqlite://abs/path``, a URI MLflow cannot
+    """``sqlite:////abs/path`` (four slashes) used to be stored as ``sqlite://abs/path``, a URI MLflow cannot
     open; a password in a server URI is still left out."""
     from mlflow import MlflowClient
 
-    from tlsync.trainer.trackers.mlflow_tracker import MlflowLogger, without_credentials
+    from tlsync.trainer.trackers.mlflow_tracker import without_credentials
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert uri.startswith("sqlite:////")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    run = tmp_path / "run"
-    run.mkdir()
-    logger = MlflowLogger()
-    logger.on_run_start(RunStart(run, {"model": "m", "epochs": 1}, "shapes@1", "abc", ["a"]))
-    stored = json.loads((run / "mlflow.json").read_text())
+    assert run_cli("pull", "--source", "synthetic", "--items", "6", "--size", "64", "--split-ratios", "1,0,0",
+                   "--dataset", "shapes").exit_code == 0
+    args = [a for a in ARGS if a not in ("tensorboard,mlflow", "--log-images")]
+    args[args.index("--log") + 1:args.index("--log") + 1] = ["mlflow"]
+    args[args.index("--epochs") + 1] = "1"
+    trained = run_cli("train", *args)
+    assert trained.exit_code == 0, trained.stderr
+    stored = json.loads((tmp_path / "runs" / "tracked" / "mlflow.json").read_text())
     assert stored["tracking_uri"] == uri
-    assert MlflowClient(stored["tracking_uri"]).get_run(stored["run_id"]).info.run_name == "run"
+    run = MlflowClient(stored["tracking_uri"]).get_run(stored["run_id"])
+    assert run.info.run_name == "tracked" and run.info.status == "FINISHED"
     assert without_credentials("https://me:s3cret@mlflow.example:5000/x?y=1") == "https://mlflow.example:5000/x?y=1"
