@@ -33,7 +33,6 @@ weights (``--weights none``): the GPU machines have no internet, and speed does 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -48,8 +47,11 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The chess export: in the checkout's shared/ (which travels to a lent device), beside it, or carried there in
+# .gpucheck/ (docs/gpu.md: ../shared does not travel, and only its valid/ fits the device's 64 MiB).
 CHESS = next((p for p in (ROOT / "shared" / "datasets" / "chess-pieces-coco",
-                          ROOT.parent / "shared" / "datasets" / "chess-pieces-coco") if p.is_dir()), None)
+                          ROOT.parent / "shared" / "datasets" / "chess-pieces-coco",
+                          ROOT / ".gpucheck" / "chess-pieces-coco") if p.is_dir()), None)
 CHECKS = ("amp", "ddp", "checkpoint", "loader", "resume", "compile", "throughput")
 HALVES = ("amp,ddp,checkpoint,loader,resume", "compile,throughput")
 LITE0 = "fasterrcnn_efficientnet_lite0_fpn"
@@ -70,7 +72,7 @@ class Plan:
     img_size: int  # px, longest side
     batch: int
     amp_steps: int  # training steps per family and dtype
-    cli_images: int  # synthetic images of the CLI runs (ddp, resume, compile), a quarter of them val
+    cli_images: int  # synthetic images of the CLI runs (ddp, resume, compile); ~half go to val (hashed ids)
     speed_images: int  # synthetic training images for the throughput loops
     speed_epochs: int  # per round; the first epoch of each round is warm-up
     rounds: int  # alternating tlsync / bare rounds
@@ -225,77 +227,6 @@ def check_amp(ctx: Context) -> Iterator[Result]:
         yield Result(f"amp {name}", ok, "; ".join(parts))
 
 
-def cli_train(ctx: Context, name: str, extra: list[str], launcher: list[str] | None = None,
-              epochs: int = 1) -> tuple[bool, str, Path]:
-    """``tlsync train`` in a subprocess on a small synthetic dataset with a val split: (ok, detail, run dir)."""
-    ctx.dataset("cli", ctx.plan.cli_images, ctx.plan.img_size, val=0.25)
-    started = time.perf_counter()
-    done = run_command([*(launcher or [sys.executable, "-m"]), *train_args(ctx, name, epochs), *extra], ctx.env(),
-                       ctx.left())
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
-    took = f"{time.perf_counter() - started:.0f}s"
-    return done.returncode == 0, (took if done.returncode == 0 else f"exit {done.returncode}: {lines[-1:]}"), \
-        ctx.work / "runs" / name
-
-
-def train_args(ctx: Context, name: str, epochs: int) -> list[str]:
-    return ["tlsync", "train", "--dataset", "cli", "--model", CLI_MODEL, "--weights", "none",
-            "--img-size", str(ctx.plan.img_size), "--batch-size", str(ctx.plan.batch), "--epochs", str(epochs),
-            "--workers", "0", "--device", ctx.plan.device, "--project", str(ctx.work / "runs"), "--name", name]
-
-
-def amp_flag(ctx: Context, dtype: str) -> list[str]:
-    """``--amp bf16``/``fp16`` on the GPU; the CPU has no mixed precision (``--amp off``)."""
-    return ["--amp", dtype if ctx.plan.device == "cuda" else "off"]
-
-
-def check_ddp(ctx: Context) -> Iterator[Result]:
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1", "-m"]
-    extra = ["--sync-bn", *amp_flag(ctx, "bf16")] if ctx.plan.device == "cuda" else []
-    ok, detail, run = cli_train(ctx, "ddp", extra, torchrun)
-    if ok:
-        config = json.loads((run / "config.json").read_text())
-        rows = (run / "metrics.csv").read_text().splitlines()
-        header = rows[0].split(",")
-        val = "map50" in header and rows[1].split(",")[header.index("map50")] != ""
-        backend = "nccl" if ctx.plan.device == "cuda" else "gloo"
-        ok = config["world_size"] == 1 and config["sync_bn"] == bool(extra) and val and \
-            (run / "weights" / "last.pt").exists()
-        detail = (f"torchrun 1 process, {backend}, {' '.join(extra) or 'no --sync-bn (CUDA only)'}: 1 epoch "
-                  f"with val evaluation ({'scored' if val else 'NO val metrics'}) in {detail}, checkpoint written")
-    yield Result("ddp", ok, detail)
-
-
-def check_resume(ctx: Context) -> Iterator[Result]:
-    """A run killed once its first epoch is saved, then ``--resume``d under the other precision."""
-    ctx.dataset("cli", ctx.plan.cli_images, ctx.plan.img_size, val=0.25)
-    run = ctx.work / "runs" / "resume"
-    args = [sys.executable, "-m", *train_args(ctx, "resume", 4), *amp_flag(ctx, "bf16")]
-    first = subprocess.Popen(args, env=ctx.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                             start_new_session=True)
-    try:
-        while first.poll() is None and not (run / "weights" / "last.pt").exists() and ctx.left() > 0:
-            time.sleep(0.1)
-    finally:
-        if first.poll() is None:
-            os.killpg(first.pid, signal.SIGKILL)
-        _, err = first.communicate()
-    if not (run / "weights" / "last.pt").exists():
-        yield Result("resume", False, f"the first run saved no epoch (exit {first.returncode}: "
-                                      f"{err.strip().splitlines()[-1:]})")
-        return
-    started = time.perf_counter()
-    done = run_command([sys.executable, "-m", "tlsync", "train", "--resume", str(run), *amp_flag(ctx, "fp16")],
-                       ctx.env(), ctx.left())
-    rows = (run / "metrics.csv").read_text().splitlines()[1:] if (run / "metrics.csv").exists() else []
-    ok = done.returncode == 0 and len(rows) == 4
-    tail = [line for line in done.stderr.splitlines() if line.strip()][-1:]
-    yield Result("resume", ok, f"killed after epoch 1 ({' '.join(amp_flag(ctx, 'bf16'))}), resumed with "
-                               f"{' '.join(amp_flag(ctx, 'fp16'))}: " +
-                 (f"{len(rows)} of 4 epochs in the metrics, {time.perf_counter() - started:.0f}s" if ok
-                  else f"exit {done.returncode}, {len(rows)} metrics rows: {tail}"))
-
-
 LOAD_ON_CPU = """
 import sys, torch
 from tlsync.trainer import load_model
@@ -337,36 +268,19 @@ def check_checkpoint(ctx: Context) -> Iterator[Result]:
                  f"predicts {keys.strip()}")
 
 
-def check_compile(ctx: Context) -> Iterator[Result]:
-    """Two epochs with ``--compile`` and two without; the second epoch's train time of each (the first compiles)."""
-    seconds = {}
-    for name, extra in (("plain", []), ("compile", ["--compile"])):
-        ok, detail, run = cli_train(ctx, name, extra, epochs=2)
-        if not ok:
-            yield Result("compile", False, f"{' '.join(extra) or 'without --compile'}: {detail}")
-            return
-        rows = [row.split(",") for row in (run / "metrics.csv").read_text().splitlines()]
-        column = rows[0].index("train_seconds")
-        seconds[name] = [float(row[column]) for row in rows[1:]]
-    speedup = seconds["plain"][-1] / seconds["compile"][-1]
-    yield Result("compile", True, f"--compile (backbone + FPN): epoch train seconds "
-                                  f"{', '.join(f'{s:.1f}' for s in seconds['compile'])} against "
-                                  f"{', '.join(f'{s:.1f}' for s in seconds['plain'])} without; second epoch "
-                                  f"{speedup:.2f}x", {"compile_speedup": speedup})
-
-
-CHECK_FUNCTIONS: dict[str, Callable[[Context], Iterator[Result]]] = {
-    "amp": check_amp, "ddp": check_ddp, "checkpoint": check_checkpoint, "resume": check_resume,
-    "compile": check_compile,
-}
+# The checks defined here; run_checks adds gpu_check_cli's and gpu_check_speed's, and an entry here wins
+# (which is how the tests stand in for a check).
+CHECK_FUNCTIONS: dict[str, Callable[[Context], Iterator[Result]]] = {"amp": check_amp, "checkpoint": check_checkpoint}
 
 
 def run_checks(plan: Plan, only: tuple[str, ...], work: Path, budget: float = BUDGET_S,
                lite0: bool = True) -> list[Result]:
     """Each check within its allowance (and the call's ``budget``); what a stopped check found is kept."""
+    from gpu_check_cli import check_compile, check_ddp, check_resume
     from gpu_check_speed import check_loader, check_throughput
 
-    functions = {**CHECK_FUNCTIONS, "throughput": check_throughput, "loader": check_loader}
+    functions = {"ddp": check_ddp, "resume": check_resume, "compile": check_compile, "throughput": check_throughput,
+                 "loader": check_loader, **CHECK_FUNCTIONS}
     ends = time.monotonic() + budget
     ctx = Context(plan, work, ends, lite0=lite0)
     for name in only:

@@ -124,14 +124,15 @@ def cudnn_benchmark(ctx: Context, version: Any, model: str) -> Result:
 
 
 def chess_version(ctx: Context) -> Any:
-    """The chess export's train folder (valid/ for a smoke run: fewer images to pull), via the coco source."""
+    """The chess export's train folder, via the coco source; valid/ for a smoke run (fewer images to pull) or
+    where train/ was not carried."""
     from tlsync.plugins import get_source
     from tlsync.pull import pull
     from tlsync.store import Store
 
     assert CHESS is not None
     store = Store(ctx.work / "home")
-    folder = CHESS / ("valid" if ctx.plan.smoke else "train")
+    folder = CHESS / ("valid" if ctx.plan.smoke or not (CHESS / "train").is_dir() else "train")
     pull(store, get_source("coco"), {"path": folder, "split": "train"}, "chess", on_error="skip")
     return store.open("chess")
 
@@ -168,7 +169,7 @@ def check_loader(ctx: Context) -> Iterator[Result]:
         return
     ips, workers, n = loader_ips(ctx, chess_version(ctx))
     result = Result("loader", True, f"{ips:.1f} img/s decoding + augmenting {n} chess JPEGs (2048x1371) with "
-                    f"{workers} worker(s) (the default)", {"loader_ips": ips, "workers": workers})
+                    f"{workers} worker(s) (the default)", {"loader_ips": ips, "workers": workers, "images": n})
     compared = verdicts([*ctx.results, result])
     if compared:
         result.detail += "; " + "; ".join(compared)
