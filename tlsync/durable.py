@@ -5,11 +5,11 @@ disk, and no fetch-cache entry points at an image that a power cut could still t
 What changes is when the waiting happens. An ``fsync`` per image made each fetch thread
 wait for the disk's journal, which also carries every other writer's data, so a pull's
 speed followed the machine's writeback (1.5 s median for 200 images, against 0.8 s on
-tmpfs). Here a placed image only joins a batch; the batch is flushed every
-``FLUSH_SECONDS`` (or ``FLUSH_FILES`` images), and always before a version is published:
-its files are fsynced together from a few threads, so the filesystem commits them in one
-or two journal transactions rather than one each, then their folders, then the cache rows
-go into SQLite in one transaction. (Starting each image's writeback early with
+tmpfs). Here a placed image only joins a batch, which a background thread commits as a
+group (``DurableBatch``), and which is always flushed before a version is published: its
+files are fsynced together from a few threads, so the filesystem commits them in one or two
+journal transactions rather than one each, then their folders, then the cache rows go into
+SQLite in one transaction. (Starting each image's writeback early with
 ``sync_file_range`` was tried and measured slower under a concurrent writer: it can block
 the fetch thread while the disk's queue is full.)
 A killed pull loses at most the last batch's cache rows (those images are fetched again);
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,61 +27,80 @@ from pathlib import Path
 from .atomic import fsync_dir
 from .sink import store_write_error
 
-FLUSH_SECONDS = 0.2  # the oldest waiting image is made durable (and cached) at most this late
-FLUSH_FILES = 512
+IDLE_SECONDS = 1.0  # the committing thread ends after this long with nothing to do
 FSYNC_THREADS = 16  # concurrent fsyncs share the filesystem's journal commits
 
 Row = tuple[str, str, str, int, int]  # fetch-cache key, path, sha256, width, height
 
 
 class DurableBatch:
-    """Images placed but not yet fsynced, and the cache rows that must wait for them."""
+    """Images placed but not yet fsynced, and the cache rows that must wait for them.
+
+    A background thread commits them as a group: it takes everything waiting, fsyncs it,
+    records its rows, and takes whatever arrived meanwhile, so the disk writes start as soon
+    as images land (as the old per-image fsync did) while the fetch threads never wait and
+    the filesystem sees one group of fsyncs per round instead of one per image. ``flush``
+    (before a publish) waits for the round in progress and commits the rest itself.
+    """
 
     def __init__(self, record: Callable[[list[Row]], None]):
         self._record = record  # writes rows to the fetch cache, in one transaction
-        self._lock = threading.Lock()
-        self._flushing = threading.Lock()
+        self._lock = threading.Condition()
+        self._flushing = threading.Lock()  # one round at a time, the thread's or flush()'s
         self._files: list[Path] = []
         self._rows: list[Row] = []
-        self._oldest: float | None = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None  # a failed round's, raised by the next flush()
         self.flushes = 0
 
     def add_file(self, path: Path) -> None:
         with self._lock:
             self._files.append(path)
-            if self._oldest is None:
-                self._oldest = time.monotonic()
+            self._wake()
 
     def add_row(self, row: Row) -> None:
-        """Queue a cache row; flush here (on this fetch thread) when the batch is due."""
+        """Queue a cache row; it is written once its image (added before it) is durable."""
         with self._lock:
             self._rows.append(row)
-            if self._oldest is None:
-                self._oldest = time.monotonic()
-            due = len(self._files) >= FLUSH_FILES or time.monotonic() - self._oldest >= FLUSH_SECONDS
-        if due and self._flushing.acquire(blocking=False):  # one flush at a time; the others keep fetching
-            try:
-                self._flush_locked()
-            finally:
-                self._flushing.release()
+            self._wake()
+
+    def _wake(self) -> None:
+        """Under the lock: start the committing thread if none runs, else nudge it."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="tlsync-durable", daemon=True)
+            self._thread.start()
+        self._lock.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if not (self._files or self._rows):
+                    self._lock.wait(IDLE_SECONDS)
+                if not (self._files or self._rows):
+                    self._thread = None  # idle: end; the next image starts another
+                    return
+            with self._flushing:
+                try:
+                    self._round()
+                except BaseException as e:  # kept for flush(), which the pull calls before publishing
+                    self._error = e
 
     def flush(self) -> None:
         """Make every placed image durable, then record the waiting rows (before a publish, at a pull's end)."""
         with self._flushing:
-            self._flush_locked()
+            error, self._error = self._error, None
+            if error is not None:
+                raise error
+            self._round()
 
-    def _flush_locked(self) -> None:
+    def _round(self) -> None:
         with self._lock:
-            files, rows, self._files, self._rows, self._oldest = self._files, self._rows, [], [], None
+            files, rows, self._files, self._rows = self._files, self._rows, [], []
         if files:
             sync_files(files)
         if rows:
             self._record(rows)
         self.flushes += bool(files or rows)
-
-    def pending(self) -> int:
-        with self._lock:
-            return len(self._files)
 
 
 def _fsync_file(path: Path) -> None:
