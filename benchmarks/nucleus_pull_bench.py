@@ -17,8 +17,13 @@ request), images (first to last image answer) and publishing (to process exit).
 chosen); ``--before`` pulls with another checkout's interpreter in the same rounds (every other
 round first), for a before/after figure. Every pull starts with the disk's dirty data written back
 (``os.sync``), so that no pull pays for the baseline's (or the previous pull's) writes.
-Targets: tlsync >= 10x faster than the baseline; the unchanged re-pull under 2 s; peak RSS
-of the 100,000-item pull (tiny images, no latency) under 300 MB.
+A concurrent writer (``--writer-mb-s``, default 40 MB/s, fsyncing every 32 MB) writes to the
+same disk for the whole run, as another job would: a pull that fsyncs image by image waits for
+that writer's data at every journal commit, which is what decided the wall time before images
+were made durable in batches. Wall times are reported as p50 and p90 over ``--rounds`` (default
+10) alternating rounds; ``--before`` (another checkout's interpreter) is pulled in the same rounds.
+Targets: tlsync's p90 >= 10x faster than the baseline's median; the unchanged re-pull under 2 s;
+the 100,000-item pull (tiny images, no latency) at >= 2,000 items/s with a peak RSS under 300 MB.
 """
 
 from __future__ import annotations
@@ -40,39 +45,50 @@ from bench_report import update_section  # noqa: E402
 from fake_nucleus import FakeNucleus  # noqa: E402
 
 SLICE = "slc_bench"
+ITEMS_PER_S_TARGET = 2000
+WRITER = """
+import os, sys, time
+path, rate, parent = sys.argv[1], float(sys.argv[2]) * 1e6, os.getppid()
+block = os.urandom(1 << 20)
+written, start = 0, time.monotonic()
+with open(path, "wb") as f:
+    while os.getppid() == parent:  # ends with the benchmark, however that ends
+        f.write(block)
+        written += len(block)
+        if written % (32 << 20) == 0:
+            f.flush(); os.fsync(f.fileno())
+        if written >= 512 << 20:
+            f.seek(0); f.truncate(); written, start = 0, time.monotonic()
+        ahead = written / rate - (time.monotonic() - start)
+        if ahead > 0:
+            time.sleep(ahead)
+"""
 PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "chess-pieces-coco" / "train"
 TARGET = 10.0
 # The children's working folder: ``python -m`` puts the current folder first on sys.path, so run from
 # a checkout, ``--before``'s interpreter would import that checkout's tlsync instead of its own.
 NEUTRAL = tempfile.gettempdir()
 FIGURES = ("startup", "export", "images", "publish", "cpu")  # medians reported per cold pull
-FINDINGS = """Where the time went (py-spy `--gil` samples of the pull process: which code held the GIL,
-6 pulls each, same load; CPU from os.wait4; server log timestamps), and what changed this round:
-- the image phase is bound by CPU under one GIL, not by latency: 1.73 ms of GIL per 285 KB image
-  before (requests' own per-request work 0.33 ms, urllib3/http.client 0.60, the image check 0.25,
-  the store's temp file/rename/fsyncs 0.32, http.py 0.10), 1.10 ms after (requests 0.04, urllib3
-  0.43, check 0.16, store 0.26, http.py 0.09);
-- plain image GETs now go straight to the urllib3 pool requests' own adapter would use
-  (`tlsync/http_direct.py`: same headers, timeouts, CA bundle, error names and messages); anything
-  that could make requests behave differently (proxy, .netrc, a cookie for the host, client certs,
-  a mocked or mounted adapter, odd URLs) still goes through requests;
-- the completeness check opens each image once and reads it through one buffer (PIL's header read,
-  then the JPEG segment walk and a 64 KB tail read for EOI) instead of a second open and an mmap;
-- the download watchdog is woken only when a new deadline comes first (it was woken on every
-  download, taking the GIL from the fetch threads), and no lock is taken per request until a 429;
-- process CPU per cold pull (medians of 8-12 alternating pulls against a separate fake-server
-  process, four sessions at load 3-10): 1.27 -> 1.06, 1.55 -> 1.33, 1.33 -> 1.12, 1.47 -> 1.20 s.
-  Wall time at that load followed the machine more than the code (medians within +-0.3 s either
-  way); the longest paired run (12 rounds) had the new pull faster in 11 of 12, by 0.28 s median;
-- the benchmark itself: a pull started right after the baseline paid for writing the baseline's
-  57 MB out (ext4 flushes other files' dirty data at a journal commit): 0.17 s median in 6 paired
-  runs. Every pull now starts after `os.sync()`, and `--before` alternates with tlsync in first
-  place. Still not done: requests (and charset_normalizer, ~35 ms, through it) is imported before
-  the first request; PIL's JPEG header parse is kept (its checks are the training decoder's).
-- the machine's load decides whether the target is met, because the baseline waits on latency
-  while a tlsync pull waits on CPU: the same two checkouts gave 9.6x (before: 7.5x) in 5 rounds at
-  load 1.7 and 14.2x (before: 11.7x) in 6 rounds at load 1.1 on 2026-12-01, the baseline 11.19 s
-  and 10.81 s. The gain over the earlier checkout in the same rounds held at 1.2-1.3x."""
+FINDINGS = """What changed this round (issue 22, section 7), and what the rounds above show:
+- images are no longer fsynced one by one on the fetch threads. A background thread commits them
+  as a group (`tlsync/durable.py`): it takes every image that has landed, fsyncs them and then their
+  folders 16 at a time, writes their fetch-cache rows in one transaction, and repeats; a publish
+  waits for the round in progress and commits the rest. The promise is unchanged: nothing is
+  published, or cached, before its bytes are on disk (`tests/test_durability.py` kills pulls at
+  eight moments and checks the fsync order);
+- three designs were measured in alternating rounds against `--before` (the same checkout with
+  per-image fsyncs), each 10 rounds with another process writing 40 MB/s to the same disk:
+  batches flushed by a fetch thread every 0.2 s with `sync_file_range` writeback started per image
+  (p50 3.28 s against 2.48 s before: slower; the folders were fsynced one after another while the
+  other threads kept adding images to them, each waiting for a journal commit), the same without
+  `sync_file_range` and with the folders fsynced concurrently (3.49 s against 3.09 s: no gain), and
+  the background group commit kept here (1.88 s against 2.39 s, faster in 8 of 10 rounds; image
+  phase 1.12 s against 1.47 s);
+- the machine was shared with 20-30 runnable processes on 2 cores (load average 22-32) during
+  these runs, so start-up and the spread decide the p90 more than the disk does: the 10x p90 target
+  needs a quieter machine than this one was. The 20,000-item slice (565 items/s, CPU-bound, the
+  fake server sharing the 2 cores) is far from 2,000 items/s: per item the pull still spends
+  about 1 ms of CPU on the HTTP request, the image check and the store."""
 
 
 def baseline(nucleus: FakeNucleus, out: Path) -> float:
@@ -142,8 +158,31 @@ def warm_up(python: str, nucleus: FakeNucleus, home: Path) -> None:
                    cwd=NEUTRAL)
 
 
+def p90(values: list[float]) -> float:
+    return statistics.quantiles(values, n=10, method="inclusive")[-1] if len(values) > 1 else values[0]
+
+
 def spread(values: list[float]) -> str:
-    return f"{statistics.median(values):.2f} s (min {min(values):.2f}, max {max(values):.2f})"
+    return (f"p50 {statistics.median(values):.2f} s, p90 {p90(values):.2f} s "
+            f"(min {min(values):.2f}, max {max(values):.2f})")
+
+
+class ConcurrentWriter:
+    """Another job writing to the same disk at ``rate`` MB/s for as long as the ``with`` lasts."""
+
+    def __init__(self, folder: Path, rate: float):
+        self.folder, self.rate, self.child = folder, rate, None
+
+    def __enter__(self) -> ConcurrentWriter:
+        if self.rate > 0:
+            self.child = subprocess.Popen([sys.executable, "-c", WRITER, str(self.folder / "writer.bin"),
+                                           str(self.rate)])
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.child is not None:
+            self.child.kill()
+            self.child.wait()
 
 
 def speed(args: argparse.Namespace, photos: list[bytes]) -> tuple[list[str], dict[str, float]]:
@@ -151,7 +190,8 @@ def speed(args: argparse.Namespace, photos: list[bytes]) -> tuple[list[str], dic
     bases: list[float] = []
     pulls: list[dict[str, float | str]] = []
     befores: list[dict[str, float | str]] = []
-    with FakeNucleus(latency=args.latency, photos=photos) as nucleus, tempfile.TemporaryDirectory() as tmp:
+    with FakeNucleus(latency=args.latency, photos=photos) as nucleus, \
+            tempfile.TemporaryDirectory(dir=args.dir) as tmp, ConcurrentWriter(Path(tmp), args.writer_mb_s):
         nucleus.add_dataset("ds_bench", "bench")
         nucleus.add_slice(SLICE, "ds_bench", [])
         nucleus.add_items("ds_bench", args.items, slice_id=SLICE)
@@ -188,6 +228,7 @@ def speed(args: argparse.Namespace, photos: list[bytes]) -> tuple[list[str], dic
     ratios = [b / s for b, s in zip(bases, seconds, strict=True)]
     phase = {k: statistics.median(float(p[k]) for p in pulls) for k in FIGURES}
     figures = {"ratio": statistics.median(bases) / statistics.median(seconds), "again": float(again["seconds"]),
+               "p90_ratio": statistics.median(bases) / p90(seconds),
                "min_ratio": min(ratios), "max_ratio": max(ratios), **phase}
     rows = [
         f"| official-client pattern (export, then `requests.get` per image) | {spread(bases)} | {args.items} |",
@@ -199,13 +240,14 @@ def speed(args: argparse.Namespace, photos: list[bytes]) -> tuple[list[str], dic
         before = [float(p["seconds"]) for p in befores]
         rows.append(f"| `tlsync pull` before this change (`--before`) | {spread(before)} | {befores[0]['requests']} |")
         figures["before_ratio"] = statistics.median(bases) / statistics.median(before)
+        figures["before_p90_ratio"] = statistics.median(bases) / p90(before)
         figures.update({f"before_{k}": statistics.median(float(p[k]) for p in befores)
                         for k in FIGURES})
     return rows, figures
 
 
-def memory(items: int, python: str) -> tuple[float, float]:
-    with FakeNucleus(image_size=(8, 8)) as nucleus, tempfile.TemporaryDirectory() as tmp:
+def memory(items: int, python: str, folder: Path | None = None) -> tuple[float, float]:
+    with FakeNucleus(image_size=(8, 8)) as nucleus, tempfile.TemporaryDirectory(dir=folder) as tmp:
         nucleus.add_dataset("ds_bench", "bench")
         nucleus.add_slice(SLICE, "ds_bench", [])
         nucleus.add_items("ds_bench", items, slice_id=SLICE)
@@ -218,7 +260,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--items", type=int, default=200)
     parser.add_argument("--latency", type=float, default=0.05)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--writer-mb-s", type=float, default=40.0,
+                        help="A concurrent writer on the same disk, MB/s (0: none).")
+    parser.add_argument("--dir", type=Path, default=Path(__file__).resolve().parents[2],
+                        help="Where the stores go (a real disk, not tmpfs: default beside the checkout).")
     parser.add_argument("--photos", type=Path, default=PHOTOS, help="Folder of real photos to serve.")
     parser.add_argument("--sweep", default="", help="Other --concurrency values to time, e.g. 16,32,64.")
     parser.add_argument("--python", default=sys.executable, help="Interpreter whose tlsync is measured.")
@@ -237,12 +283,13 @@ def main() -> None:
     met = lambda ok: "met" if ok else "NOT met"  # noqa: E731
     body = [f"{args.items} real photos ({args.photos.parent.name}/{args.photos.name}: {mb:.0f} MB of JPEG), "
             f"{args.latency * 1000:.0f} ms per request, fake Nucleus on 127.0.0.1, {args.rounds} alternating "
-            f"rounds (median, min, max), default `--concurrency`; run under `nice -n 5` on a machine shared "
-            f"with other jobs.", "",
+            f"rounds (p50, p90, min, max), default `--concurrency`, stores on {args.dir} while another process "
+            f"writes {args.writer_mb_s:g} MB/s to the same disk (fsync every 32 MB); run under `nice -n 5` on a "
+            f"machine shared with other jobs.", "",
             "| run | wall time | image requests |", "|---|---|---|", *rows, "",
             f"tlsync is **{f['ratio']:.1f}x** faster than the official-client pattern (ratio of medians; "
-            f"per round {f['min_ratio']:.1f}x-{f['max_ratio']:.1f}x; "
-            f"target >= {TARGET:g}x: {met(f['ratio'] >= TARGET)}); "
+            f"per round {f['min_ratio']:.1f}x-{f['max_ratio']:.1f}x); at its p90 **{f['p90_ratio']:.1f}x** "
+            f"(target p90 >= {TARGET:g}x: {met(f['p90_ratio'] >= TARGET)}); "
             f"the unchanged re-pull takes {f['again']:.2f} s (target < 2 s: {met(f['again'] < 2)}). "
             f"Where a cold pull's time goes (medians): start-up {f['startup']:.2f} s, export paging "
             f"{f['export']:.2f} s, images {f['images']:.2f} s, publishing {f['publish']:.2f} s; "
@@ -250,14 +297,17 @@ def main() -> None:
             f"Load average before/after: {load_before:.1f}/{os.getloadavg()[0]:.1f}."]
     if "before_ratio" in f:
         body += ["", f"Cold-pull cost before this change (`--before`, pulled in the same rounds): "
-                     f"**{f['before_ratio']:.1f}x**; start-up {f['before_startup']:.2f} s, export paging "
+                     f"**{f['before_ratio']:.1f}x** at the median, {f['before_p90_ratio']:.1f}x at its p90; "
+                     f"start-up {f['before_startup']:.2f} s, export paging "
                      f"{f['before_export']:.2f} s, images {f['before_images']:.2f} s, publishing "
                      f"{f['before_publish']:.2f} s; {f['before_cpu']:.2f} s of CPU.", "", FINDINGS]
     if args.big:
-        seconds, rss = memory(args.big, args.python)
-        body += ["", f"Memory: a {args.big:,}-item slice (8x8 images, no latency) pulls in {seconds:.0f} s "
-                     f"({args.big / seconds:,.0f} items/s) with a peak RSS of **{rss:.0f} MB** for the `tlsync` "
-                     f"process (target < 300 MB: {met(rss < 300)})."]
+        seconds, rss = memory(args.big, args.python, args.dir)
+        rate = args.big / seconds
+        body += ["", f"Big slice: {args.big:,} items (8x8 images, no latency, the fake server in the benchmark's "
+                     f"process) pull in {seconds:.0f} s: **{rate:,.0f} items/s** (target >= {ITEMS_PER_S_TARGET:,}: "
+                     f"{met(rate >= ITEMS_PER_S_TARGET)}), peak RSS **{rss:.0f} MB** for the `tlsync` process "
+                     f"(target < 300 MB: {met(rss < 300)})."]
     print("\n".join(body))
     if not args.no_report:
         update_section("nucleus", "Nucleus pull", "\n".join(body), "python benchmarks/nucleus_pull_bench.py")
