@@ -133,3 +133,20 @@ def test_a_last_pull_record_nested_too_deep_does_not_stop_a_pull(pulled: Path, r
     result = run_cli("pull", "--source", "coco", "--path", str(tmp_path / "coco"), "--dataset", "shop")
     assert result.exit_code == 0, result.stderr
     assert "unchanged" in result.stdout
+
+
+def test_training_refuses_an_image_changed_after_the_pull(store: Store, run_cli: Any, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from tlsync.connectors.synthetic import SyntheticSource
+    from tlsync.pull import pull as pull_source
+
+    monkeypatch.chdir(tmp_path)
+    pull_source(store, SyntheticSource(), {"items": 6, "size": 64, "seed": 0}, "shapes", split_ratios=(0.5, 0.5, 0.0))
+    item = next(i for i in store.open("shapes").items() if i.split == "train")
+    image = store.home / str(item.image.path)
+    image.chmod(0o644)
+    image.write_bytes(image.read_bytes()[:-1] + b"\x00")
+    result = run_cli("train", "--dataset", "shapes", "--model", "fasterrcnn_mobilenet_v3_large_320_fpn", "--weights",
+                     "none", "--img-size", "64", "--epochs", "1", "--workers", "0", "--device", "cpu")
+    one_line(result, f"item '{item.id}'", str(item.image.sha256), "changed")
+    assert not list(tmp_path.glob("runs/*/weights/*.pt"))
