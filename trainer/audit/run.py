@@ -29,12 +29,13 @@ from tlsync.format import Item
 from tlsync.store import DatasetVersion, Store
 
 from ..training import runs
+from ..training.settings import PER_RUN_FIELDS
 from .folds import audited_items, fold_version, make_folds
 
 AUDIT = "audit.json"
 PREDICT_FLOOR = 0.05  # predictions kept down to here (torchvision's own box_score_thresh): the scores see them all
 # Per-run options an audit sets itself for every fold.
-OWN_OPTIONS = ("dataset", "name", "project", "exist_ok")
+OWN_OPTIONS = PER_RUN_FIELDS
 
 
 @dataclass

@@ -20,11 +20,10 @@ from tlsync.errors import TlsyncError
 from tlsync.secrets import redact
 
 from .select import SelectionTargetCommand
-from .train import train as train_command
+from .train import options_for_runs
 
-# tlsync train options an audit decides per fold (or that make no sense for one)
-NOT_PASSED = ("dataset", "name", "project", "exist_ok", "resume")
-TRAIN_OPTIONS = tuple(p.name for p in train_command.params if p.name not in NOT_PASSED)
+# tlsync train options passed to every fold run (the audit decides the rest per fold)
+TRAIN_OPTIONS = tuple(p.name for p in options_for_runs())
 # What may change when an audit is resumed: where it runs, and whether and where it sends.
 RESUME_KEEPS = ("resume", "device", "workers", "target_name", "send_top")
 
@@ -135,4 +134,4 @@ def _send(ctx: click.Context, plan: Any, summary: dict[str, Any], reviews: list[
     click.echo(redact(f"{target_name}: " + ", ".join(f"{k} {v}" for k, v in sent.items())))
 
 
-audit.params.extend(p for p in train_command.params if p.name not in NOT_PASSED)
+audit.params.extend(options_for_runs())
