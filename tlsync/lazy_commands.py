@@ -28,6 +28,7 @@ LAZY_COMMANDS = {
     "push": "tlsync.trainer.commands.push:push",
     "select": "tlsync.trainer.commands.select:select",
     "audit": "tlsync.trainer.commands.audit:audit",
+    "serve": "tlsync.trainer.commands.serve:serve",
     "datasets": "tlsync.cli_datasets:datasets",
     "export": "tlsync.cli_datasets:export",
     "export-model": "tlsync.trainer.commands.export_model:export_model",
