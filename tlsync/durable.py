@@ -45,40 +45,55 @@ class DurableBatch:
 
     def __init__(self, record: Callable[[list[Row]], None]):
         self._record = record  # writes rows to the fetch cache, in one transaction
-        self._lock = threading.Condition()
+        # A plain lock around list appends only: every fetch thread takes it once per image,
+        # and a Condition's Python-level notify under it made them queue behind each other.
+        self._lock = threading.Lock()
+        self._wakeup = threading.Event()
         self._flushing = threading.Lock()  # one round at a time, the thread's or flush()'s
         self._files: list[Path] = []
         self._rows: list[Row] = []
         self._thread: threading.Thread | None = None
+        self._sleeping = False
         self._error: BaseException | None = None  # a failed round's, raised by the next flush()
         self.flushes = 0
 
     def add_file(self, path: Path) -> None:
         with self._lock:
             self._files.append(path)
-            self._wake()
+            wake, self._sleeping = self._sleeping, False
+        self._nudge(wake)
 
     def add_row(self, row: Row) -> None:
         """Queue a cache row; it is written once its image (added before it) is durable."""
         with self._lock:
             self._rows.append(row)
-            self._wake()
+            wake, self._sleeping = self._sleeping, False
+        self._nudge(wake)
 
-    def _wake(self) -> None:
-        """Under the lock: start the committing thread if none runs, else nudge it."""
+    def _nudge(self, wake: bool) -> None:
+        """Wake the committing thread if it sleeps; start one if none runs."""
+        if wake:
+            self._wakeup.set()
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="tlsync-durable", daemon=True)
-            self._thread.start()
-        self._lock.notify()
+            with self._lock:
+                thread = None
+                if self._thread is None:
+                    thread = self._thread = threading.Thread(target=self._run, name="tlsync-durable", daemon=True)
+            if thread is not None:
+                thread.start()
 
     def _run(self) -> None:
         while True:
             with self._lock:
-                if not (self._files or self._rows):
-                    self._lock.wait(IDLE_SECONDS)
-                if not (self._files or self._rows):
-                    self._thread = None  # idle: end; the next image starts another
-                    return
+                idle = not (self._files or self._rows)
+                self._sleeping = idle
+                if idle:
+                    self._wakeup.clear()
+            if idle and not self._wakeup.wait(IDLE_SECONDS):
+                with self._lock:
+                    if not (self._files or self._rows):
+                        self._thread, self._sleeping = None, False  # idle: end; the next image starts another
+                        return
             with self._flushing:
                 try:
                     self._round()
