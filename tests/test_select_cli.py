@@ -1,4 +1,4 @@
-"""``tlsync select`` end to end: a tiny run trained once for the module, pools from a folder
+"""``tlsync select`` end to end: the session's tiny trained run, pools from a folder
 and from the fake Nucleus, and the Nucleus slice target on a real loopback HTTP server."""
 
 from __future__ import annotations
@@ -20,21 +20,10 @@ KEY = "nucleus_live_5e3a1b7c9d"
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A store holding a synthetic dataset and a 1-epoch run on it (trained once: it is the slow part)."""
-    home = tmp_path_factory.mktemp("select-home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TLSYNC_HOME", str(home))
-        mp.setenv("TLSYNC_LOAD_PLUGINS", "")
-        mp.setenv("TORCH_HOME", str(home / "torch"))
-        mp.chdir(home)
-        assert run_cli("pull", "--source", "synthetic", "--dataset", "shapes", "--items", "4", "--size", "64",
-                       "--split-ratios", "1,0,0").exit_code == 0
-        trained = run_cli("train", "--dataset", "shapes", "--model", "fasterrcnn_mobilenet_v3_large_320_fpn",
-                          "--weights", "none", "--img-size", "64", "--epochs", "1", "--batch-size", "2",
-                          "--workers", "0", "--device", "cpu", "--name", "tiny")
-        assert trained.exit_code == 0, trained.stderr
-    return home
+def home(trained_home: Path) -> Path:
+    """A store holding a synthetic dataset (``shapes``) and a 1-epoch run on it: the session's trained parent
+    (tlsync.testing.fixtures), copied for this module."""
+    return trained_home
 
 
 @pytest.fixture
@@ -43,7 +32,7 @@ def cli(home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     monkeypatch.chdir(tmp_path)
 
     def select(*args: str):
-        return run_cli("select", "--run", str(home / "runs" / "tiny"), "--workers", "0", "--device", "cpu", *args)
+        return run_cli("select", "--run", str(home / "runs" / "shapes-1"), "--workers", "0", "--device", "cpu", *args)
     return select
 
 

@@ -4,11 +4,12 @@
 
 Every fixture keeps the test away from the user's real data and keys: the store lives in
 a temp folder and the config file (where API keys may sit) is pointed at one that does
-not exist.
+not exist. ``trained_parent``/``trained_home`` train a small detector once per session.
 """
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -66,3 +67,46 @@ def loopback_server() -> Iterator[LoopbackServer]:
     """
     with LoopbackServer() as server:
         yield server
+
+
+PARENT_RUN = "shapes-1"
+
+
+@pytest.fixture(scope="session")
+def trained_parent(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``<home>/runs/shapes-1``: one small detector trained once for the whole session.
+
+    Training is the slow part of every test that needs *a trained run* (select, serve, Label
+    Studio's select), so they share this one: 1 epoch of MobileNet-320 from scratch on 6 synthetic
+    96 px shapes (``shapes@1``, all in train). Nothing may write into it: a test that changes its
+    store or run takes ``trained_home``, a copy of its own. A test that only needs *a* checkpoint
+    saves an untrained model instead (``build_model`` + ``save_checkpoint``).
+    """
+    pytest.importorskip("torch")
+    home = tmp_path_factory.mktemp("trained-parent")
+    with pytest.MonkeyPatch.context() as mp, isolated_plugins():
+        mp.setenv("TLSYNC_HOME", str(home))
+        mp.setenv("TLSYNC_LOAD_PLUGINS", "")
+        mp.setenv("TLSYNC_CONFIG", str(home / "no-tlsync-config.json"))
+        mp.setenv("TORCH_HOME", str(home / "torch-home"))
+        mp.chdir(home)
+        pulled = _run_cli("pull", "--source", "synthetic", "--dataset", "shapes", "--items", "6", "--size", "96",
+                          "--split-ratios", "1,0,0")
+        assert pulled.exit_code == 0, pulled.stderr
+        trained = _run_cli("train", "--dataset", "shapes", "--model", "fasterrcnn_mobilenet_v3_large_320_fpn",
+                           "--weights", "none", "--img-size", "96", "--epochs", "1", "--batch-size", "2",
+                           "--workers", "0", "--device", "cpu", "--name", PARENT_RUN)
+        assert trained.exit_code == 0, trained.stderr
+    return home / "runs" / PARENT_RUN
+
+
+@pytest.fixture(scope="module")
+def trained_home(trained_parent: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of ``trained_parent``'s ``TLSYNC_HOME`` (its store and ``runs/shapes-1``) for this module.
+
+    Copied, not shared: one module's pools, selections and datasets must not turn up in another's
+    store (a pool pulled twice becomes ``@2``), whichever order the modules run in.
+    """
+    home = tmp_path_factory.mktemp("trained-home") / "home"
+    shutil.copytree(trained_parent.parent.parent, home, symlinks=True)
+    return home
