@@ -19,16 +19,17 @@ import pytest
 
 MODEL = ("--model", "fasterrcnn_efficientnet_lite0_fpn", "--weights", "imagenet")
 SMALL = ("--img-size", "64", "--batch-size", "2", "--workers", "0", "--device", "cpu")
+VAL = re.compile(r"^epoch 1/1 val: (\d+)/(\d+) img, [\d.,]+ img/s, elapsed \d:\d\d:\d\d(, ETA \d:\d\d:\d\d)?$")
 LINE = re.compile(r"^epoch (\d)/1 classifier [\d.]+ .*: step (\d+)/(\d+), (\d+)/(\d+) img, [\d.,]+ img/s, "
                   r"elapsed \d:\d\d:\d\d(, ETA \d:\d\d:\d\d)?$")
 
 
 @pytest.fixture
 def workspace(tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """12 synthetic images (8 train) in a fresh store; the environment a child ``tlsync`` runs in."""
+    """12 synthetic images (10 train, 2 val) in a fresh store; the environment a child ``tlsync`` runs in."""
     monkeypatch.chdir(tmp_path)
     pulled = run_cli("pull", "--source", "synthetic", "--dataset", "shapes", "--items", 12, "--size", 64,
-                     "--split-ratios", "0.7,0.3,0")
+                     "--split-ratios", "0.5,0.5,0")
     assert pulled.exit_code == 0, pulled.stderr
     clean = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "TTY_COMPATIBLE")}
     return {**clean, "TLSYNC_PROGRESS_EVERY": "0"}
@@ -43,7 +44,9 @@ def test_without_a_terminal_each_epoch_prints_step_rate_and_eta_lines(workspace:
     proc = tlsync(workspace, "train", "--dataset", "shapes", *MODEL, *SMALL, "--epochs", "1", "--name", "plain")
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
-    lines = [line for line in err.splitlines() if line.startswith("epoch ")]
+    lines = [line for line in err.splitlines() if line.startswith("epoch ") and ": step " in line]
+    val = [VAL.match(line) for line in err.splitlines() if line.startswith("epoch 1/1 val")]
+    assert val and all(val) and [int(m.group(1)) for m in val if m] == [1, 2], val  # the val phase speaks too
     matched = [LINE.match(line) for line in lines]
     assert lines and all(matched), lines
     steps = [m for m in matched if m]

@@ -301,8 +301,11 @@ class DistributedRuntime(Runtime):
 
     def evaluate(self, model: nn.Module, version: DatasetVersion, split: str, categories: list[str],
                  device: torch.device, out_dir: Path | None, conf: float | None = None,
-                 batch_size: int = 4, workers: int = 0) -> dict[str, Any]:
+                 batch_size: int = 4, workers: int = 0,
+                 progress: Callable[..., None] | None = None) -> dict[str, Any]:
         """Every rank predicts a share of the batches, rank 0 scores them all once; all get the metrics.
+
+        ``progress`` counts this rank's images times the ranks (they share the batches evenly).
 
         The batches are cut exactly as a single process cuts them (images of a batch are
         padded together, which nudges the outputs), so the metrics equal a single-process
@@ -316,8 +319,12 @@ class DistributedRuntime(Runtime):
                                     "wrong. DistributedDataParallel should keep them equal: report this as a bug")
         items = split_items(version, split)
         batches = [list(range(i, min(i + batch_size, len(items)))) for i in range(0, len(items), batch_size)]
-        predicted = list(predict_loaded(model, items, version.image_path, categories, device, workers=workers,
-                                        batches=batches[self.rank::self.world_size], draft=True))
+        predicted = []
+        for item in predict_loaded(model, items, version.image_path, categories, device, workers=workers,
+                                   batches=batches[self.rank::self.world_size], draft=True):
+            predicted.append(item)
+            if progress:
+                progress(min(len(items), len(predicted) * self.world_size), total=len(items))
         parts = gather_object(predicted)
 
         def score() -> dict[str, Any]:

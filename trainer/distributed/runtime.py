@@ -80,7 +80,8 @@ class Runtime:
 
     def evaluate(self, model: nn.Module, version: DatasetVersion, split: str, categories: list[str],
                  device: torch.device, out_dir: Path | None, conf: float | None = None,
-                 batch_size: int = 4, workers: int = 0) -> dict[str, Any]:
+                 batch_size: int = 4, workers: int = 0,
+                 progress: Callable[..., None] | None = None) -> dict[str, Any]:
         """The per-epoch evaluation: images decoded by ``workers`` processes, at the model's input size."""
-        return evaluate_split(model, version, split, categories, device, out_dir, conf, batch_size=batch_size,
-                              workers=workers, draft=True)
+        return evaluate_split(model, version, split, categories, device, out_dir, conf, progress=progress,
+                              batch_size=batch_size, workers=workers, draft=True)

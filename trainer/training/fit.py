@@ -349,8 +349,11 @@ def end_of_epoch(loop: Fit, state: RunState, epoch: int, result: EpochResult, st
     # Batch-norm statistics that match the weights, for the val evaluation and the checkpoints (issue 12).
     precise_bn.recompute(loop.model, loop.loader.dataset, loop.settings.precise_bn_batches,  # type: ignore[arg-type]
                          loop.settings.batch_size, loop.settings.seed, loop.runtime.device, loop.settings.workers)
-    val = loop.runtime.evaluate(loop.model.eval(), loop.version, "val", loop.settings.categories,
-                                loop.runtime.device, None, workers=loop.settings.workers) if loop.has_val else {}
+    val: dict[str, Any] = {}
+    if loop.has_val:  # a phase of its own, with its own progress: a large val split takes a while
+        with progress(f"{epoch_label(loop, epoch)} val", total=len(loop.data.val), unit="img") as update:
+            val = loop.runtime.evaluate(loop.model.eval(), loop.version, "val", loop.settings.categories,
+                                        loop.runtime.device, None, workers=loop.settings.workers, progress=update)
     state.epoch, state.elapsed = epoch + 1, state.elapsed + time.perf_counter() - started
     improved = not loop.has_val or val["map50_95"] > state.best
     if improved:
