@@ -42,22 +42,8 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ls_server
         server.stop()
 
 
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A store with a 1-epoch detector on synthetic shapes (``TLSYNC_HOME``), for select and serve."""
-    pytest.importorskip("torch")
-    from tlsync.testing import isolated_plugins, run_cli
-
-    home = tmp_path_factory.mktemp("ls-run-home")
-    with pytest.MonkeyPatch.context() as mp, isolated_plugins():
-        mp.setenv("TLSYNC_HOME", str(home))
-        mp.setenv("TLSYNC_LOAD_PLUGINS", "")
-        mp.chdir(home)
-        pulled = run_cli("pull", "--source", "synthetic", "--dataset", "shapes", "--items", "6", "--size", "96",
-                         "--split-ratios", "1,0,0")
-        assert pulled.exit_code == 0, pulled.stderr
-        trained = run_cli("train", "--dataset", "shapes", "--model", "fasterrcnn_mobilenet_v3_large_320_fpn",
-                          "--weights", "none", "--img-size", "96", "--epochs", "1", "--batch-size", "2",
-                          "--workers", "0", "--device", "cpu", "--name", "shapes-1")
-        assert trained.exit_code == 0, trained.stderr
-    return home / "runs" / "shapes-1"
+@pytest.fixture(scope="module")
+def tiny_run(trained_home: Path) -> Path:
+    """The session's trained parent (``tlsync.testing.fixtures``: 1 epoch on 6 synthetic shapes), in a
+    store of this module's own (``TLSYNC_HOME`` is its ``parent.parent``), for select and serve."""
+    return trained_home / "runs" / "shapes-1"

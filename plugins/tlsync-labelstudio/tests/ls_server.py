@@ -142,7 +142,7 @@ def _wait_up(server: LabelStudio) -> None:
         try:
             if requests.get(f"{server.url}/health", timeout=2).ok:
                 return
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not listening yet, or too busy to answer in 2 s
             pass
         time.sleep(0.25)
     raise RuntimeError(f"label-studio did not answer /health within {START_TIMEOUT:g}s")
