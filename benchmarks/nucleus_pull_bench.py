@@ -76,19 +76,22 @@ FINDINGS = """What changed this round (issue 22, section 7), and what the rounds
   waits for the round in progress and commits the rest. The promise is unchanged: nothing is
   published, or cached, before its bytes are on disk (`tests/test_durability.py` kills pulls at
   eight moments and checks the fsync order);
-- three designs were measured in alternating rounds against `--before` (the same checkout with
-  per-image fsyncs), each 10 rounds with another process writing 40 MB/s to the same disk:
-  batches flushed by a fetch thread every 0.2 s with `sync_file_range` writeback started per image
-  (p50 3.28 s against 2.48 s before: slower; the folders were fsynced one after another while the
-  other threads kept adding images to them, each waiting for a journal commit), the same without
-  `sync_file_range` and with the folders fsynced concurrently (3.49 s against 3.09 s: no gain), and
-  the background group commit kept here (1.88 s against 2.39 s, faster in 8 of 10 rounds; image
-  phase 1.12 s against 1.47 s);
+- designs measured in alternating rounds against `--before` (the same checkout with per-image
+  fsyncs), 10 rounds each, another process writing 40 MB/s to the same disk: batches flushed by a
+  fetch thread every 0.2 s with `sync_file_range` writeback started per image (p50 3.28 s against
+  2.48 s before: slower; the folders were fsynced one after another while the other threads kept
+  adding images to them, each waiting for a journal commit); the same without `sync_file_range`,
+  folders fsynced concurrently (3.49 s against 3.09 s: no gain); the background group commit
+  (1.88 s against 2.39 s, p90 2.62 s against 3.17 s, faster in 8 of 10 rounds). Sampling the
+  pull's threads then showed 64 fetch threads queueing on the batch's Condition (523 of 1,478
+  `add_image` samples); with a plain lock and an Event (the code measured in the table above)
+  the p50 is 2.85 s against 3.40 s, while one round of each arm stalled for 21-28 s;
 - the machine was shared with 20-30 runnable processes on 2 cores (load average 22-32) during
-  these runs, so start-up and the spread decide the p90 more than the disk does: the 10x p90 target
-  needs a quieter machine than this one was. The 20,000-item slice (565 items/s, CPU-bound, the
-  fake server sharing the 2 cores) is far from 2,000 items/s: per item the pull still spends
-  about 1 ms of CPU on the HTTP request, the image check and the store."""
+  these runs: the stalls and start-up decide the p90 more than the disk does, and the 10x p90
+  target needs a quieter machine than this one was. The 20,000-item slice (339-565 items/s in
+  three runs, CPU-bound, the fake server sharing the 2 cores) is far from 2,000 items/s: per item
+  the pull still spends about 1 ms of CPU on the HTTP request (urllib3), the image check and the
+  store."""
 
 
 def baseline(nucleus: FakeNucleus, out: Path) -> float:
