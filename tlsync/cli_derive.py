@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from .class_rules import format_map, parse_class_map
-from .console import info
+from .console import echo, info
 from .derive import DeriveResult, DeriveSpec, derive
 from .store import Store
 
@@ -34,7 +34,7 @@ def derive_command(new: str, sources: tuple[str, ...], class_map: str | None, dr
                       dedupe)
     result = derive(Store(), new, spec)
     for line in summary(result):
-        click.echo(line)
+        echo(line)
 
 
 def summary(result: DeriveResult) -> list[str]:

@@ -15,9 +15,8 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from tlsync.console import info
+from tlsync.console import echo, info
 from tlsync.errors import TlsyncError
-from tlsync.secrets import redact
 
 from .select import SelectionTargetCommand
 from .train import options_for_runs
@@ -81,12 +80,12 @@ def audit(ctx: click.Context, dataset: str | None, folds: int, run: Path | None,
                         project, conf, str(run) if run is not None else None)
         done = []
     how = f"the in-sample predictions of {plan.run}" if plan.run else f"{plan.folds} folds"
-    click.echo(f"audit {plan.folder}: {plan.dataset} ({', '.join(plan.splits)}), {how}")
+    echo(f"audit {plan.folder}: {plan.dataset} ({', '.join(plan.splits)}), {how}")
     summary, rows, reviews = run_audit(plan, done, train_point)
     info(summary["note"])
-    click.echo(summary_line(summary, plan.folder))
+    echo(summary_line(summary, plan.folder))
     for row in rows[:5]:
-        click.echo("  " + row_line(row))
+        echo("  " + row_line(row))
     if target_name:
         _send(ctx, plan, summary, reviews, target_name, target_options, send_top)
 
@@ -131,7 +130,7 @@ def _send(ctx: click.Context, plan: Any, summary: dict[str, Any], reviews: list[
     except TlsyncError as e:
         raise TlsyncError(f"{e} (the audit itself is written: {plan.folder}; re-run with --resume {plan.folder} "
                           f"and the same --target to send what is missing)") from None
-    click.echo(redact(f"{target_name}: " + ", ".join(f"{k} {v}" for k, v in sent.items())))
+    echo(f"{target_name}: " + ", ".join(f"{k} {v}" for k, v in sent.items()))
 
 
 audit.params.extend(options_for_runs())
