@@ -199,6 +199,20 @@ def test_a_real_audit_predicts_every_image_once_out_of_sample(audited: Path) -> 
     assert page.count('class="suspect"') == min(200, len(rows))
 
 
+def test_a_run_s_own_model_audits_in_sample_and_says_so(audited: Path, monkeypatch) -> None:
+    monkeypatch.setenv("TLSYNC_HOME", str(audited))
+    monkeypatch.chdir(audited)
+    result = run_cli("audit", "--dataset", "shapes", "--run", "audits/shapes-1/fold-1", "--conf", "0.05")
+    assert result.exit_code == 0, result.stderr
+    assert "in-sample" in result.stdout and "In-sample" in result.stderr
+    folder = audited / "audits" / "shapes-2"
+    summary = json.loads((folder / "audit.json").read_text())
+    assert summary["in_sample"] and summary["settings"]["folds"] == 0
+    assert [r["fold"] for r in summary["fold_runs"]] == [0] and not (folder / "fold-1").exists()  # nothing trained
+    predicted = [json.loads(line)["id"] for line in (folder / "predictions-fold-0.jsonl").read_text().splitlines()]
+    assert len(predicted) == summary["images"] == len(set(predicted))
+
+
 def test_an_audit_folder_is_never_overwritten(audited: Path, monkeypatch) -> None:
     monkeypatch.setenv("TLSYNC_HOME", str(audited))
     monkeypatch.chdir(audited)
