@@ -297,12 +297,34 @@ def run_one(store: Any, name: str, seed: int, args: argparse.Namespace, work: Pa
               "image_ap_cleanlab": image_ap(list(cl_images), bad),
               "audit_minutes": (time.perf_counter() - started) / 60,
               "labels_found": summary["labels_found_by_model"], "labels": summary["labels"]}
+    result["unplanted"] = unplanted(rows, planted)
     if seed in args.buys_seeds:
         fixed = restored(noisy, clean, rows, planted)
         result["map"] = {variant: test_map(store, its, test, full, f"{name}-{variant}-s{seed}", args, seed,
                                            work / "runs")
                          for variant, its in (("noisy", noisy), ("top-k-fixed", fixed), ("clean", clean))}
     return result
+
+
+def unplanted(rows: list[dict[str, Any]], planted: list[dict[str, Any]], n: int = 6) -> dict[str, Any]:
+    """The top suspects that are not planted errors (what the audit finds in the data as shipped), and the
+    rank of chess's lone colourless ``bishop`` label if it is a suspect."""
+    from tlsync.format import Box
+
+    lines = []
+    for r in rows:
+        suggestion = Box(r["suggestion"]["class"], *r["suggestion"]["box"]) if r["suggestion"] else None
+        if any(finds(r["kind"], r["item"], r["label"]["index"] if r["label"] else None, suggestion, e)
+               for e in planted):
+            continue
+        lines.append(f"#{r['rank']} {r['kind']} {r['score']:.2f}: `{r['item'][:28]}` label "
+                     f"{r['label']['class'] if r['label'] else '-'} -> "
+                     f"{r['suggestion']['class'] if r['suggestion'] else 'remove'}")
+        if len(lines) == n:
+            break
+    bishop = [f"#{r['rank']} of {len(rows)} ({r['kind']} {r['score']:.2f})" for r in rows
+              if r["label"] and r["label"]["class"] == "bishop"]
+    return {"lines": lines, "bishop": bishop}
 
 
 def flagged_first(store: Any, name: str, args: argparse.Namespace, work: Path) -> list[str]:
@@ -356,6 +378,12 @@ def report(args: argparse.Namespace, command: str) -> None:
                     f"noisy labels (IoU >= 0.5, conf >= 0.5); audit {r['audit_minutes']:.1f} min")
         if "map" in r:
             body.append("  - test mAP50-95 of a run on: " + ", ".join(f"{k} {v:.3f}" for k, v in r["map"].items()))
+    for r in results:
+        if r["seed"] == 0 and "unplanted" in r:
+            body += ["", f"{r['dataset']} (seed 0), the top suspects that are not planted errors "
+                     "(the data as shipped):", "", *[f"- {line}" for line in r["unplanted"]["lines"]]]
+            if r["unplanted"]["bishop"]:
+                body.append(f"- chess's lone colourless `bishop` label: {', '.join(r['unplanted']['bishop'])}")
     for name, lines in flagged.items():
         body += ["", f"Flagged first on the clean {name} subset (seed 0):", "", *[f"- {line}" for line in lines]]
     update_section("audit_vs_cleanlab", "Label audit vs cleanlab ObjectLab (planted errors)", "\n".join(body),
