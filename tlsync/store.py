@@ -39,7 +39,7 @@ from .format import Item
 from .images import EXTENSIONS, IncompleteImage, check_complete_image, image_info  # noqa: F401  (re-exported)
 from .locks import LockTimeout, exclusive
 from .manifest import INFO, ITEMS, atomic_write_json, read_info, read_items
-from .sink import ImageSink, StoreWriteError, store_write_error
+from .sink import ImageSink, store_write_error
 
 LAST_PULL = "last-pull.json"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -276,8 +276,8 @@ class Store:
         """Record what can still be recorded (durable images only), then close the cache."""
         try:
             self._durable.flush()
-        except StoreWriteError:
-            pass  # the pull already failed or is failing on the store; unflushed rows are simply not cached
+        except Exception:  # the pull's outcome is decided: a publish flushes first, and raises
+            pass  # it failed, or is failing, on the store: rows not yet recorded are simply not cached
         finally:
             self._cache.close()
 
