@@ -167,7 +167,18 @@ def test_two_processes_end_with_the_single_process_statistics(home: Path, monkey
 
 # -- scratch runs that learn --------------------------------------------------------------------
 
-EPOCHS = 2
+EPOCHS = 3
+
+
+@pytest.fixture(scope="module")
+def ssdlite_runs(home: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(without, with precise BN): two SSDLite scratch runs alike in all else, trained once for the module.
+
+    Training is the slow part here; both tests below read these two runs (neither changes a file the
+    other reads: the eval test writes only ``*-bn.pt`` and ``eval-recomputed-bn`` into the first)."""
+    project = tmp_path_factory.mktemp("pbn-runs")
+    return (train_run(home, project, SSDLITE, precise=0, epochs=EPOCHS),
+            train_run(home, project, SSDLITE, precise=25, epochs=EPOCHS))
 
 
 def predictions(model: torch.nn.Module, home: Path) -> list[dict[str, torch.Tensor]]:
@@ -182,16 +193,15 @@ def predictions(model: torch.nn.Module, home: Path) -> list[dict[str, torch.Tens
         return model.eval()(images)
 
 
-def test_a_scratch_run_saves_statistics_that_match_its_weights(home: Path, tmp_path: Path) -> None:
+def test_a_scratch_run_saves_statistics_that_match_its_weights(home: Path, ssdlite_runs: tuple[Path, Path]) -> None:
     """What val evaluation, best.pt, eval, predict and push see: the statistics of the saved weights.
 
     SSDLite here (its heads keep trainable batch norm from any start); Lite0's and MobileNet-320's
     scratch runs get the same check after learning, in test_scratch_learns.py."""
-    name = SSDLITE
     from tlsync.trainer import load_model
     from tlsync.trainer.training.precise_bn import live_batchnorms, recompute_for_run
 
-    run = train_run(home, tmp_path, name, precise=25, epochs=EPOCHS)
+    _, run = ssdlite_runs  # the run with precise BN
     losses, map50 = val_curve(run)
     assert len(map50) == EPOCHS and losses[-1] < losses[0], losses
     for checkpoint in ("best.pt", "last.pt"):
@@ -206,14 +216,13 @@ def test_a_scratch_run_saves_statistics_that_match_its_weights(home: Path, tmp_p
 
 
 def test_precise_bn_leaves_training_alone_and_eval_recompute_bn_fixes_an_old_run(
-        home: Path, tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch) -> None:
+        home: Path, ssdlite_runs: tuple[Path, Path], run_cli, monkeypatch: pytest.MonkeyPatch) -> None:
     """A run without precise BN (as before) has the same weights; ``--recompute-bn`` gives it the right statistics."""
     from tlsync.store import Store
     from tlsync.trainer import load_checkpoint
     from tlsync.trainer.training.precise_bn import fix_checkpoint
 
-    old = train_run(home, tmp_path, SSDLITE, precise=0, epochs=3)
-    new = train_run(home, tmp_path, SSDLITE, precise=25, epochs=3)
+    old, new = ssdlite_runs
     a, b = load_checkpoint(old / "weights" / "last.pt")["model"], load_checkpoint(new / "weights" / "last.pt")["model"]
     stats = [k for k in a if k.endswith(("running_mean", "running_var"))]
     assert all(torch.equal(a[k], b[k]) for k in a if k not in stats), "precise BN changed the training itself"
