@@ -324,6 +324,8 @@ def unplanted(rows: list[dict[str, Any]], planted: list[dict[str, Any]], n: int 
             break
     bishop = [f"#{r['rank']} of {len(rows)} ({r['kind']} {r['score']:.2f})" for r in rows
               if r["label"] and r["label"]["class"] == "bishop"]
+    bishop += [f"itself a planted error in this seed ({e['kind']}), so not the data as shipped" for e in planted
+               if e["box"].label == "bishop"]
     return {"lines": lines, "bishop": bishop}
 
 
