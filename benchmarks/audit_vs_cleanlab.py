@@ -342,8 +342,9 @@ def flagged_first(store: Any, name: str, args: argparse.Namespace, work: Path) -
 def mean_sd(values: list[float]) -> str:
     if not values:
         return "-"
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.3f} ± {sd:.3f}"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"  # one seed: no spread to show
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
 def table(results: list[dict[str, Any]]) -> str:
@@ -375,6 +376,11 @@ def report(args: argparse.Namespace, command: str) -> None:
             f"{', '.join(sorted({str(r['seed']) for r in results}))}. Both rankings read the same fold predictions.",
             "",
             table(results), ""]
+    seeds = {name: sorted(r["seed"] for r in results if r["dataset"] == name) for name in
+             dict.fromkeys(r["dataset"] for r in results)}
+    if any(len(v) < 2 for v in seeds.values()):
+        body += ["One seed only for " + ", ".join(f"{n} (seed {v[0]})" for n, v in seeds.items() if len(v) == 1)
+                 + ": no spread is shown, and these figures are single draws of the planted errors.", ""]
     for r in results:
         body.append(f"- {r['dataset']} seed {r['seed']}: the fold models found {r['labels_found']} of {r['labels']} "
                     f"noisy labels (IoU >= 0.5, conf >= 0.5); audit {r['audit_minutes']:.1f} min")
