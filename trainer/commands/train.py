@@ -44,11 +44,16 @@ def trackers_option(value: str | None) -> tuple[str, ...]:
 
 
 @click.command()
-@option("--dataset", help="Dataset to train on: NAME (latest version) or NAME@N.")
+@option("--dataset", multiple=True,
+        help="Dataset to train on: NAME (latest version) or NAME@N. Repeat it to train on the union, derived "
+             "as `tlsync datasets derive union-A-B --from A --from B` would (classes spelled alike stop the run).")
 @option("--model", help="Detector (see `tlsync weights list`); default fasterrcnn_mobilenet_v3_large_fpn, "
                         "or the checkpoint's model with --weights PATH.")
 @option("--weights", help="Start from: coco, imagenet (backbone only), none (scratch), "
                           "or a run directory / checkpoint file to continue from.")
+@option("--class-map", "class_map", metavar="MAP",
+        help="old=new,... or a .yaml/.json file: with --weights RUN, the parent's class 'old' seeds the child's "
+             "'new' (Car=car); with several --dataset, also renames their classes before the union.")
 @option("--epochs", type=click.IntRange(1))
 @option("--batch-size", type=click.IntRange(1), help="Images per step per process (per GPU).")
 @option("--img-size", type=click.IntRange(32), help="Longest image side fed to the model.")
@@ -106,14 +111,38 @@ def train(ctx: click.Context, resume: Path | None, **options: Any) -> None:
     if resume is not None:
         run = _resume(ctx, resume, options)
     else:
-        if not options["dataset"]:
-            raise TlsyncError("give --dataset NAME (or --resume RUN)")
+        options["dataset"], options["class_map"] = _datasets(options["dataset"], options["class_map"],
+                                                             options["weights"])
         cfg = TrainConfig(**options)
         check_trackers(cfg.log)  # a missing extra fails here, before a run folder exists
         run = launcher.run(partial(training.train, cfg), cfg.devices, cfg.device, cfg.sync_bn)
     if distributed.is_main():  # under torchrun every rank gets here; one prints
         echo(f"run: {run}")
         echo(f"report: {run / 'report.html'}")
+
+
+def _datasets(refs: tuple[str, ...], class_map: str | None, weights: str) -> tuple[str, dict[str, str]]:
+    """The one dataset a run trains on and the parsed ``--class-map``: ``--dataset`` itself, or the union
+    of several, derived under ``tlsync datasets derive``'s rules (``tlsync.derive.train_union``)."""
+    from tlsync.class_rules import parse_class_map
+    from tlsync.console import info
+    from tlsync.derive import train_union
+    from tlsync.models import WEIGHTS
+    from tlsync.store import Store
+
+    if not refs:
+        raise TlsyncError("give --dataset NAME (or --resume RUN)")
+    mapping = parse_class_map(class_map) if class_map else {}
+    if mapping and len(refs) == 1 and weights in WEIGHTS:
+        raise TlsyncError("--class-map maps a parent run's classes (--weights RUN) or those of several --dataset; "
+                          "to rename one dataset's classes: tlsync datasets derive NEW --from NAME --class-map MAP")
+    if len(refs) == 1:
+        return refs[0], mapping
+    union = train_union(Store(), refs, mapping)
+    sources = ", ".join(s["ref"] for s in union.provenance["sources"])
+    info(f"training on {union.ref} ({'unchanged' if union.unchanged else 'new version'}), the union of {sources}: "
+         f"{union.items} items, {union.boxes} boxes, classes {', '.join(union.categories)}")
+    return union.ref, mapping
 
 
 def _resume(ctx: click.Context, resume: Path, options: dict[str, Any]) -> Path:
@@ -139,4 +168,5 @@ def _resume(ctx: click.Context, resume: Path, options: dict[str, Any]) -> Path:
 def options_for_runs() -> list[click.Parameter]:
     """train's options that a command starting runs of its own (curve, audit) offers and passes to each run;
     it decides the rest (``PER_RUN_FIELDS``) per run, and has its own ``--resume``."""
-    return [p for p in train.params if p.name not in (*PER_RUN_FIELDS, "resume")]
+    # --class-map too: it is parsed (and several --dataset derived) by train's own command
+    return [p for p in train.params if p.name not in (*PER_RUN_FIELDS, "resume", "class_map")]

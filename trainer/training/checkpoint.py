@@ -152,27 +152,34 @@ def load_model(run_or_file: str | os.PathLike, device: str | torch.device = "cpu
 
 
 def transfer_weights(model: nn.Module, checkpoint: dict[str, Any] | str | os.PathLike,
-                     new_categories: list[str]) -> dict[str, list[str]]:
+                     new_categories: list[str], class_map: dict[str, str] | None = None) -> dict[str, list[str]]:
     """Load a checkpoint into ``model`` (built for ``new_categories``), matching classes by name.
 
     Shared classes keep their head rows exactly, new classes keep the model's fresh
-    initialisation, dropped classes are removed. Every other tensor must fit as is (build
+    initialisation, dropped classes are removed. ``class_map`` (parent name -> child name,
+    ``--class-map``) lets a parent class seed a child class spelled otherwise: the parent's
+    ``Car`` row becomes the child's ``car``. Every other tensor must fit as is (build
     ``model`` with ``rebuild_model(checkpoint, len(new_categories))``). Returns
-    ``{"kept": [...], "new": [...], "dropped": [...]}`` for the user.
+    ``{"kept": [...], "mapped": ["Car -> car", ...], "new": [...], "dropped": [...]}`` for the user.
     """
     if not isinstance(checkpoint, dict):
         checkpoint = load_checkpoint(resolve_checkpoint(checkpoint))
     old_categories = list(checkpoint["categories"])
-    mapping = {"kept": [c for c in new_categories if c in old_categories],
-               "new": [c for c in new_categories if c not in old_categories],
-               "dropped": [c for c in old_categories if c not in new_categories]}
+    seed = {c: c for c in new_categories if c in old_categories}  # child class -> the parent row it starts from
+    for parent, child in reversed((class_map or {}).items()):  # the map wins over a same-named row; first entry wins
+        if parent in old_categories and child in new_categories:
+            seed[child] = parent
+    mapping = {"kept": [c for c in new_categories if seed.get(c) == c],
+               "mapped": [f"{seed[c]} -> {c}" for c in new_categories if seed.get(c, c) != c],
+               "new": [c for c in new_categories if c not in seed],
+               "dropped": [c for c in old_categories if c not in seed.values()]}
     bare = unwrap(model)
     layers = getattr(bare, "tlsync_class_layers", None) if old_categories != list(new_categories) else {}
     if layers is None:
         raise TlsyncError(f"cannot remap classes for a {type(bare).__name__}: its builder does not list its "
                           "class-dependent layers (tlsync_class_layers)")
     # new row j (0 = background) comes from old row rows[j], or keeps its fresh init when None
-    rows = [0] + [old_categories.index(c) + 1 if c in old_categories else None for c in new_categories]
+    rows = [0] + [old_categories.index(seed[c]) + 1 if c in seed else None for c in new_categories]
     old_state, merged = checkpoint["model"], {}
     for key, current in bare.state_dict().items():
         if key not in old_state:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,8 +143,13 @@ def check_data(version: DatasetVersion) -> TrainData:
     return data
 
 
-def initial_model(cfg: TrainConfig, categories: list[str]) -> tuple[nn.Module, str, str]:
-    """``(model, model name, weights source)``: pretrained or from scratch, or from an earlier tlsync model."""
+def initial_model(cfg: TrainConfig, categories: list[str],
+                  renamed_in_data: Collection[str] = ()) -> tuple[nn.Module, str, str]:
+    """``(model, model name, weights source)``: pretrained or from scratch, or from an earlier tlsync model.
+
+    ``renamed_in_data``: the ``--class-map`` names the union of several ``--dataset`` already
+    renamed; every other name in the map must be a class of the parent run.
+    """
     if cfg.weights in WEIGHTS:
         name = cfg.model or DEFAULT_MODEL
         return build_model(name, len(categories), cfg.weights, cfg.img_size), name, cfg.weights
@@ -154,11 +160,25 @@ def initial_model(cfg: TrainConfig, categories: list[str]) -> tuple[nn.Module, s
         raise TlsyncError(f"--weights {cfg.weights} holds a {name} model; it cannot start a {cfg.model} "
                           f"(leave out --model, or use --weights coco|imagenet|none)")
     model = rebuild_model(checkpoint, len(categories), cfg.img_size)
-    mapping = transfer_weights(model, checkpoint, categories)
+    check_class_map(cfg.class_map, list(checkpoint["categories"]), categories, renamed_in_data)
+    mapping = transfer_weights(model, checkpoint, categories, cfg.class_map)
     info(f"continuing from {path} ({checkpoint['config'].get('dataset', '?')}):")
     for line in describe_mapping(mapping):
         info("  " + line)
     return model, name, f"{path} ({checkpoint['config'].get('dataset', '?')})"
+
+
+def check_class_map(class_map: dict[str, str], parent: list[str], child: list[str],
+                    renamed_in_data: Collection[str]) -> None:
+    """A ``--class-map`` entry must name a parent class (or one the datasets' union renamed) and a child class:
+    a typo would otherwise leave the child class on a fresh row without a word."""
+    for old, new in class_map.items():
+        if old not in parent and old not in renamed_in_data:
+            raise TlsyncError(f"--class-map {old}={new}: the parent run has no class {old!r} "
+                              f"(its classes: {', '.join(parent)})")
+        if new not in child:
+            raise TlsyncError(f"--class-map {old}={new}: the dataset has no class {new!r} "
+                              f"(its classes: {', '.join(child)})")
 
 
 def describe_mapping(mapping: dict[str, Any]) -> list[str]:
@@ -178,7 +198,8 @@ def train(cfg: TrainConfig, store: Store | None = None, runtime: Runtime | None 
     version = runtime.open_dataset(store or Store(), cfg.dataset)
     data = check_data(version)
     seed_everything(cfg.seed)
-    model, model_name, weights_source = initial_model(cfg, version.categories)
+    model, model_name, weights_source = initial_model(cfg, version.categories,
+                                                      version.info.get("derived_from", {}).get("class_map", {}))
     settings = RunSettings.resolve(
         cfg, dataset=version.ref, content_hash=version.content_hash, categories=version.categories, model=model_name,
         weights_source=weights_source, world_size=runtime.world_size, device=str(runtime.device),

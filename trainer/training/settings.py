@@ -39,6 +39,9 @@ class TrainConfig:
     dataset: str
     model: str | None = None  # default: DEFAULT_MODEL, or the checkpoint's model with --weights PATH
     weights: str = "coco"  # coco | imagenet | none | a run directory or checkpoint file
+    # old name -> new name: seeds a child class from a parent class spelled otherwise (``Car`` -> ``car``)
+    # with --weights RUN, and renames classes of several --dataset before their union is derived
+    class_map: dict[str, str] = field(default_factory=dict)
     epochs: int = 20
     batch_size: int = 4  # per process: a run on N GPUs takes N x batch_size images per step
     img_size: int = 640  # longest image side fed to the model
