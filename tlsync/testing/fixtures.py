@@ -77,10 +77,11 @@ def trained_parent(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``<home>/runs/shapes-1``: one small detector trained once for the whole session.
 
     Training is the slow part of every test that needs *a trained run* (select, serve, Label
-    Studio's select), so they share this one: 1 epoch of MobileNet-320 from scratch on 6 synthetic
-    96 px shapes (``shapes@1``, all in train). Nothing may write into it: a test that changes its
-    store or run takes ``trained_home``, a copy of its own. A test that only needs *a* checkpoint
-    saves an untrained model instead (``build_model`` + ``save_checkpoint``).
+    Studio's select), so they share this one: 1 epoch of MobileNet-320 from scratch on 4 synthetic
+    64 px shapes (``shapes@1``, all in train); at ``--conf 0.2`` it still finds boxes on new images.
+    Nothing may write into it: a test that changes its store or run takes ``trained_home``, a copy
+    of its own. A test that only needs *a* checkpoint saves an untrained model instead
+    (``build_model`` + ``save_checkpoint``).
     """
     pytest.importorskip("torch")
     home = tmp_path_factory.mktemp("trained-parent")
@@ -90,11 +91,11 @@ def trained_parent(tmp_path_factory: pytest.TempPathFactory) -> Path:
         mp.setenv("TLSYNC_CONFIG", str(home / "no-tlsync-config.json"))
         mp.setenv("TORCH_HOME", str(home / "torch-home"))
         mp.chdir(home)
-        pulled = _run_cli("pull", "--source", "synthetic", "--dataset", "shapes", "--items", "6", "--size", "96",
+        pulled = _run_cli("pull", "--source", "synthetic", "--dataset", "shapes", "--items", "4", "--size", "64",
                           "--split-ratios", "1,0,0")
         assert pulled.exit_code == 0, pulled.stderr
         trained = _run_cli("train", "--dataset", "shapes", "--model", "fasterrcnn_mobilenet_v3_large_320_fpn",
-                           "--weights", "none", "--img-size", "96", "--epochs", "1", "--batch-size", "2",
+                           "--weights", "none", "--img-size", "64", "--epochs", "1", "--batch-size", "2",
                            "--workers", "0", "--device", "cpu", "--name", PARENT_RUN)
         assert trained.exit_code == 0, trained.stderr
     return home / "runs" / PARENT_RUN

@@ -44,6 +44,6 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ls_server
 
 @pytest.fixture(scope="module")
 def tiny_run(trained_home: Path) -> Path:
-    """The session's trained parent (``tlsync.testing.fixtures``: 1 epoch on 6 synthetic shapes), in a
+    """The session's trained parent (``tlsync.testing.fixtures``: 1 epoch on 4 synthetic shapes), in a
     store of this module's own (``TLSYNC_HOME`` is its ``parent.parent``), for select and serve."""
     return trained_home / "runs" / "shapes-1"
