@@ -119,5 +119,6 @@ def test_a_hostile_refusal_is_quoted_short_and_printable(tlsync_store, monkeypat
     with server, pytest.raises(TlsyncError) as refused:
         check_source(tlsync_labelstudio.LabelStudioSource(), store=tlsync_store, project=4, url=server.url)
     message = str(refused.value)
-    assert "refused a legacy token in LABEL_STUDIO_API_KEY" in message and "HTTP 401: [2J no access [2J no access" in message
+    assert "refused a legacy token in LABEL_STUDIO_API_KEY" in message
+    assert "HTTP 401: [2J no access [2J no access" in message
     assert len(message) < 800 and "\x1b" not in message and "\x07" not in message and KEY not in message
