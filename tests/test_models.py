@@ -264,7 +264,7 @@ def test_class_remapping_keeps_shared_rows_exactly_and_new_rows_fresh(name: str,
     new = rebuild_model(checkpoint, num_classes=3)
     fresh = {k: v.clone() for k, v in new.state_dict().items()}
     mapping = transfer_weights(new, checkpoint, ["c", "x", "a"])
-    assert mapping == {"kept": ["c", "a"], "new": ["x"], "dropped": ["b"]}
+    assert mapping == {"kept": ["c", "a"], "mapped": [], "new": ["x"], "dropped": ["b"]}  # no --class-map: none mapped
 
     old_state, state = old.state_dict(), new.state_dict()
     rows = {0: 0, 1: 3, 3: 1}  # new row <- old row (0 is the background); new row 2 ('x') stays fresh

@@ -8,6 +8,7 @@ tiny images and a handful of epochs on a CPU.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import re
@@ -253,15 +254,20 @@ def test_augmentation_moves_boxes_with_the_pixels(tmp_path: Path) -> None:
     assert min(centres) < 0.4 and max(centres) > 0.6, "flips move the box to the other side"
 
 
-def test_a_broken_image_is_skipped_and_a_class_without_boxes_is_warned_about(store, run_cli) -> None:
+def test_an_image_damaged_after_the_pull_is_refused_and_a_class_without_boxes_is_warned_about(store, run_cli) -> None:
+    """The store trusts nothing it reads (issue 22): an image whose bytes changed after the pull
+    (disk damage, a hand edit) is refused naming the item and both hashes, never trained on."""
     version = shapes(store, "flawed", 4, extra="star")
     broken = next(version.items("train"))
     version.image_path(broken).write_bytes(b"not an image any more")  # e.g. disk damage after the pull
 
     result = run_cli("train", "--dataset", "flawed", *MODEL, *SMALL, "--epochs", "1")
-    assert result.exit_code == 0, result.stderr
+    assert result.exit_code == 1
     assert "warning: 1 class(es) have no training boxes and cannot be learned: star" in result.stderr
-    assert f"warning: skipped 1 image(s) that failed to decode (first: item '{broken.id}'" in result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert f"item '{broken.id}': its image changed in the store after the pull" in error
+    assert broken.image.sha256 in error and hashlib.sha256(b"not an image any more").hexdigest() in error
+    assert not list(Path("runs").glob("flawed-*/weights/*.pt"))  # nothing was trained on it
 
 
 def test_freeze_backbone_trains_the_heads_only(store, run_cli) -> None:
