@@ -47,15 +47,8 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_report import update_section  # noqa: E402
+from bench_report import SOURCES, update_section  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "datasets"
-SOURCES = {
-    "thermal": {"path": SHARED / "thermal-dogs-people-yolo"},
-    "bccd": {"path": SHARED / "bccd-voc" / "BCCD", "format": "voc"},
-    "chess": {"path": SHARED / "chess-pieces-coco"},
-}
 MODEL = "fasterrcnn_efficientnet_lite0_fpn"
 RATE = 0.05
 KINDS = {"dropped": "missing", "swapped": "wrong_class", "shifted": "badly_placed"}

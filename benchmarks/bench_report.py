@@ -13,6 +13,15 @@ import resource
 from datetime import date
 from pathlib import Path
 
+# The shared datasets as the roboflow source reads them (bccd's VOC folder one level down).
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "datasets"
+SOURCES = {
+    "thermal": {"path": SHARED / "thermal-dogs-people-yolo"},
+    "bccd": {"path": SHARED / "bccd-voc" / "BCCD", "format": "voc"},
+    "chess": {"path": SHARED / "chess-pieces-coco"},
+}
+
 BENCHMARKS_MD = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
 HEADER = ("# Benchmarks\n\nFigures printed and written by the scripts in `benchmarks/`; "
           "re-run one to refresh its section.\n")

@@ -32,15 +32,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_report import update_section  # noqa: E402
+from bench_report import SOURCES, update_section  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "datasets"
-SOURCES = {
-    "thermal": {"path": SHARED / "thermal-dogs-people-yolo"},
-    "bccd": {"path": SHARED / "bccd-voc" / "BCCD", "format": "voc"},
-    "chess": {"path": SHARED / "chess-pieces-coco"},
-}
 MODEL = "fasterrcnn_efficientnet_lite0_fpn"
 VARIANTS = ("cont-old", "cont-new", "restart", "restart-wall")
 CANDIDATE_LR_FACTOR = 0.25

@@ -18,6 +18,7 @@ from click.core import ParameterSource
 from tlsync.console import echo, info
 from tlsync.errors import TlsyncError
 
+from .folder_options import folder_options
 from .select import SelectionTargetCommand
 from .train import options_for_runs
 
@@ -36,11 +37,7 @@ RESUME_KEEPS = ("resume", "device", "workers", "target_name", "send_top")
 @click.option("--include-test", is_flag=True, help="Also audit the test split (left untouched by default).")
 @click.option("--conf", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Predictions at least this confident count as evidence of a missing or misplaced label.")
-@click.option("--name", default=None, help="Audit folder name; default <dataset>-N.")
-@click.option("--project", type=click.Path(path_type=Path, file_okay=False), default=Path("audits"),
-              show_default=True, help="Folder that holds the audits.")
-@click.option("--resume", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Carry on with an earlier audit (audits/NAME): finished folds are kept.")
+@folder_options("audit", "audits", "folds")
 @click.option("--target", "target_name", default=None,
               help="Also send the suspect images for review here (e.g. nucleus, labelstudio).")
 @click.option("--send-top", type=click.IntRange(1), default=100, show_default=True,

@@ -16,6 +16,7 @@ from click.core import ParameterSource
 from tlsync.console import echo
 from tlsync.errors import TlsyncError
 
+from .folder_options import folder_options
 from .train import RESUME_OPTIONS as TRAIN_RESUME_OPTIONS
 from .train import options_for_runs
 
@@ -32,11 +33,7 @@ RESUME_OPTIONS = (*TRAIN_RESUME_OPTIONS, "target_map")
               help="Subsets and training seeds per fraction (the error bars and the fit's interval).")
 @click.option("--target-map", type=click.FloatRange(0, 1, max_open=True), default=None,
               help="Also print the labelled images the fit needs to reach this test mAP50-95.")
-@click.option("--name", default=None, help="Curve folder name; default <dataset>-N.")
-@click.option("--project", type=click.Path(path_type=Path, file_okay=False), default=Path("curves"),
-              show_default=True, help="Folder that holds the curves.")
-@click.option("--resume", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Carry on with an earlier curve (curves/NAME): finished points are kept.")
+@folder_options("curve", "curves", "points")
 @click.pass_context
 def curve(ctx: click.Context, dataset: str | None, fractions: str, seeds: int, target_map: float | None,
           name: str | None, project: Path, resume: Path | None, **train_options: Any) -> None:
