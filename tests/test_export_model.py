@@ -10,12 +10,16 @@ Images are 128 px to keep every export and parity check short.
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import requests
 
 pytest.importorskip("onnxruntime")
 
@@ -437,3 +441,56 @@ def test_a_parity_line_with_no_matching_box_says_so_plainly() -> None:
                     "no box of the 375 matched (int8 costs 0.1000 val mAP50-95)")
     result.update(matched=370, max_score_diff=0.012)
     assert "370/375 boxes match, largest score difference 0.012" in summary_line(Path("m.onnx"), result, True, "")
+
+
+SERVE_CONFIG = ('<View><Image name="image" value="$image"/><RectangleLabels name="label" toName="image">'
+                '<Label value="circle"/><Label value="square"/><Label value="triangle"/></RectangleLabels></View>')
+
+
+def test_serve_with_an_exported_model_answers_as_predict_does(here, workspace, run_cli, tmp_path: Path) -> None:
+    """``tlsync serve --model RUN/export/model.onnx`` (issue 23): Label Studio's ``/predict`` on
+    local images gives ``tlsync predict --model``'s boxes, in percent, versioned by the run's name."""
+    run = workspace[2]
+    onnx = exported_file(run_cli, run, "onnx")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for n, source in enumerate(sorted((here / "home" / "images").rglob("*.png"))[:3]):
+        shutil.copyfile(source, folder / f"p{n}.png")
+    by_file = run_cli("predict", "--model", onnx, folder, "--conf", "0.05", "--out", "preds-serve")
+    assert by_file.exit_code == 0, by_file.stderr
+    meta = json.loads((here / "preds-serve" / "images.json").read_text())
+    names = {c["id"]: c["name"] for c in meta["categories"]}
+    files = {i["id"]: Path(i["file_name"]).name for i in meta["images"]}
+    expected: dict[str, list] = {name: [] for name in files.values()}
+    for p in json.loads((here / "preds-serve" / "predictions.json").read_text()):
+        expected[files[p["image_id"]]].append((names[p["category_id"]], *p["bbox"], p["score"]))
+    assert any(expected.values()), "predict finds boxes at conf 0.05, so there is something to compare"
+
+    env = {**os.environ, "TLSYNC_HOME": str(here / "home"), "TLSYNC_LOAD_PLUGINS": ""}
+    process = subprocess.Popen([sys.executable, "-m", "tlsync", "serve", "--model", str(onnx), "--port", "0",
+                                "--conf", "0.05", "--images-root", str(folder), "--device", "cpu"],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert process.stdout is not None
+        url = process.stdout.readline().rsplit(" at ", 1)[1].strip()
+        tasks = [{"id": n, "data": {"image": str(folder / name)}} for n, name in enumerate(sorted(expected), 1)]
+        answer = requests.post(f"{url}/predict", json={"tasks": tasks, "label_config": SERVE_CONFIG},
+                               timeout=300).json()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=60)
+    assert answer["model_version"] == run.name
+    for task, result in zip(tasks, answer["results"], strict=True):
+        assert result["model_version"] == run.name
+        got = []
+        for box in result["result"]:
+            value, w, h = box["value"], box["original_width"], box["original_height"]
+            got.append((value["rectanglelabels"][0], value["x"] * w / 100, value["y"] * h / 100,
+                        value["width"] * w / 100, value["height"] * h / 100, box["score"]))
+        want = list(expected[Path(task["data"]["image"]).name])
+        assert len(got) == len(want)
+        for box in got:  # one to one: same class, corners within 0.01 px, score within 1e-4
+            twin = next((w for w in want if w[0] == box[0] and box[1:5] == pytest.approx(w[1:5], abs=0.01)
+                         and box[5] == pytest.approx(w[5], abs=1e-4)), None)
+            assert twin is not None, f"serve's {box} is not among predict's {want}"
+            want.remove(twin)
