@@ -443,6 +443,33 @@ def test_a_parity_line_with_no_matching_box_says_so_plainly() -> None:
     assert "370/375 boxes match, largest score difference 0.012" in summary_line(Path("m.onnx"), result, True, "")
 
 
+def test_an_export_whose_boxes_all_moved_says_no_box_matched(here, workspace, run_cli, monkeypatch) -> None:
+    """Issue 27: a parity check where no box matches says so plainly ("no box of the N matched"),
+    not "0/N boxes match, largest score difference 0" (a maximum over nothing), and fails."""
+    from tlsync.trainer.deploy import parity
+
+    run = here / "runs" / "moved"
+    shutil.copytree(workspace[2], run, ignore=shutil.ignore_patterns("export", "eval"))
+    real = parity.match_with_ties
+
+    def moved(original, exported, candidates, image):  # the exported file's boxes, all 10,000 px away
+        def far(x):
+            boxes, labels, scores = exported(x)
+            return boxes + 10_000, labels, scores
+        return real(original, far, candidates, image)
+
+    monkeypatch.setattr(parity, "match_with_ties", moved)
+    result = export(run_cli, run, "--format", "onnx", "--check-images", 2)
+    assert result.exit_code == 1
+    said = result.stdout + result.stderr
+    found = re.search(r"no box of the (\d+) matched", said)
+    assert found and int(found.group(1)) > 0, said
+    assert "largest score difference" not in said and not re.search(r"\b0/\d+ boxes match", said)
+    entry = sidecar(run)["files"]["model.onnx"]
+    assert entry["verified"] is False
+    assert (entry["parity"]["matched"], entry["parity"]["max_score_diff"]) == (0, None)
+
+
 SERVE_CONFIG = ('<View><Image name="image" value="$image"/><RectangleLabels name="label" toName="image">'
                 '<Label value="circle"/><Label value="square"/><Label value="triangle"/></RectangleLabels></View>')
 
