@@ -15,14 +15,11 @@ unwrapped model (``distributed.py`` holds that runtime).
 from __future__ import annotations
 
 import dataclasses
-import random
 import time
-from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -30,8 +27,6 @@ from torch.utils.data import DataLoader
 from tlsync.console import info, progress
 from tlsync.errors import TlsyncError
 from tlsync.events import VAL_METRICS
-from tlsync.format import Item
-from tlsync.models import WEIGHTS
 from tlsync.store import DatasetVersion, Store
 
 from ..distributed.ddp import lost_contact
@@ -39,15 +34,13 @@ from ..distributed.runtime import Runtime
 from ..evaluation.evaluate import evaluate_split
 from ..evaluation.forgetting import check_forgetting
 from ..evaluation.report import write_report
-from ..models.zoo import build_model, freeze
+from ..models.zoo import freeze
 from . import callbacks as events
 from . import precise_bn, roi_align_cpu, runs
 from .checkpoint import (
     load_checkpoint,
     rebuild_model,
-    resolve_checkpoint,
     save_checkpoint,
-    transfer_weights,
 )
 from .data import DetectionDataset, make_loader, start_epoch, train_transforms
 from .device import resolve_device
@@ -70,6 +63,7 @@ from .settings import (
     TrainConfig,
     default_workers,
 )
+from .start import TrainData, check_data, initial_model, seed_everything
 
 __all__ = ["BASE_BATCH", "BASE_LR", "DEFAULT_MODEL", "RunSettings", "RunState", "Runtime", "TrainConfig", "TrainData",
            "default_workers", "resolve_device", "resume", "train"]
@@ -83,18 +77,6 @@ class RunState:
     best: float = -1.0  # best val mAP50-95 so far
     best_epoch: int = 0
     elapsed: float = 0.0  # wall seconds of training so far
-
-
-@dataclass
-class TrainData:
-    """The train and val items, read from the dataset version once, before the first step."""
-
-    train: list[Item]
-    val: list[Item]
-
-    @classmethod
-    def read(cls, version: DatasetVersion) -> TrainData:
-        return cls(list(version.items("train")), list(version.items("val")))
 
 
 @dataclass
@@ -122,74 +104,6 @@ class Fit:
     @property
     def has_val(self) -> bool:
         return bool(self.data.val)
-
-
-def check_data(version: DatasetVersion) -> TrainData:
-    """The train and val items; refuse data that cannot train, warn about classes that will not."""
-    data = TrainData.read(version)
-    if not data.train:
-        raise TlsyncError(f"dataset {version.ref} has no items in its train split; nothing to train on "
-                          f"(pull more data, or change --split-ratios)")
-    if not any(item.annotations for item in data.train):
-        raise TlsyncError(f"dataset {version.ref} has no boxes in its train split ({len(data.train)} images); "
-                          f"a detector needs labelled boxes")
-    labelled = {box.label for item in data.train for box in item.annotations}
-    missing = [name for name in version.categories if name not in labelled]
-    if missing:
-        info(f"warning: {len(missing)} class(es) have no training boxes and cannot be learned: {', '.join(missing)}")
-    if not data.val:
-        info(f"warning: {version.ref} has no val split: no per-epoch evaluation, no early stopping, "
-             f"best.pt is the last epoch")
-    return data
-
-
-def initial_model(cfg: TrainConfig, categories: list[str],
-                  renamed_in_data: Collection[str] = ()) -> tuple[nn.Module, str, str]:
-    """``(model, model name, weights source)``: pretrained or from scratch, or from an earlier tlsync model.
-
-    ``renamed_in_data``: the ``--class-map`` names the union of several ``--dataset`` already
-    renamed; every other name in the map must be a class of the parent run.
-    """
-    if cfg.weights in WEIGHTS:
-        name = cfg.model or DEFAULT_MODEL
-        return build_model(name, len(categories), cfg.weights, cfg.img_size), name, cfg.weights
-    path = resolve_checkpoint(Path(cfg.weights))
-    checkpoint = load_checkpoint(path)
-    name = checkpoint["config"]["model"]
-    if cfg.model and cfg.model != name:
-        raise TlsyncError(f"--weights {cfg.weights} holds a {name} model; it cannot start a {cfg.model} "
-                          f"(leave out --model, or use --weights coco|imagenet|none)")
-    model = rebuild_model(checkpoint, len(categories), cfg.img_size)
-    check_class_map(cfg.class_map, list(checkpoint["categories"]), categories, renamed_in_data)
-    mapping = transfer_weights(model, checkpoint, categories, cfg.class_map)
-    info(f"continuing from {path} ({checkpoint['config'].get('dataset', '?')}):")
-    for line in describe_mapping(mapping):
-        info("  " + line)
-    return model, name, f"{path} ({checkpoint['config'].get('dataset', '?')})"
-
-
-def check_class_map(class_map: dict[str, str], parent: list[str], child: list[str],
-                    renamed_in_data: Collection[str]) -> None:
-    """A ``--class-map`` entry must name a parent class (or one the datasets' union renamed) and a child class:
-    a typo would otherwise leave the child class on a fresh row without a word."""
-    for old, new in class_map.items():
-        if old not in parent and old not in renamed_in_data:
-            raise TlsyncError(f"--class-map {old}={new}: the parent run has no class {old!r} "
-                              f"(its classes: {', '.join(parent)})")
-        if new not in child:
-            raise TlsyncError(f"--class-map {old}={new}: the dataset has no class {new!r} "
-                              f"(its classes: {', '.join(child)})")
-
-
-def describe_mapping(mapping: dict[str, Any]) -> list[str]:
-    """Lines for the class mapping ``transfer_weights`` returned (kept, new and dropped classes)."""
-    return [f"{key}: {', '.join(map(str, value)) or 'none'}" for key, value in mapping.items()]
-
-
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    random.seed(seed)
-    np.random.seed(seed)
 
 
 def train(cfg: TrainConfig, store: Store | None = None, runtime: Runtime | None = None) -> Path:
