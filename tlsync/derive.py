@@ -23,7 +23,7 @@ from . import __version__
 from .class_rules import ClassRules, near_duplicates
 from .errors import TlsyncError
 from .format import Box, Item
-from .manifest import INFO, ManifestWriter, atomic_write_json
+from .manifest import INFO, ManifestWriter, VersionResult, atomic_write_json
 from .sink import store_write_error
 from .store import DatasetVersion, Store, parse_ref
 
@@ -45,13 +45,7 @@ class DeriveSpec:
 
 
 @dataclass
-class DeriveResult:
-    dataset: str
-    version: int
-    unchanged: bool
-    items: int
-    boxes: int
-    categories: list[str]
+class DeriveResult(VersionResult):
     provenance: dict[str, Any]
     near_duplicates: dict[str, str]
 

@@ -11,6 +11,7 @@ import hashlib
 import os
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,19 @@ from .secrets import stored_uri
 
 ITEMS = "items.jsonl"
 INFO = "dataset.json"
+
+
+@dataclass
+class VersionResult:
+    """What a command that writes a dataset version reports (``pull``, ``datasets derive``): the
+    version, whether it was unchanged (nothing written), and its counts."""
+
+    dataset: str
+    version: int
+    unchanged: bool
+    items: int
+    boxes: int
+    categories: list[str]
 
 
 class ManifestWriter:

@@ -22,7 +22,7 @@ from . import __version__, plugins
 from .errors import InvalidItem, PluginError, TlsyncError
 from .fetcher import Fetcher, FetchFailed, Limits
 from .format import Item
-from .manifest import INFO, ManifestWriter, atomic_write_json
+from .manifest import INFO, ManifestWriter, VersionResult, atomic_write_json
 from .secrets import for_storage, redact
 from .sink import StoreWriteError, store_write_error
 from .sources import PullContext, Source
@@ -31,13 +31,7 @@ from .store import Store, parse_ref
 
 
 @dataclass
-class PullResult:
-    dataset: str
-    version: int
-    unchanged: bool
-    items: int
-    boxes: int
-    categories: list[str]
+class PullResult(VersionResult):
     skipped: dict[str, int] = field(default_factory=dict)
     not_used: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
