@@ -1,4 +1,5 @@
-"""``tlsync audit``: folds, the three kinds of planted error found, outputs, resume, targets, bad input.
+"""``tlsync audit``: folds, the three kinds of planted error found, outputs, targets, bad input (resume after a
+real kill: test_audit_resume.py).
 
 The planted-error tests give the audit an oracle for a model (the clean labels, slightly
 jittered, as its predictions): what is under test there is whether the scores find and rank
@@ -218,31 +219,6 @@ def test_an_audit_folder_is_never_overwritten(audited: Path, monkeypatch) -> Non
     monkeypatch.chdir(audited)
     result = run_cli("audit", "--dataset", "shapes", "--name", "shapes-1", *TINY)
     assert result.exit_code == 1 and "already exists" in result.stderr
-
-
-def test_resume_after_a_kill_keeps_the_finished_fold(audited: Path, monkeypatch, tmp_path: Path) -> None:
-    """A copy of the finished audit loses its second fold (as a kill mid-fold leaves it); --resume redoes only that."""
-    monkeypatch.setenv("TLSYNC_HOME", str(audited))
-    folder = tmp_path / "shapes-1"
-    shutil.copytree(audited / "audits" / "shapes-1", folder)
-    data = json.loads((folder / "audit.json").read_text())
-    first = [r for r in data["fold_runs"] if r["fold"] == 1]
-    for r in first:
-        r["run"] = str(folder / "fold-1")
-    (folder / "audit.json").write_text(json.dumps({"settings": data["settings"], "fold_runs": first,
-                                                   "finished": False}))
-    (folder / "predictions-fold-2.jsonl").unlink()
-    shutil.rmtree(folder / "fold-2" / "weights")  # killed during its first epoch: no checkpoint, no metrics row
-    (folder / "fold-2" / "metrics.csv").unlink(missing_ok=True)
-    kept = (folder / "predictions-fold-1.jsonl").stat().st_mtime_ns
-    result = run_cli("audit", "--resume", folder)
-    assert result.exit_code == 0, result.stderr
-    assert "1 of 2 folds already finished, kept" in result.stderr and "audit fold 1 of 2:" not in result.stderr
-    assert (folder / "predictions-fold-1.jsonl").stat().st_mtime_ns == kept
-    assert (folder / "fold-2" / "weights" / "last.pt").is_file()
-    assert json.loads((folder / "audit.json").read_text())["finished"]
-    refused = run_cli("audit", "--resume", folder, "--epochs", "3")
-    assert refused.exit_code == 1 and "--epochs" in refused.stderr
 
 
 def test_suspects_go_to_a_nucleus_slice_once(audited: Path, monkeypatch) -> None:

@@ -96,6 +96,8 @@ def run_folds(plan: AuditPlan, done: list[dict[str, Any]], train_fold: Callable[
     if base.content_hash != plan.content_hash:
         raise TlsyncError(f"dataset {base.ref} changed since the audit started (content hash differs)")
     items = audited_items(base, tuple(plan.splits))
+    if not (plan.folder / AUDIT).is_file():
+        write_progress(plan, [])  # the plan on disk before the first fold: a kill during it can be resumed
     if plan.run:
         return base, items, *_in_sample(plan, base, items, done)
     folds = make_folds(items, plan.folds, plan.seed)
