@@ -132,7 +132,7 @@ def tlsync_pull(nucleus: FakeNucleus, home: Path, python: str = sys.executable,
         last_image = max(images) + nucleus.server.latency if images else first_image
         phases = {"startup": min(api) - start, "export": first_image - min(api),
                   "images": last_image - first_image, "publish": end - last_image}
-    return {"seconds": end - start, "rss": usage.ru_maxrss / 1024, "cpu": usage.ru_utime + usage.ru_stime,
+    return {"seconds": end - start, "rss": usage.ru_maxrss / 1024, "cpu": usage.ru_utime + usage.ru_stime, "user": usage.ru_utime, "sys": usage.ru_stime,
             "line": line, "requests": len(images), **phases}
 
 

@@ -313,6 +313,11 @@ class _Server(ThreadingHTTPServer):
     """At most ``max_connections`` handler threads; open connections are closed on stop."""
 
     daemon_threads = True
+    # socketserver's default listen backlog is 5. A pull opens up to 64 connections at once,
+    # and on a loaded machine the accept thread falls behind: connections past the backlog
+    # wait for the client's SYN retransmit (1 s, 3 s, 7 s, 15 s...), which a real CDN's
+    # backlog never makes them do. That stalled benchmark rounds for 20-55 s.
+    request_queue_size = 1024
 
     def __init__(self, app: LoopbackServer):
         self.app = app
