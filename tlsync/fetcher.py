@@ -28,7 +28,11 @@ from .store import IncompleteImage, Store
 # Attempts at a remote image that arrives cut short (no Content-Length to tell). The HTTP
 # client already retried connection errors; this catches a body that merely ends early.
 INCOMPLETE_ATTEMPTS = 3
-CACHE_BATCH = 64  # items looked up in the fetch cache at once
+# Items looked up in the fetch cache at once: a small first batch, so that the first
+# downloads start at once, then larger ones. Each look-up is a call into SQLite, which hands
+# the GIL to the fetch threads, and the main thread then waits up to a switch interval
+# (5 ms) to win it back: 64 at a time cost a 5,000-item pull 79 look-ups and 1.3 s of waiting.
+FIRST_CACHE_BATCH, CACHE_BATCH = 64, 500
 
 
 def _cache_key(item: Item) -> str:
@@ -164,7 +168,7 @@ class Fetcher:
                 self.fetched += not isinstance(result, TlsyncError)
                 return result
 
-            for batch in _batches(items, CACHE_BATCH):
+            for batch in _batches(items, FIRST_CACHE_BATCH, CACHE_BATCH):
                 for item, cached in zip(batch, self.from_cache(batch), strict=True):
                     window.append(cached or pool.submit(self.fetch, item))
                     while len(window) >= workers * 4 or head_ready():
@@ -250,13 +254,13 @@ class _SourceFetchError(Exception):
         self.error = error
 
 
-def _batches(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
+def _batches(items: Iterable[Item], first: int, size: int) -> Iterator[list[Item]]:
     batch: list[Item] = []
     for item in items:
         batch.append(item)
-        if len(batch) == size:
+        if len(batch) == first:
             yield batch
-            batch = []
+            batch, first = [], size
     if batch:
         yield batch
 
