@@ -1,7 +1,9 @@
 """Does ``tlsync audit`` find planted label errors, and as well as cleanlab's ObjectLab on the same predictions?
 
     python benchmarks/audit_vs_cleanlab.py [--datasets thermal,bccd,chess] [--seeds 0,1] [--folds 3]
-        [--epochs 3] [--img-size 192] [--train-images 36] [--buys-seeds 0] [--clean]
+        [--epochs 3] [--img-size 192] [--train-images 36] [--buys-seeds 0] [--buys-epochs 10] [--clean]
+        [--threads 1]
+        [--results DIR] [--report-only]
 
 Needs cleanlab (``pip install -e '.[bench-audit]'``) and the shared datasets (../shared/datasets).
 For each dataset and seed:
@@ -23,11 +25,16 @@ For each dataset and seed:
    ``get_label_quality_scores`` against our per-image label quality (does the image hold a
    planted error?).
 6. With ``--buys-seeds``: the noisy split, the noisy split with the errors among the audit's
-   top k suspects restored, and the clean split each train a run (same settings, the full
-   subset); their test mAP50-95 says what fixing the top k buys.
+   top k suspects restored, and the clean split each train a run (the audit's settings but
+   ``--buys-epochs``, the whole subset); their test mAP50-95 on up to 30 test images says what
+   fixing the top k buys.
 
 ``--clean`` also audits the clean subsets (seed 0) and lists what is flagged first.
-Each finished dataset and seed rewrites this script's section of BENCHMARKS.md.
+Each finished dataset and seed saves its result (with its own settings, command line and the
+machine's load average before and after) in ``--results`` and rewrites this script's section of
+BENCHMARKS.md from every result there, so datasets may be run one after another with settings
+of their own (chess's pieces need a larger ``--img-size`` than bccd's cells); ``--report-only``
+just rewrites the section.
 """
 
 from __future__ import annotations
@@ -95,7 +102,7 @@ def plant(items: list[Any], categories: list[str], seed: int) -> tuple[list[Any]
     kind_of = {box: kind for kind, picked in chosen.items() for box in picked}
     planted: list[dict[str, Any]] = []
     for i, item in enumerate(noisy):
-        kept = []
+        kept: list[Any] = []
         for j, box in enumerate(item.annotations):
             kind = kind_of.get((i, j))
             original = copy.deepcopy(items[i].annotations[j])
@@ -195,7 +202,7 @@ def theirs(items: list[Any], predictions: dict[str, Any], categories: list[str],
     out: dict[str, dict[str, float]] = {}
     everything = []
     for kind, per_image in scored.items():
-        entries = []
+        entries: list[tuple[float, tuple[str, str, int | None, Any]]] = []
         for item, scores, pred in zip(items, per_image, preds, strict=True):
             boxes = np.concatenate(pred) if kind == "dropped" else None
             for j, score in enumerate(scores):
@@ -248,7 +255,8 @@ def test_map(store: Any, items: list[Any], test: list[Any], base: Any, name: str
     from tlsync.trainer.training.fit import TrainConfig, train
 
     version = copy_of(store, base, name, [*items, *test])
-    run = train(TrainConfig(**{**train_options(args, seed), "dataset": version.ref, "project": str(project),
+    options = {**train_options(args, seed), "epochs": args.buys_epochs or args.epochs}
+    run = train(TrainConfig(**{**options, "dataset": version.ref, "project": str(project),
                                "name": name}))
     model, categories, _ = load_model(run, device="cpu")
     return float(evaluate_split(model, version, "test", categories, "cpu", run / "eval")["map50_95"])
@@ -271,7 +279,15 @@ def restored(noisy: list[Any], clean: list[Any], rows: list[dict[str, Any]], pla
     return list(items.values())
 
 
+def settings(args: argparse.Namespace) -> dict[str, Any]:
+    """What a result was measured with (saved beside it: datasets may be run with settings of their own)."""
+    return {"folds": args.folds, "epochs": args.epochs, "img_size": args.img_size, "train_images": args.train_images,
+            "buys_epochs": args.buys_epochs or args.epochs,
+            "threads": args.threads, "command": args.command, "load_before": round(os.getloadavg()[0], 1)}
+
+
 def run_one(store: Any, name: str, seed: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    measured = settings(args)
     full = store.open(name)
     clean, test = subset(full, args.train_images, seed)
     noisy, planted = plant(clean, full.categories, seed)
@@ -289,13 +305,15 @@ def run_one(store: Any, name: str, seed: int, args: argparse.Namespace, work: Pa
               "ours": mine, "cleanlab": cl, "image_ap_ours": image_ap([r.quality for r in reviews], bad),
               "image_ap_cleanlab": image_ap(list(cl_images), bad),
               "audit_minutes": (time.perf_counter() - started) / 60,
-              "labels_found": summary["labels_found_by_model"], "labels": summary["labels"]}
+              "labels_found": summary["labels_found_by_model"], "labels": summary["labels"],
+              "audit_seconds": summary["seconds"], "settings": measured}
     result["unplanted"] = unplanted(rows, planted)
     if seed in args.buys_seeds:
         fixed = restored(noisy, clean, rows, planted)
         result["map"] = {variant: test_map(store, its, test, full, f"{name}-{variant}-s{seed}", args, seed,
                                            work / "runs")
                          for variant, its in (("noisy", noisy), ("top-k-fixed", fixed), ("clean", clean))}
+    measured["load_after"] = round(os.getloadavg()[0], 1)
     return result
 
 
@@ -357,38 +375,91 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def report(args: argparse.Namespace, command: str) -> None:
-    """BENCHMARKS.md's section from every result in ``--results`` (several processes may share the folder)."""
+def report(args: argparse.Namespace) -> None:
+    """BENCHMARKS.md's section from every result in ``--results`` (each run with the settings it saved)."""
     loaded = [json.loads(p.read_text()) for p in sorted(args.results.glob("*.json"))]
     results = [r for r in loaded if "ours" in r]
-    flagged = {r["dataset"]: r["flagged"] for r in loaded if "flagged" in r}
+    flagged = {r["dataset"]: r for r in loaded if "flagged" in r}
     print(table(results), flush=True)
-    body = [f"{MODEL} from its bundled ImageNet weights, {args.epochs} epochs at {args.img_size} px, batch 4, CPU, "
-            f"no val (fixed epochs); {args.train_images} train images per dataset and seed; {args.folds} folds; "
-            f"5% of boxes dropped, 5% swapped, 5% shifted by 30% (seeded). Mean ± sd over seeds "
-            f"{', '.join(sorted({str(r['seed']) for r in results}))}. Both rankings read the same fold predictions.",
-            "",
-            table(results), ""]
-    seeds = {name: sorted(r["seed"] for r in results if r["dataset"] == name) for name in
-             dict.fromkeys(r["dataset"] for r in results)}
-    if any(len(v) < 2 for v in seeds.values()):
-        body += ["One seed only for " + ", ".join(f"{n} (seed {v[0]})" for n, v in seeds.items() if len(v) == 1)
-                 + ": no spread is shown, and these figures are single draws of the planted errors.", ""]
+    names = list(dict.fromkeys(r["dataset"] for r in results))
+    body = [f"{MODEL} from its bundled ImageNet weights, batch 4, CPU, no val (fixed epochs); 5% of boxes "
+            f"dropped, 5% swapped, 5% shifted by 30% (seeded); both rankings read the same fold predictions. "
+            f"Mean ± sd over the seeds listed. Settings per dataset:", ""]
+    for name in names:
+        mine = [r for r in results if r["dataset"] == name]
+        body.append(f"- {name}: {setting_line(mine[0]['settings'])}; seeds "
+                    f"{', '.join(str(r['seed']) for r in mine)}; load average (1 min) before/after each seed "
+                    f"{', '.join(load_line(r['settings']) for r in mine)}")
+    body += ["", table(results), "", *goal_lines(results, names), ""]
     for r in results:
         body.append(f"- {r['dataset']} seed {r['seed']}: the fold models found {r['labels_found']} of {r['labels']} "
-                    f"noisy labels (IoU >= 0.5, conf >= 0.5); audit {r['audit_minutes']:.1f} min")
-        if "map" in r:
-            body.append("  - test mAP50-95 of a run on: " + ", ".join(f"{k} {v:.3f}" for k, v in r["map"].items()))
+                    f"noisy labels (IoU >= 0.5, conf >= 0.5); audit {r['audit_minutes']:.1f} min"
+                    f"{seconds_line(r.get('audit_seconds'))}")
+    body += buys_lines(results)
     for r in results:
         if r["seed"] == 0 and "unplanted" in r:
             body += ["", f"{r['dataset']} (seed 0), the top suspects that are not planted errors "
                      "(the data as shipped):", "", *[f"- {line}" for line in r["unplanted"]["lines"]]]
             if r["unplanted"]["bishop"]:
                 body.append(f"- chess's lone colourless `bishop` label: {', '.join(r['unplanted']['bishop'])}")
-    for name, lines in flagged.items():
-        body += ["", f"Flagged first on the clean {name} subset (seed 0):", "", *[f"- {line}" for line in lines]]
+    for name, r in flagged.items():
+        how = f" ({setting_line(r['settings'])})" if "settings" in r else ""
+        body += ["", f"Flagged first on the clean {name} subset (seed 0){how}:", "",
+                 *[f"- {line}" for line in r["flagged"]]]
+        body += [f"- {line}" for line in r.get("notes", [])]
+    commands = list(dict.fromkeys(r["settings"]["command"] for r in loaded if "settings" in r))
     update_section("audit_vs_cleanlab", "Label audit vs cleanlab ObjectLab (planted errors)", "\n".join(body),
-                   command)
+                   " ; ".join(commands) or "python benchmarks/audit_vs_cleanlab.py")
+
+
+def setting_line(s: dict[str, Any]) -> str:
+    return (f"{s['train_images']} train images, {s['folds']} folds, {s['epochs']} epochs at {s['img_size']} px, "
+            f"{s['threads']} torch thread(s)")
+
+
+def load_line(s: dict[str, Any]) -> str:
+    return f"{s['load_before']}/{s.get('load_after', '?')}"
+
+
+def seconds_line(seconds: dict[str, float] | None) -> str:
+    if not seconds:
+        return ""
+    return (f" (fold training and prediction {seconds['folds_and_predictions_total'] / 60:.1f} min, scoring "
+            f"{seconds['scoring']:.1f} s)")
+
+
+def goal_lines(results: list[dict[str, Any]], names: list[str]) -> list[str]:
+    """The issue's goal, per dataset: at least ObjectLab's overall AP (mean over the seeds)."""
+    met = []
+    lines = []
+    for name in names:
+        mine = [r for r in results if r["dataset"] == name]
+        a = statistics.mean(r["ours"]["overall"]["ap"] for r in mine)
+        b = statistics.mean(r["cleanlab"]["overall"]["ap"] for r in mine)
+        wins = sum(r["ours"]["overall"]["ap"] >= r["cleanlab"]["overall"]["ap"] for r in mine)
+        met.append(a >= b)
+        lines.append(f"- {name}: overall AP {a:.3f} against ObjectLab's {b:.3f} ({'met' if a >= b else 'NOT met'}; "
+                     f"at least ObjectLab's in {wins} of {len(mine)} seeds)")
+    verdict = "met" if sum(met) >= 2 else "NOT met"
+    return [f"Goal, at least ObjectLab's overall AP on 2 of the 3 datasets: {verdict} on this run "
+            f"({sum(met)} of {len(names)} datasets measured):", "", *lines]
+
+
+def buys_lines(results: list[dict[str, Any]]) -> list[str]:
+    """What fixing the top k buys: the share of the mAP the noise cost that the fixed split recovers."""
+    lines = []
+    for r in results:
+        if "map" not in r:
+            continue
+        m = r["map"]
+        cost = m["clean"] - m["noisy"]
+        share = (f"recovers {(m['top-k-fixed'] - m['noisy']) / cost:.0%} of the {cost:.3f} the noise cost"
+                 if cost > 0 else "the noise cost nothing measurable here (clean <= noisy), so no share is defined")
+        epochs = r["settings"].get("buys_epochs", r["settings"]["epochs"])
+        lines.append(f"- {r['dataset']} seed {r['seed']}, test mAP50-95 of a run ({epochs} epochs) on: "
+                     + ", ".join(f"{k} {v:.3f}" for k, v in m.items()) + f"; fixing the top k {share}")
+    return ["", "What fixing the audit's top k buys (goal: at least half of the mAP the noise cost):", "", *lines] \
+        if lines else []
 
 
 def main() -> None:
@@ -400,13 +471,23 @@ def main() -> None:
     parser.add_argument("--img-size", type=int, default=192)
     parser.add_argument("--train-images", type=int, default=36)
     parser.add_argument("--buys-seeds", default="", help="Seeds that also train noisy / top-k fixed / clean runs.")
+    parser.add_argument("--buys-epochs", type=int, default=0,
+                        help="Epochs of those runs (default --epochs; a few epochs leave too little mAP to compare).")
     parser.add_argument("--clean", action="store_true", help="Also audit the clean subsets (seed 0).")
     parser.add_argument("--results", type=Path, default=Path("audit-bench-results"),
                         help="Folder of per-run results (JSON); the report is built from all of them.")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine may be shared).")
+    parser.add_argument("--report-only", action="store_true", help="Only rewrite the section from --results.")
     args = parser.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",") if s]
     args.buys_seeds = [int(s) for s in args.buys_seeds.split(",") if s]
-    command = "python benchmarks/audit_vs_cleanlab.py " + " ".join(sys.argv[1:])
+    args.command = "python benchmarks/audit_vs_cleanlab.py " + " ".join(sys.argv[1:])
+    if args.report_only:
+        report(args)
+        return
+    import torch
+
+    torch.set_num_threads(args.threads)
     from tlsync import plugins
     from tlsync.pull import pull
     from tlsync.store import Store
@@ -416,16 +497,20 @@ def main() -> None:
         os.environ["TLSYNC_HOME"] = str(work / "home")  # the fold runs open their data from the default store
         store = Store(work / "home")
         for name in args.datasets.split(","):
-            pull(store, plugins.get_source("roboflow"), dict(SOURCES[name]), name)
+            pulled = pull(store, plugins.get_source("roboflow"), dict(SOURCES[name]), name)
             for seed in args.seeds:
                 result = run_one(store, name, seed, args, work)
                 result["planted"] = len(result["planted"])
                 save(args.results / f"{name}-s{seed}.json", result)
-                report(args, command)
+                report(args)
             if args.clean:
-                save(args.results / f"{name}-clean.json", {"dataset": name, "flagged": flagged_first(store, name, args,
-                                                                                                      work)})
-                report(args, command)
+                measured = settings(args)
+                flagged = flagged_first(store, name, args, work)
+                notes = [f"`tlsync pull` dropped {n} {reason} (of the whole dataset, so none can be flagged)"
+                         for reason, n in pulled.skipped.items()]
+                save(args.results / f"{name}-clean.json", {"dataset": name, "flagged": flagged, "notes": notes,
+                                                           "settings": measured})
+                report(args)
 
 
 def save(path: Path, data: dict[str, Any]) -> None:
