@@ -87,3 +87,22 @@ def test_a_run_stopped_before_its_first_checkpoint_says_so_and_resume_trains_it_
     with open(run / "metrics.csv", newline="") as f:
         assert [row["epoch"] for row in csv.DictReader(f)] == ["1"]
     assert (run / "weights" / "last.pt").is_file() and (run / "report.html").is_file()
+
+
+def test_sigterm_from_a_scheduler_stops_a_run_as_ctrl_c_does(workspace: dict[str, str]):
+    """SLURM, ``docker stop`` and ``kill`` send SIGTERM: the run says what it kept, exit 143."""
+    run = Path("runs/termed")
+    proc = tlsync(workspace, "train", "--dataset", "shapes", *MODEL, *SMALL, "--epochs", "1", "--name", "termed")
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if line.startswith("epoch 1/1 ") and ": step 1/" in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, rest = proc.communicate(timeout=120)
+    err = "".join(seen) + rest
+    assert proc.returncode == 143, err[-3000:]
+    assert f"tlsync train --resume {run} trains it again there from epoch 1" in err
+    assert err.strip().splitlines()[-1] == "Terminated."
+    assert "Traceback" not in err

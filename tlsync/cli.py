@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from . import __version__
-from .errors import TlsyncError
+from .errors import Terminated, TlsyncError
 from .lazy_commands import LAZY_COMMANDS, SHORT_HELP_LIMIT, lazy_short_help
 
 
@@ -204,8 +204,28 @@ def quickstart(dataset: str, seconds: int) -> None:
     quick.run(result.ref, seconds)
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM raises ``Terminated`` in this process's main thread (see ``errors.Terminated``).
+
+    A process forked from this one (a data loader's worker) keeps the default: it is told
+    apart by its pid and ended as SIGTERM always ended it.
+    """
+    import signal
+
+    owner = os.getpid()
+
+    def stop(signum: int, frame: Any) -> None:
+        if os.getpid() != owner:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise Terminated
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: one-line errors, exit codes 1 (error), 2 (usage), 130 (interrupted).
+    """Entry point: one-line errors, exit codes 1 (error), 2 (usage), 130 (Ctrl-C), 143 (SIGTERM).
 
     Everything printed passes ``console.printable``: data-borne escape sequences never reach the terminal.
     ``argv=None`` is the ``tlsync`` program itself (the script, ``python -m tlsync``): its exit is near
@@ -214,6 +234,8 @@ def main(argv: list[str] | None = None) -> None:
     """
     from .console import printable_output
 
+    if argv is None:
+        _stop_on_sigterm()
     try:
         with printable_output():
             _main(argv)
@@ -234,9 +256,15 @@ def _main(argv: list[str] | None) -> None:
     except click.ClickException as e:
         e.show(file=escaped(sys.stderr))  # its message may quote a value from data (a name, a file)
         sys.exit(e.exit_code)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as e:  # click's own wrapping of a KeyboardInterrupt met in a command
+        if isinstance(e.__cause__, Terminated):
+            click.echo("Terminated.", err=True)
+            sys.exit(143)  # 128 + SIGTERM, as a shell reports a process the signal ended
         click.echo("Aborted.", err=True)
         sys.exit(130)
+    except Terminated:
+        click.echo("Terminated.", err=True)
+        sys.exit(143)  # 128 + SIGTERM, as a shell reports a process the signal ended
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         sys.exit(130)

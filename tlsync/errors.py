@@ -19,3 +19,12 @@ class SourceError(TlsyncError):
 
 class PluginError(TlsyncError):
     """A plugin is broken or misbehaves; the message names the plugin."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a batch scheduler's stop, ``docker stop``), met as Ctrl-C is met.
+
+    Python's default for SIGTERM ends the process on the spot: no temp file removed, no
+    "stopped: ... --resume continues" line from a training run. Raised from the ``tlsync``
+    program's handler, it unwinds through every ``finally`` and ``except KeyboardInterrupt``.
+    """
