@@ -23,6 +23,25 @@ def test_secret_from_env_is_redacted_everywhere(monkeypatch):
     assert "sk-live" not in redact("Authorization failed for sk-live-1234567890")
 
 
+def test_every_spelling_of_every_known_key_is_redacted_in_one_message(monkeypatch):
+    """Two keys, one inside the other's neighbourhood, each as is, percent-encoded, JSON-escaped and
+    as HTTP Basic credentials: none survives, whatever order they were learnt in."""
+    import base64
+    from urllib.parse import quote
+
+    monkeypatch.setenv("FIRST_API_KEY", "k1/abc+def\\end")
+    monkeypatch.setenv("SECOND_API_KEY", "zz-k1/abc+def")
+    first, second = get_secret("FIRST_API_KEY"), get_secret("SECOND_API_KEY")
+    basic = base64.b64encode(f"{first}:".encode()).decode()
+    text = (f"GET /a/{quote(first, safe='')}?x={second} body {json.dumps(first)} "
+            f"Authorization: Basic {basic} raw {first}{second}")
+    out = redact(text)
+    for key in (first, second):
+        for form in (key, quote(key, safe=""), json.dumps(key)[1:-1], "abc+def"):
+            assert form not in out, (form, out)
+    assert basic.rstrip("=") not in out and out.count("***") >= 5
+
+
 def test_config_file_must_be_private(tmp_path: Path, monkeypatch):
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"DEMO_API_KEY": "from-file-secret"}))

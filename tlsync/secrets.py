@@ -20,6 +20,7 @@ from urllib.parse import quote, quote_plus, unquote
 from .errors import TlsyncError
 
 _KNOWN: set[str] = set()
+_KNOWN_RE: re.Pattern[str] | None = None  # every spelling in _KNOWN, longest first, as one pattern
 _QUERY_KEY = re.compile(r"((?:api_key|apikey|key|token|access_token)=)[^&\s\"']+", re.IGNORECASE)
 # A URL's query string: signed CDN links carry credentials there (X-Amz-Credential, X-Amz-Signature).
 _URL_QUERY = re.compile(r"((?:https?|s3|gs)://[^\s?#'\"<>]+)\?[^\s#'\"<>]*", re.IGNORECASE)
@@ -94,14 +95,19 @@ def spellings(value: str) -> set[str]:
 
 def remember(value: str) -> None:
     """Add a value (in all its spellings) to the set that ``redact`` removes."""
-    if value and len(value) >= 4:
-        _KNOWN.update(spellings(value))
+    global _KNOWN_RE
+    forms = spellings(value) if value and len(value) >= 4 else set()
+    if not forms <= _KNOWN:
+        _KNOWN.update(forms)
+        # One pass over the text, not a str.replace per spelling: redact runs for every item
+        # of a pull (its image URI), so with a key and its dozen spellings that was most of it.
+        _KNOWN_RE = re.compile("|".join(re.escape(s) for s in sorted(_KNOWN, key=len, reverse=True)))
 
 
 def redact(text: str) -> str:
     """Replace every known secret, and any ``api_key=...`` query value, with ``***``."""
-    for secret in sorted(_KNOWN, key=len, reverse=True):
-        text = text.replace(secret, "***")
+    if _KNOWN_RE is not None:
+        text = _KNOWN_RE.sub("***", text)
     return _QUERY_KEY.sub(r"\1***", text)
 
 
