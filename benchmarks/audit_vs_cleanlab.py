@@ -440,24 +440,35 @@ def goal_lines(results: list[dict[str, Any]], names: list[str]) -> list[str]:
         met.append(a >= b)
         lines.append(f"- {name}: overall AP {a:.3f} against ObjectLab's {b:.3f} ({'met' if a >= b else 'NOT met'}; "
                      f"at least ObjectLab's in {wins} of {len(mine)} seeds)")
-    verdict = "met" if sum(met) >= 2 else "NOT met"
-    return [f"Goal, at least ObjectLab's overall AP on 2 of the 3 datasets: {verdict} on this run "
-            f"({sum(met)} of {len(names)} datasets measured):", "", *lines]
+    left = len(SOURCES) - len(names)
+    verdict = ("met" if sum(met) >= 2 else "NOT met" if sum(met) + left < 2
+               else f"open: {left} of the {len(SOURCES)} datasets not measured in this section")
+    return [f"Goal, at least ObjectLab's overall AP on 2 of the 3 datasets: {verdict} "
+            f"(met on {sum(met)} of the {len(names)} measured):", "", *lines]
 
 
 def buys_lines(results: list[dict[str, Any]]) -> list[str]:
-    """What fixing the top k buys: the share of the mAP the noise cost that the fixed split recovers."""
+    """What fixing the top k buys: per seed, then the share of the mean mAP the noise cost that fixing recovers."""
     lines = []
     for r in results:
-        if "map" not in r:
-            continue
-        m = r["map"]
-        cost = m["clean"] - m["noisy"]
-        share = (f"recovers {(m['top-k-fixed'] - m['noisy']) / cost:.0%} of the {cost:.3f} the noise cost"
-                 if cost > 0 else "the noise cost nothing measurable here (clean <= noisy), so no share is defined")
-        epochs = r["settings"].get("buys_epochs", r["settings"]["epochs"])
-        lines.append(f"- {r['dataset']} seed {r['seed']}, test mAP50-95 of a run ({epochs} epochs) on: "
-                     + ", ".join(f"{k} {v:.3f}" for k, v in m.items()) + f"; fixing the top k {share}")
+        if "map" in r:
+            epochs = r["settings"].get("buys_epochs", r["settings"]["epochs"])
+            lines.append(f"- {r['dataset']} seed {r['seed']}, test mAP50-95 of a run ({epochs} epochs) on: "
+                         + ", ".join(f"{k} {v:.3f}" for k, v in r["map"].items()))
+    for name in dict.fromkeys(r["dataset"] for r in results if "map" in r):
+        maps = [r["map"] for r in results if r["dataset"] == name and "map" in r]
+        mean = {k: statistics.mean(m[k] for m in maps) for k in maps[0]}
+        cost = mean["clean"] - mean["noisy"]
+        gaps = [m["clean"] - m["noisy"] for m in maps]
+        spread = f", seed-to-seed sd of that cost {statistics.stdev(gaps):.3f}" if len(gaps) > 1 else ""
+        if cost > 0:
+            share = (mean["top-k-fixed"] - mean["noisy"]) / cost
+            verdict = (f"fixing the top k recovers {share:.0%} of it (goal at least 50%: "
+                       f"{'met' if share >= 0.5 else 'NOT met'})")
+        else:
+            verdict = "the noise cost nothing measurable, so there is nothing for a fix to recover here"
+        lines.append(f"- {name}, mean over {len(maps)} seed(s): the noise cost {cost:.3f} mAP50-95 "
+                     f"(clean {mean['clean']:.3f} - noisy {mean['noisy']:.3f}{spread}); {verdict}")
     return ["", "What fixing the audit's top k buys (goal: at least half of the mAP the noise cost):", "", *lines] \
         if lines else []
 
