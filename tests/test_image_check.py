@@ -26,25 +26,49 @@ def _with_comments(jpeg: bytes, n: int, size: int = 60_000) -> bytes:
     return jpeg[:2] + segment * n + jpeg[2:]
 
 
-def test_a_jpeg_whose_headers_outgrow_the_read_buffer_is_checked_whole(tmp_path: Path):
+# The store checks a download it still holds in memory (``data``), any other file from disk: both the same.
+BOTH_WAYS = pytest.mark.parametrize("in_memory", [False, True], ids=["from the file", "from memory"])
+
+
+def check(path: Path, in_memory: bool) -> tuple[int, int, str]:
+    return check_complete_image(path, path.read_bytes() if in_memory else None)
+
+
+@BOTH_WAYS
+def test_a_jpeg_whose_headers_outgrow_the_read_buffer_is_checked_whole(tmp_path: Path, in_memory: bool):
     path = tmp_path / "long-header.jpg"
     whole = _with_comments(_jpeg(), 5)  # 300 KB of headers before the first scan
     path.write_bytes(whole)
-    assert check_complete_image(path) == (120, 90, ".jpg")
+    assert check(path, in_memory) == (120, 90, ".jpg")
     for cut in (len(whole) - 2, 200_000, 70_000):  # after the scan starts, and inside the long headers
         path.write_bytes(whole[:cut])
         with pytest.raises(TlsyncError, match="truncated JPEG|not a readable image"):
-            check_complete_image(path)
+            check(path, in_memory)
 
 
-def test_the_end_of_image_is_found_before_a_trailer_of_megabytes(tmp_path: Path):
+@BOTH_WAYS
+def test_the_end_of_image_is_found_before_a_trailer_of_megabytes(tmp_path: Path, in_memory: bool):
     path = tmp_path / "motion.jpg"
     whole = _jpeg()
     path.write_bytes(whole + b"\0" * 3_000_000)  # a motion photo's video: EOI is far from the end
-    assert check_complete_image(path) == (120, 90, ".jpg")
+    assert check(path, in_memory) == (120, 90, ".jpg")
     path.write_bytes(whole[:-2] + b"\0" * 3_000_000)
     with pytest.raises(TlsyncError, match="truncated JPEG"):
-        check_complete_image(path)
+        check(path, in_memory)
+
+
+@BOTH_WAYS
+def test_a_png_cut_anywhere_before_its_end_chunk_is_refused(tmp_path: Path, in_memory: bool):
+    path = tmp_path / "cut.png"
+    out = io.BytesIO()
+    Image.new("RGB", (40, 30), (9, 99, 199)).save(out, "PNG")
+    whole = out.getvalue()
+    path.write_bytes(whole)
+    assert check(path, in_memory) == (40, 30, ".png")
+    for cut in (len(whole) - 1, len(whole) - 12, 40):
+        path.write_bytes(whole[:cut])
+        with pytest.raises(TlsyncError, match="truncated PNG|not a readable image"):
+            check(path, in_memory)
 
 
 @pytest.mark.parametrize("at", [0, (1 << 20) - 1, 1 << 20, 2_500_000])

@@ -17,6 +17,7 @@ and ``--on-error skip`` counts it like any other bad input.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import struct
@@ -122,21 +123,24 @@ class IncompleteImage(TlsyncError):
     """
 
 
-def check_complete_image(path: Path) -> tuple[int, int, str]:
+def check_complete_image(path: Path, data: bytes | None = None) -> tuple[int, int, str]:
     """``image_info`` plus proof that the file holds the whole image, not just its header.
 
     The one check every stored image passes (local files and downloads alike): the
     header is sane and bounded, and no part of the file is missing. The file is opened
     once for both, and read through one buffer: every fetch thread of a pull runs this,
-    and each system call hands the GIL to the others and waits to win it back.
+    and each system call hands the GIL to the others and waits to win it back. ``data``,
+    the file's bytes where the caller still holds them (an image the store just wrote),
+    is checked in memory instead, and the file is not opened again.
     """
     try:
-        with open_regular(path, buffering=_BUFFER) as f:
+        with io.BytesIO(data) if data is not None else open_regular(path, buffering=_BUFFER) as f:
+            size = len(data) if data is not None else os.fstat(f.fileno()).st_size
             width, height, ext = _info(f)
             if ext == ".jpg":
-                _check_jpeg(f)
+                _check_jpeg(f, size)
             elif ext == ".png":
-                _check_png(f)
+                _check_png(f, size)
             else:
                 _decode_fully(path)
     except NotRegularFile as e:
@@ -146,14 +150,13 @@ def check_complete_image(path: Path) -> tuple[int, int, str]:
     return width, height, ext
 
 
-def _check_jpeg(f: IO[bytes]) -> None:
+def _check_jpeg(f: IO[bytes], size: int) -> None:
     """The header segments run whole up to the first scan, and an EOI marker follows it.
 
     Inside entropy-coded data a 0xFF byte is always stuffed (FF 00), so FF D9 after the
     first SOS is the real end of image, never a thumbnail's (those sit in APP1, before).
     Bytes after EOI (motion photos append a video) are allowed, as every decoder does.
     """
-    size = os.fstat(f.fileno()).st_size  # not seek(0, SEEK_END): that would drop the header from f's buffer
     if size < 4:
         raise IncompleteImage("not a readable image (truncated JPEG: no end-of-image marker)")
     scan = _jpeg_scan_start(f)
@@ -204,9 +207,8 @@ def _has_eoi(f: IO[bytes], scan: int, size: int) -> bool:
     return False
 
 
-def _check_png(f: IO[bytes]) -> None:
+def _check_png(f: IO[bytes], size: int) -> None:
     """Every chunk, from the signature to ``IEND``, is present in full (lengths only, no CRC)."""
-    size = os.fstat(f.fileno()).st_size
     f.seek(0)
     if f.read(8) != _PNG_SIGNATURE:
         raise TlsyncError("not a readable image (bad PNG signature)")

@@ -223,7 +223,7 @@ class Store:
                     sink.failed = sink.failed or store_write_error(e, self.home)
                 if sink.failed:
                     raise sink.failed from None
-            width, height, ext = check_complete_image(Path(tmp))  # IncompleteImage when cut short
+            width, height, ext = check_complete_image(Path(tmp), sink.kept())  # IncompleteImage when cut short
             rel = self.image_relpath(sink.sha256(), ext)
             self._place(Path(tmp), self.home / rel)
             return rel, sink.sha256(), width, height
