@@ -43,7 +43,7 @@ def kill_after_first_fold(folder: Path, tmp_path: Path) -> None:
         proc = subprocess.Popen([sys.executable, "-m", "tlsync", *args], stdout=subprocess.DEVNULL, stderr=err,
                                 cwd=tmp_path, env=dict(os.environ))
         try:
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + 300
             saw_plan_in_fold_1 = False
             while not fold_finished(folder, 1) and proc.poll() is None and time.monotonic() < deadline:
                 if (folder / "fold-1").is_dir() and not saw_plan_in_fold_1:
