@@ -12,6 +12,7 @@ which the sources report as that item's bad input (or a counted skip under ``--o
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from typing import IO, Any
@@ -86,3 +87,15 @@ def why(e: Any) -> str:
 def check_regular(path: str | os.PathLike[str]) -> None:
     """Refuse ``path`` unless it is a regular file (for readers that take a name, like ``zipfile``)."""
     os.close(open_fd(path))
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The sha256 of a regular file ('unreadable: ...' in place of one it cannot read)."""
+    try:
+        digest = hashlib.sha256()
+        with open_regular(path) as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+        return digest.hexdigest()
+    except (OSError, SourceError) as e:
+        return f"unreadable: {getattr(e, 'strerror', None) or e}"

@@ -17,7 +17,6 @@ Content addressing makes the copy cheap across versions and datasets.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -34,7 +33,7 @@ from .atomic import fsync_dir
 from .durable import DurableBatch
 from .errors import TlsyncError
 from .fetch_cache import FetchCache
-from .files import open_regular
+from .files import file_sha256, open_regular  # noqa: F401  (file_sha256 re-exported)
 from .format import Item
 from .images import EXTENSIONS, IncompleteImage, check_complete_image, image_info  # noqa: F401  (re-exported)
 from .locks import LockTimeout, exclusive
@@ -65,18 +64,6 @@ _CHECKED: dict[str, tuple[int, int, int, int]] = {}
 
 class ChangedImage(TlsyncError):
     """An image in the store whose bytes no longer match the sha256 its dataset recorded."""
-
-
-def file_sha256(path: Path) -> str:
-    """The sha256 of a regular file ('unreadable: ...' in place of one it cannot read)."""
-    try:
-        digest = hashlib.sha256()
-        with open_regular(path) as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-        return digest.hexdigest()
-    except (OSError, TlsyncError) as e:
-        return f"unreadable: {getattr(e, 'strerror', None) or e}"
 
 
 def default_home() -> Path:
