@@ -278,10 +278,11 @@ def file_creation_cost(folder: Path, files: int = 2000) -> float:
 
 
 def big_slice(args: argparse.Namespace) -> list[str]:
-    """The 100,000-item pull on the benchmark's disk and, where there is one, on tmpfs."""
+    """The 100,000-item pull on the benchmark's disk and, where there is one, on tmpfs (or ``--big-dirs``)."""
     met = lambda ok: "met" if ok else "NOT met"  # noqa: E731
     lines = []
-    for where in [args.dir] + ([Path("/dev/shm")] if Path("/dev/shm").is_dir() else []):
+    places = [Path(p) for p in args.big_dirs.split(",")] if args.big_dirs else [args.dir, Path("/dev/shm")]
+    for where in [p for p in places if p.is_dir()]:
         create = file_creation_cost(where)
         run = memory(args.big, args.python, where)
         seconds, rss = float(run["seconds"]), float(run["rss"])
@@ -311,6 +312,8 @@ def main() -> None:
     parser.add_argument("--python", default=sys.executable, help="Interpreter whose tlsync is measured.")
     parser.add_argument("--before", help="Another checkout's interpreter, pulled in the same rounds (before/after).")
     parser.add_argument("--big", type=int, default=100_000, help="Items for the memory run (0: skip it).")
+    parser.add_argument("--big-dirs", default="", help="Folders for the big slice's stores, comma-separated "
+                        "(default: --dir and /dev/shm).")
     parser.add_argument("--no-report", action="store_true", help="Print only; leave BENCHMARKS.md alone.")
     args = parser.parse_args()
     args.sweep = [int(c) for c in args.sweep.split(",") if c]
