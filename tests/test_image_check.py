@@ -79,3 +79,33 @@ def test_an_end_of_image_marker_across_a_read_boundary_is_not_missed(at: int):
     assert _has_eoi(io.BytesIO(bytes(data)), 0, size)
     assert not _has_eoi(io.BytesIO(bytes(size)), 0, size)
     assert not _has_eoi(io.BytesIO(bytes(data)), at + 1, size), "a marker before the scan does not count"
+
+
+def _png_with_orientation(orientation: int, after_pixels: bool) -> bytes:
+    """A 40x30 PNG whose eXIf chunk says ``orientation``, before or after its pixel data."""
+    import struct
+    import zlib
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    payload = exif.tobytes()[6:] if exif.tobytes().startswith(b"Exif\0\0") else exif.tobytes()
+    chunk = struct.pack(">I", len(payload)) + b"eXIf" + payload + struct.pack(">I", zlib.crc32(b"eXIf" + payload))
+    out = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(out, "PNG")
+    png = out.getvalue()
+    at = png.index(b"IEND") - 4 if after_pixels else png.index(b"IDAT") - 4
+    return png[:at] + chunk + png[at:]
+
+
+@BOTH_WAYS
+@pytest.mark.parametrize("after_pixels", [False, True], ids=["eXIf first", "eXIf after the pixels"])
+def test_a_png_turned_by_its_exif_reports_the_size_training_sees_without_decoding_it(
+        tmp_path: Path, in_memory: bool, after_pixels: bool, monkeypatch: pytest.MonkeyPatch):
+    from PIL import ImageFile, ImageOps
+
+    path = tmp_path / "turned.png"
+    path.write_bytes(_png_with_orientation(6, after_pixels))
+    with Image.open(path) as im:
+        assert ImageOps.exif_transpose(im).size == (30, 40)  # what the training loader decodes
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("the check decoded the pixels"))
+    assert check(path, in_memory) == (30, 40, ".png")

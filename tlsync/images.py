@@ -22,7 +22,7 @@ import os
 import re
 import struct
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from .errors import TlsyncError
 from .files import NotRegularFile, open_regular, why
@@ -95,7 +95,7 @@ def _info(f: IO[bytes]) -> tuple[int, int, str]:
             fmt = im.format or ""
             width, height = im.size
             _check_pixels(width, height, limit)
-            orientation = im.getexif().get(0x0112, 1)
+            orientation = _orientation(im, f)
     except Image.DecompressionBombError as e:  # PIL's own limit, met before ours; same message
         declared = re.search(r"\((\d+) pixels\)", str(e))
         what = _megapixels(int(declared.group(1))) if declared else f"more than {_megapixels(limit)}"
@@ -108,6 +108,40 @@ def _info(f: IO[bytes]) -> tuple[int, int, str]:
     if fmt not in EXTENSIONS:
         raise TlsyncError(f"unsupported image format {fmt or 'unknown'}")
     return width, height, EXTENSIONS[fmt]
+
+
+def _orientation(im: Any, f: IO[bytes]) -> int:
+    """The EXIF orientation tag, without decoding any pixels.
+
+    PIL's ``getexif()`` on a PNG whose header holds no eXIf chunk decodes the whole image
+    to look for one after the pixel data: a full decode of every PNG a pull stores. The
+    chunks are walked instead (``_png_exif``), as the completeness check walks them.
+    """
+    if im.format == "PNG" and "exif" not in im.info:
+        from PIL import Image
+
+        payload = _png_exif(f)
+        if payload is None:
+            return 1
+        exif = Image.Exif()
+        exif.load(b"Exif\x00\x00" + payload)  # as PIL's PNG reader stores an eXIf chunk
+        return int(exif.get(0x0112, 1) or 1)
+    return int(im.getexif().get(0x0112, 1) or 1)
+
+
+def _png_exif(f: IO[bytes]) -> bytes | None:
+    """The payload of a PNG's eXIf chunk, wherever it is, or None (also for chunks cut short)."""
+    size = f.seek(0, os.SEEK_END)
+    pos = 8
+    while pos + 12 <= size:
+        f.seek(pos)
+        length, kind = struct.unpack(">I4s", f.read(8))
+        if kind == b"IEND" or pos + 12 + length > size:
+            return None
+        if kind == b"eXIf":
+            return f.read(length)
+        pos += 12 + length
+    return None
 
 
 def _check_pixels(width: int, height: int, limit: int) -> None:
