@@ -139,7 +139,7 @@ def _png_exif(f: IO[bytes]) -> bytes | None:
         if kind == b"IEND" or pos + 12 + length > size:
             return None
         if kind == b"eXIf":
-            return f.read(length)
+            return f.read(length) if length <= 1 << 20 else None  # EXIF is small; a huge one is ignored
         pos += 12 + length
     return None
 
