@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader
 from .data import DetectionDataset, GroupedBatchSampler, eval_transforms
 from .settings import TrainConfig
 
-# x batch size images: 100 at the default batch of 4 (fvcore uses 200 x its batch); the default lives in settings
+# x batch size images: 200 at the default batch of 4 (fvcore uses 200 x its batch); the default lives in settings
 DEFAULT_BATCHES: int = TrainConfig.precise_bn_batches
 _SAMPLE_SEED = 0x5EED_B4  # mixed with the run's seed: the sample is fixed for a run, not shared with training
 

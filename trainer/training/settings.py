@@ -68,8 +68,9 @@ class TrainConfig:
     amp: str = "auto"  # auto | bf16 | fp16 | off
     seed: int = 0
     # Batch-norm statistics recomputed over this many seeded, un-augmented train batches before every
-    # val evaluation and checkpoint (precise BN, see precise_bn.py); 0: keep the moving averages.
-    precise_bn_batches: int = 25
+    # val evaluation and checkpoint (precise BN, see precise_bn.py); 0: keep the moving averages. 50 x 4 images:
+    # on thermal a 100-image sample of 142 scored test mAP50 0.036 under a recompute over all of them (issue 26)
+    precise_bn_batches: int = 50
     time_limit: float | None = None  # seconds; stop after the epoch that passes it (quickstart)
     name: str | None = None  # run folder name; default <dataset>-N
     project: str = "runs"
