@@ -319,35 +319,42 @@ def run_one(store: Any, name: str, seed: int, args: argparse.Namespace, work: Pa
 
 def unplanted(rows: list[dict[str, Any]], planted: list[dict[str, Any]], n: int = 6) -> dict[str, Any]:
     """The top suspects that are not planted errors (what the audit finds in the data as shipped), and the
-    rank of chess's lone colourless ``bishop`` label if it is a suspect."""
+    rank of chess's lone colourless ``bishop`` label if it is a suspect (a box swapped *to* ``bishop``
+    is a planted error, not that label)."""
     from tlsync.format import Box
 
-    lines = []
+    shipped = []
     for r in rows:
         suggestion = Box(r["suggestion"]["class"], *r["suggestion"]["box"]) if r["suggestion"] else None
-        if any(finds(r["kind"], r["item"], r["label"]["index"] if r["label"] else None, suggestion, e)
-               for e in planted):
-            continue
-        lines.append(f"#{r['rank']} {r['kind']} {r['score']:.2f}: `{r['item'][:28]}` label "
-                     f"{r['label']['class'] if r['label'] else '-'} -> "
-                     f"{r['suggestion']['class'] if r['suggestion'] else 'remove'}")
-        if len(lines) == n:
-            break
-    bishop = [f"#{r['rank']} of {len(rows)} ({r['kind']} {r['score']:.2f})" for r in rows
-              if r["label"] and r["label"]["class"] == "bishop"]
+        if not any(finds(r["kind"], r["item"], r["label"]["index"] if r["label"] else None, suggestion, e)
+                   for e in planted):
+            shipped.append(r)
+    bishop = bishop_rank(shipped, len(rows))
     bishop += [f"itself a planted error in this seed ({e['kind']}), so not the data as shipped" for e in planted
                if e["box"].label == "bishop"]
-    return {"lines": lines, "bishop": bishop}
+    return {"lines": [row_text(r, 28) for r in shipped[:n]], "bishop": bishop}
 
 
-def flagged_first(store: Any, name: str, args: argparse.Namespace, work: Path) -> list[str]:
+def row_text(r: dict[str, Any], width: int) -> str:
+    return (f"#{r['rank']} {r['kind']} {r['score']:.2f}: `{r['item'][:width]}` label "
+            f"{r['label']['class'] if r['label'] else '-'} -> "
+            f"{r['suggestion']['class'] if r['suggestion'] else 'remove'}")
+
+
+def bishop_rank(rows: list[dict[str, Any]], total: int) -> list[str]:
+    return [f"#{r['rank']} of {total} suspects ({r['kind']} {r['score']:.2f})" for r in rows
+            if r["label"] and r["label"]["class"] == "bishop"]
+
+
+def flagged_first(store: Any, name: str, args: argparse.Namespace, work: Path) -> tuple[list[str], list[str]]:
+    """The first suspects of an audit of the clean seed-0 subset, and notes (where chess's ``bishop`` label ranks)."""
     full = store.open(name)
     clean, _ = subset(full, args.train_images, 0)
     version = copy_of(store, full, f"{name}-clean-s0", clean)
     _, rows, _ = audit(store, version.ref, args, 0, work / "audits")
-    return [f"#{r['rank']} {r['kind']} {r['score']:.2f}: `{r['item'][:40]}` label "
-            f"{r['label']['class'] if r['label'] else '-'} -> "
-            f"{r['suggestion']['class'] if r['suggestion'] else 'remove'}" for r in rows[:8]]
+    has_bishop = any(b.label == "bishop" for i in clean for b in i.annotations)
+    bishop = bishop_rank(rows, len(rows)) or (["not a suspect"] if has_bishop else [])
+    return [row_text(r, 40) for r in rows[:8]], [f"chess's lone colourless `bishop` label: {b}" for b in bishop]
 
 
 def mean_sd(values: list[float]) -> str:
@@ -388,7 +395,8 @@ def report(args: argparse.Namespace) -> None:
     for name in names:
         mine = [r for r in results if r["dataset"] == name]
         body.append(f"- {name}: {setting_line(mine[0]['settings'])}; seeds "
-                    f"{', '.join(str(r['seed']) for r in mine)}; load average (1 min) before/after each seed "
+                    f"{', '.join(str(r['seed']) for r in mine)}; the machine's load average (1 min, other jobs "
+                    f"included) before/after each seed "
                     f"{', '.join(load_line(r['settings']) for r in mine)}")
     body += ["", table(results), "", *goal_lines(results, names), ""]
     for r in results:
@@ -400,8 +408,10 @@ def report(args: argparse.Namespace) -> None:
         if r["seed"] == 0 and "unplanted" in r:
             body += ["", f"{r['dataset']} (seed 0), the top suspects that are not planted errors "
                      "(the data as shipped):", "", *[f"- {line}" for line in r["unplanted"]["lines"]]]
-            if r["unplanted"]["bishop"]:
-                body.append(f"- chess's lone colourless `bishop` label: {', '.join(r['unplanted']['bishop'])}")
+    bishop = [f"seed {r['seed']}: {', '.join(r['unplanted']['bishop'])}" for r in results
+              if r.get("unplanted", {}).get("bishop")]
+    if bishop:
+        body += ["", "chess's lone colourless `bishop` label (a black bishop) among the suspects: " + "; ".join(bishop)]
     for name, r in flagged.items():
         how = f" ({setting_line(r['settings'])})" if "settings" in r else ""
         body += ["", f"Flagged first on the clean {name} subset (seed 0){how}:", "",
@@ -516,9 +526,9 @@ def main() -> None:
                 report(args)
             if args.clean:
                 measured = settings(args)
-                flagged = flagged_first(store, name, args, work)
-                notes = [f"`tlsync pull` dropped {n} {reason} (of the whole dataset, so none can be flagged)"
-                         for reason, n in pulled.skipped.items()]
+                flagged, notes = flagged_first(store, name, args, work)
+                notes += [f"`tlsync pull` dropped {n} {reason} (of the whole dataset, so none can be flagged)"
+                          for reason, n in pulled.skipped.items()]
                 save(args.results / f"{name}-clean.json", {"dataset": name, "flagged": flagged, "notes": notes,
                                                            "settings": measured})
                 report(args)
