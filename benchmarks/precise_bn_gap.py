@@ -24,6 +24,15 @@ each dataset's figures in ``--work/results.json``; a later invocation measures o
 datasets (or parts) not yet there for its settings (``--remeasure`` to redo them).
 
     python benchmarks/precise_bn_gap.py --datasets bccd,chess,thermal --epochs 3 --img-size 256
+
+Mixed sizes (the padding cause): ``--dataset-ref REF --home DIR`` measures a dataset version
+already in the store at ``DIR`` instead, e.g. a union derived from two datasets of different
+image sizes (``tlsync datasets derive union --from thermal --from bccd``). ``--train-every K``
+and ``--val-every K`` train on every K-th item of those splits (a subset version, no image
+copied; test stays whole). Its figures go to a section of their own; besides the reference and
+precise BN now it scores the padding probes of ``padding_variants``.
+
+    python benchmarks/precise_bn_gap.py --dataset-ref union@1 --home /tmp/h --train-every 3 --val-every 4
 """
 
 from __future__ import annotations
@@ -82,19 +91,72 @@ Val decode: draft mode reduces only JPEGs at least twice the model's input size 
 the per-epoch evaluation (docs/training.md)."""
 
 
-def trained_run(work: Path, name: str, epochs: int, img_size: int) -> tuple[Path, Any]:
-    """The scratch run on ``name`` (trained now unless ``work`` already holds it) and its store."""
+# --dataset-ref mode: (store folder, train/val thinning); None: the shared datasets, pulled into --work/home
+MIXED: dict[str, Any] = {}
+
+
+def dataset_of(work: Path, name: str) -> tuple[str, Any]:
+    """The dataset ref to train on and its store: a shared dataset pulled into ``work``, or with
+    ``--dataset-ref`` the subset version of ``name`` that ``--train-every``/``--val-every`` ask for."""
     from tlsync import plugins
     from tlsync.pull import pull
     from tlsync.store import Store
+
+    if not MIXED:
+        store = Store(work / "home")
+        if not store.versions(name):
+            pull(store, plugins.get_sources()["roboflow"], {"path": (SHARED / FOLDERS[name]).resolve()}, name)
+        return name, store
+    from tlsync.trainer.curve.subsets import write_version
+
+    store, every = Store(MIXED["home"]), MIXED["every"]
+    base = store.open(name)
+    if every == {"train": 1, "val": 1}:
+        return base.ref, store
+    positions: dict[str, int] = {}
+
+    def keep(item: Any) -> bool:
+        positions[item.split] = positions.get(item.split, -1) + 1
+        return positions[item.split] % every.get(item.split, 1) == 0
+
+    subset = write_version(store, base, f"{base.name}.every-t{every['train']}-v{every['val']}", keep,
+                           {"of": base.ref, **every})
+    return subset.ref, store
+
+
+# Written beside the --dataset-ref table (edited by hand after a run: the figures are the table's).
+MIXED_FINDINGS = """\
+The union of thermal (416x416, 142 train images) and bccd (640x480, 205) was derived in a
+temporary store (`tlsync datasets derive union --from thermal --from bccd`, no image copied);
+test is 20 thermal and 72 bccd images. The stored statistics score 0.111 test mAP50 *above* the
+reference, not below it: the gap is over 0.03, in the checkpoint's favour. The probes say why:
+- **padding**: the model's transform sizes thermal to 256x256 and bccd to 256x192; 44 of precise
+  BN's 50 batches mix the two, so 103 of its 119 bccd images are padded by 64 rows (a quarter of
+  their area). Padding alone (by size, padded, against by size) moves test mAP50 by +0.018;
+- **mixing**: most of the rest (0.143 by size and padded, against 0.211 now) is two sources in
+  one batch: batch statistics then hold the difference between thermal and microscope pictures,
+  as every training batch did (the training loader groups by orientation too). The same images
+  alone (batch 1: 0.106), by size (0.125), or in item order as the reference takes them (one
+  source after the other, so all batches but one hold one source: 0.100) give statistics the
+  weights were not trained under;
+- **the sample**: every train image batched as precise BN batches scores 0.220, 0.009 above the
+  stored 200-image sample: within 0.03.
+So on mixed sizes precise BN does not trail a full recompute batched as training batches; the
+item-order reference is the wrong yardstick when sources differ in size and look, and batching
+precise BN by size to drop the padding would cost about 0.09 mAP50 here (0.125 against 0.211).
+Limits: one seed, 3 epochs at 256 px from scratch (a weak model: test mAP50 0.1 to 0.2). A run on
+every 3rd train and 4th val item (116 / 32) gave reference 0.045, now 0.069 (+0.024), batch 1
+0.048, by size 0.044: the same order, on a model that barely detects."""
+
+
+def trained_run(work: Path, name: str, epochs: int, img_size: int) -> tuple[Path, Any]:
+    """The scratch run on ``name`` (trained now unless ``work`` already holds it) and its store."""
     from tlsync.trainer import TrainConfig, train
 
-    store = Store(work / "home")
-    if not store.versions(name):
-        pull(store, plugins.get_sources()["roboflow"], {"path": (SHARED / FOLDERS[name]).resolve()}, name)
-    run = work / "runs" / f"{name}-{epochs}ep-{img_size}"
+    dataset, store = dataset_of(work, name)
+    run = work / "runs" / f"{dataset.replace('@', '-')}-{epochs}ep-{img_size}"
     if not (run / "weights" / "last.pt").exists():
-        cfg = TrainConfig(dataset=name, model=MODEL, weights="none", epochs=epochs, img_size=img_size, batch_size=4,
+        cfg = TrainConfig(dataset=dataset, model=MODEL, weights="none", epochs=epochs, img_size=img_size, batch_size=4,
                           workers=1, device="cpu", patience=0, forget_check="off", project=str(run.parent),
                           name=run.name, exist_ok=True)
         train(cfg, store)
@@ -147,6 +209,57 @@ def variants(model: Any, version: Any, config: dict[str, Any]) -> dict[str, Call
     return {"reference": reference, "before": before, "now": now}
 
 
+def padding_variants(model: Any, version: Any, config: dict[str, Any]) -> dict[str, Callable[[], Any]]:
+    """Probes of the padding cause on a dataset of mixed image sizes. Precise BN batches images by
+    orientation only, so a square and a 4:3 picture share a batch and the smaller is padded to the
+    larger: the padded region enters the batch statistics, while evaluation of a lone image has none.
+
+    - **batch1**: every train image alone (no padding, no other image in the batch);
+    - **by_size**: precise BN's own sample and order, batched by exact image size (no padding);
+    - **by_size_padded**: the same batches, each padded to a square of the model's size as a
+      batch that mixes a square picture with a 4:3 one is: the padding without the mixing;
+    - **all_grouped**: every train image, batched as precise BN batches its sample (seeded order,
+      by orientation): the reference's "all images" with training's mixed batches.
+    """
+    import torch
+
+    from tlsync.trainer.evaluation.predict import image_tensor, load_image
+    from tlsync.trainer.training import precise_bn
+    from tlsync.trainer.training.data import GroupedBatchSampler
+
+    paths = [version.image_path(i) for i in version.items("train")]
+    sizes = [(i.image.width, i.image.height) for i in version.items("train")]
+    seed, batch = config["seed"], config["batch_size"]
+
+    def batch1() -> Any:
+        return with_statistics(model, [[image_tensor(load_image(path))] for path in paths])
+
+    def by_size(pad_to: int | None = None, whole: bool = False) -> Any:  # precise BN's draw, grouped by size
+        generator = torch.Generator().manual_seed(precise_bn._SAMPLE_SEED + seed)
+        order = torch.randperm(len(paths), generator=generator)[: None if whole else precise_bn.DEFAULT_BATCHES * batch]
+        groups = [int(h > w) for w, h in sizes] if whole else [sorted(set(sizes)).index(s) for s in sizes]
+        batches = list(GroupedBatchSampler(order.tolist(), groups, batch))  # type: ignore[arg-type]
+        transform, divisible = model.transform, model.transform.size_divisible
+        transform.size_divisible = pad_to or divisible  # the batch tensor's sides are rounded up to this
+        try:
+            return with_statistics(model, [[image_tensor(load_image(paths[i])) for i in b] for b in batches])
+        finally:
+            transform.size_divisible = divisible
+
+    return {"batch1": batch1, "by_size": by_size, "by_size_padded": lambda: by_size(config["img_size"]),
+            "all_grouped": lambda: by_size(whole=True)}
+
+
+def same_statistics(a: Any, b: Any) -> bool:
+    """Whether two models' live batch-norm layers hold identical running statistics."""
+    import torch
+
+    from tlsync.trainer.training import precise_bn
+
+    return all(torch.equal(x.running_mean, y.running_mean) and torch.equal(x.running_var, y.running_var)
+               for x, y in zip(precise_bn.live_batchnorms(a), precise_bn.live_batchnorms(b), strict=True))
+
+
 def measure(work: Path, name: str, epochs: int, img_size: int, labels: set[str]) -> dict[str, Any]:
     """Test mAP50 (and mAP50-95) of the run's weights under each set of statistics named in ``labels``."""
     from tlsync.trainer.evaluation.evaluate import evaluate_split
@@ -160,11 +273,16 @@ def measure(work: Path, name: str, epochs: int, img_size: int, labels: set[str])
     version = store.open(config["dataset"])
     row: dict[str, Any] = {"name": name, "dataset": version.ref, "train": len(list(version.items("train"))),
                            "test": len(list(version.items("test")))}
-    for label, make in variants(model, version, config).items():
+    makers = {**variants(model, version, config), **(padding_variants(model, version, config) if MIXED else {})}
+    row["sizes"] = sorted({f"{i.image.width}x{i.image.height}" for i in version.items()})
+    for label, make in makers.items():
         if label not in labels:
             continue
         started = time.perf_counter()
-        scores = evaluate_split(make().eval(), version, "test", checkpoint["categories"], "cpu", None)
+        with_stats = make()
+        if label == "now":  # the checkpoint training wrote holds exactly these statistics
+            row["stored_is_now"] = same_statistics(with_stats, model)
+        scores = evaluate_split(with_stats.eval(), version, "test", checkpoint["categories"], "cpu", None)
         row[label] = {"map50": scores["map50"], "map50_95": scores["map50_95"]}
         print(f"{name} {label:>9}: test mAP50 {scores['map50']:.3f}, mAP50-95 {scores['map50_95']:.3f} "
               f"({time.perf_counter() - started:.0f} s)", flush=True)
@@ -216,6 +334,29 @@ def table(rows: list[dict[str, Any]], epochs: int, img_size: int, batches: int) 
             + "\n\n" + FINDINGS)
 
 
+def mixed_table(rows: list[dict[str, Any]], epochs: int, img_size: int, batches: int) -> str:
+    """The --dataset-ref section: reference and precise BN now, and the padding probes."""
+    lines = ["| dataset (train / test images; sizes) | reference mAP50 | precise BN now (= stored) | gap "
+             "| batch 1, all train | gap | now's sample by size | gap | by size, padded | gap "
+             "| all train, batched as now | gap |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ref = r["reference"]["map50"]
+        cells = [f"{r[k]['map50']:.3f} | {r[k]['map50'] - ref:+.3f}"
+                 for k in ("now", "batch1", "by_size", "by_size_padded", "all_grouped")]
+        stored = "" if r.get("stored_is_now") else " (stored differs!)"
+        lines.append(f"| {r['dataset']} ({r['train']} / {r['test']}; {', '.join(r['sizes'])}) | {ref:.3f} | "
+                     f"{cells[0]}{stored} | {cells[1]} | {cells[2]} | {cells[3]} | {cells[4]} |")
+    return (f"{MODEL} from scratch (`--weights none`), {epochs} epochs at {img_size} px, batch 4, last checkpoint's "
+            f"weights, test mAP50 as `tlsync eval` scores it, on a dataset of mixed image sizes (the padding "
+            f"cause of issue 26). Columns differ only in the batch-norm statistics: the reference (every train "
+            f"image, batches of 4 in item order), precise BN now ({batches} x 4 train images at most, batches "
+            f"grouped by orientation; \"= stored\": the checkpoint holds exactly these), every train image "
+            f"alone (no padding), precise BN's sample batched by exact size (no padding), and those batches "
+            f"padded to {img_size}x{img_size} as a mixed batch pads a 4:3 picture (padding, no mixing), and every "
+            f"train image batched as precise BN batches its sample (seeded order, by orientation).\n\n"
+            + "\n".join(lines) + "\n\n" + MIXED_FINDINGS)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", default="bccd,chess,thermal")
@@ -225,7 +366,17 @@ def main() -> None:
     parser.add_argument("--remeasure", action="store_true",
                         help="Measure again datasets that --work/results.json already holds for these settings.")
     parser.add_argument("--no-write", action="store_true", help="Print only; leave BENCHMARKS.md alone.")
+    parser.add_argument("--dataset-ref", help="Measure this dataset version of --home instead of --datasets.")
+    parser.add_argument("--home", type=Path, help="The TLSYNC_HOME holding --dataset-ref.")
+    parser.add_argument("--train-every", type=int, default=1, help="With --dataset-ref: train on every K-th item.")
+    parser.add_argument("--val-every", type=int, default=1, help="With --dataset-ref: validate on every K-th item.")
     args = parser.parse_args()
+    if args.dataset_ref:
+        if args.home is None:
+            parser.error("--dataset-ref needs --home")
+        MIXED.update(home=args.home, every={"train": args.train_every, "val": args.val_every})
+        os.environ["TLSYNC_HOME"] = str(args.home)
+        return mixed(args)
     os.environ.setdefault("TLSYNC_HOME", str(args.work / "home"))
     from tlsync.trainer.training.precise_bn import DEFAULT_BATCHES
     results = args.work / "results.json"
@@ -248,6 +399,30 @@ def main() -> None:
     if not args.no_write:
         update_section("precise-bn-gap", "Precise batch norm against a full recompute (issue 26)", body,
                        f"python benchmarks/precise_bn_gap.py --datasets {args.datasets} --epochs {args.epochs} "
+                       f"--img-size {args.img_size}")
+
+
+def mixed(args: argparse.Namespace) -> None:
+    """--dataset-ref: one dataset version of --home, reference against now and the padding probes."""
+    from tlsync.trainer.training.precise_bn import DEFAULT_BATCHES
+    results = args.work / "results-mixed.json"
+    rows = {r["name"]: r for r in json.loads(results.read_text())} if results.exists() else {}
+    key = f"{args.dataset_ref} every t{args.train_every} v{args.val_every}"
+    row = rows.get(key)
+    if args.remeasure or row is None or (row.get("epochs"), row.get("img_size")) != (args.epochs, args.img_size):
+        row = {}
+    missing = {"reference", "now", "batch1", "by_size", "by_size_padded", "all_grouped"} - set(row)
+    if missing:  # what this row lacks (a probe added since it was measured)
+        row = rows[key] = {**row, **measure(args.work, args.dataset_ref, args.epochs, args.img_size, missing),
+                           "name": key, "epochs": args.epochs, "img_size": args.img_size}
+        args.work.mkdir(parents=True, exist_ok=True)
+        results.write_text(json.dumps(list(rows.values()), indent=1))
+    body = mixed_table([row], args.epochs, args.img_size, DEFAULT_BATCHES)
+    print(body)
+    if not args.no_write:
+        update_section("precise-bn-gap-mixed", "Precise batch norm on mixed image sizes (issue 26, padding)", body,
+                       f"python benchmarks/precise_bn_gap.py --dataset-ref {args.dataset_ref} --home HOME "
+                       f"--train-every {args.train_every} --val-every {args.val_every} --epochs {args.epochs} "
                        f"--img-size {args.img_size}")
 
 
