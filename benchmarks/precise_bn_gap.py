@@ -238,7 +238,7 @@ def padding_variants(model: Any, version: Any, config: dict[str, Any]) -> dict[s
         generator = torch.Generator().manual_seed(precise_bn._SAMPLE_SEED + seed)
         order = torch.randperm(len(paths), generator=generator)[: None if whole else precise_bn.DEFAULT_BATCHES * batch]
         groups = [int(h > w) for w, h in sizes] if whole else [sorted(set(sizes)).index(s) for s in sizes]
-        batches = list(GroupedBatchSampler(order.tolist(), groups, batch))  # type: ignore[arg-type]
+        batches = list(GroupedBatchSampler(order.tolist(), groups, batch))
         transform, divisible = model.transform, model.transform.size_divisible
         transform.size_divisible = pad_to or divisible  # the batch tensor's sides are rounded up to this
         try:
