@@ -123,3 +123,36 @@ def test_images_are_fsynced_in_batches_before_the_version_is_published(nucleus: 
         synced = events.index(("fsync", image))
         assert synced < publish
         assert events.index(("cache", image)) > synced
+
+
+def test_images_waiting_for_their_fsync_are_bounded_however_fast_they_arrive(monkeypatch: pytest.MonkeyPatch,
+                                                                           tmp_path: Path):
+    """Where files are created faster than the disk fsyncs them, a fetch thread waits instead of the backlog
+    growing with the pull (100,000 images on tmpfs once peaked at 368 MB); nothing is lost meanwhile."""
+    import threading
+
+    from tlsync import durable
+
+    monkeypatch.setattr(durable, "MAX_PENDING", 8)
+    started, gate, synced = threading.Event(), threading.Event(), []
+
+    def slow_disk(files: list[Path], threads: int = 1) -> None:
+        started.set()
+        gate.wait(10)
+        synced.extend(files)
+
+    monkeypatch.setattr(durable, "sync_files", slow_disk)
+    batch = durable.DurableBatch(lambda rows: None)
+    batch.add_file(tmp_path / "0")
+    assert started.wait(10), "the committing thread took the first image"
+    for n in range(1, 9):
+        batch.add_file(tmp_path / str(n))  # eight wait: the limit
+    ninth = threading.Thread(target=batch.add_file, args=(tmp_path / "9",))
+    ninth.start()
+    ninth.join(0.5)
+    assert ninth.is_alive(), "a ninth waiting image must wait for the round in progress"
+    gate.set()
+    ninth.join(10)
+    assert not ninth.is_alive()
+    batch.flush()
+    assert sorted(int(p.name) for p in synced) == list(range(10))
