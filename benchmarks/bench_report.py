@@ -56,3 +56,10 @@ def update_section(name: str, title: str, body: str, command: str) -> None:
     tmp = BENCHMARKS_MD.with_suffix(".md.tmp")
     tmp.write_text(text)
     tmp.replace(BENCHMARKS_MD)
+
+
+def publish(name: str, title: str, body: str, command: str, write: bool = True) -> None:
+    """Print a benchmark's section and, unless ``write`` is off (``--no-write``), put it in BENCHMARKS.md."""
+    print(body)
+    if write:
+        update_section(name, title, body, command)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_report import SOURCES, update_section  # noqa: E402
+from bench_report import SOURCES, publish  # noqa: E402
 
 MODEL = "fasterrcnn_efficientnet_lite0_fpn"
 VARIANTS = ("cont-old", "cont-new", "restart", "restart-wall")
@@ -153,12 +153,10 @@ def main() -> None:
             f"{args.seeds} seeds; {minutes:.0f} min in all on a shared CPU. cont-old: full peak lr, 1-epoch "
             f"warm-up (the default); cont-new: peak lr x{CANDIDATE_LR_FACTOR:g}, "
             f"{CANDIDATE_WARMUP:g}-epoch warm-up.\n\n{body}\n")
-    print(text)
-    if not args.no_write:
-        update_section("continue_vs_restart", "Continuing from the last model vs restarting from ImageNet", text,
-                       f"nice -n 5 python benchmarks/continue_vs_restart.py --seeds {args.seeds} --epochs "
-                       f"{args.epochs} --img-size {args.img_size} --train {args.train} --val {args.val} "
-                       f"--datasets {args.datasets}")
+    publish("continue_vs_restart", "Continuing from the last model vs restarting from ImageNet", text,
+            f"nice -n 5 python benchmarks/continue_vs_restart.py --seeds {args.seeds} --epochs "
+            f"{args.epochs} --img-size {args.img_size} --train {args.train} --val {args.val} "
+            f"--datasets {args.datasets}", write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_report import update_section  # noqa: E402
+from bench_report import publish  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 FOLDERS = {"bccd": "bccd-voc", "thermal": "thermal-dogs-people-yolo", "chess": "chess-pieces-coco"}
@@ -395,11 +395,9 @@ def main() -> None:
             row["val"] = val_decode(args.work, name, args.epochs, args.img_size)
         results.write_text(json.dumps(list(rows.values()), indent=1))  # kept if a later dataset is interrupted
     body = table([rows[name] for name in names], args.epochs, args.img_size, DEFAULT_BATCHES)
-    print(body)
-    if not args.no_write:
-        update_section("precise-bn-gap", "Precise batch norm against a full recompute (issue 26)", body,
-                       f"python benchmarks/precise_bn_gap.py --datasets {args.datasets} --epochs {args.epochs} "
-                       f"--img-size {args.img_size}")
+    publish("precise-bn-gap", "Precise batch norm against a full recompute (issue 26)", body,
+            f"python benchmarks/precise_bn_gap.py --datasets {args.datasets} --epochs {args.epochs} "
+            f"--img-size {args.img_size}", write=not args.no_write)
 
 
 def mixed(args: argparse.Namespace) -> None:
@@ -418,12 +416,10 @@ def mixed(args: argparse.Namespace) -> None:
         args.work.mkdir(parents=True, exist_ok=True)
         results.write_text(json.dumps(list(rows.values()), indent=1))
     body = mixed_table([row], args.epochs, args.img_size, DEFAULT_BATCHES)
-    print(body)
-    if not args.no_write:
-        update_section("precise-bn-gap-mixed", "Precise batch norm on mixed image sizes (issue 26, padding)", body,
-                       f"python benchmarks/precise_bn_gap.py --dataset-ref {args.dataset_ref} --home HOME "
-                       f"--train-every {args.train_every} --val-every {args.val_every} --epochs {args.epochs} "
-                       f"--img-size {args.img_size}")
+    publish("precise-bn-gap-mixed", "Precise batch norm on mixed image sizes (issue 26, padding)", body,
+            f"python benchmarks/precise_bn_gap.py --dataset-ref {args.dataset_ref} --home HOME "
+            f"--train-every {args.train_every} --val-every {args.val_every} --epochs {args.epochs} "
+            f"--img-size {args.img_size}", write=not args.no_write)
 
 
 if __name__ == "__main__":
