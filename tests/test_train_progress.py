@@ -36,8 +36,10 @@ def workspace(tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch) -> dict[
 
 
 def tlsync(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    """``tlsync`` as a terminal starts it: a suite run in the background (``cmd &``) ignores SIGINT, and a
+    child would inherit that, so Ctrl-C is given back its default first."""
     return subprocess.Popen([sys.executable, "-m", "tlsync", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+                            text=True, env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def test_without_a_terminal_each_epoch_prints_step_rate_and_eta_lines(workspace: dict[str, str]):
