@@ -128,7 +128,7 @@ def test_images_are_fsynced_in_batches_before_the_version_is_published(nucleus: 
 def test_images_waiting_for_their_fsync_are_bounded_however_fast_they_arrive(monkeypatch: pytest.MonkeyPatch,
                                                                            tmp_path: Path):
     """Where files are created faster than the disk fsyncs them, a fetch thread waits instead of the backlog
-    growing with the pull (100,000 images on tmpfs once peaked at 368 MB); nothing is lost meanwhile."""
+    growing with the pull; nothing is lost meanwhile."""
     import threading
 
     from tlsync import durable
