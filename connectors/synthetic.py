@@ -42,7 +42,7 @@ def render(seed: int, index: int, size: int) -> bytes:
     from PIL import Image, ImageDraw, ImageFilter
 
     rng = random.Random(seed * 7_919 + index)
-    noise = Image.effect_noise((size, size), rng.uniform(20, 50)).filter(ImageFilter.GaussianBlur(1))
+    noise = _noise(seed * 7_919 + index, size, rng.uniform(20, 50)).filter(ImageFilter.GaussianBlur(1))
     base = tuple(rng.randint(90, 170) for _ in range(3))
     image = Image.merge("RGB", [noise.point(lambda v, b=b: (v + b) // 2) for b in base])
     draw = ImageDraw.Draw(image)
@@ -58,6 +58,19 @@ def render(seed: int, index: int, size: int) -> bytes:
     out = io.BytesIO()
     image.save(out, format="PNG")
     return out.getvalue()
+
+
+def _noise(seed: int, size: int, sigma: float) -> Any:
+    """Grey Gaussian noise around 128, from its own seed.
+
+    Not PIL's ``Image.effect_noise``: that draws from C's ``rand()``, whose state any earlier
+    call in the process moves, so the same image came out different the second time.
+    """
+    import numpy as np
+    from PIL import Image
+
+    values = np.random.default_rng(seed).normal(128.0, sigma, (size, size))
+    return Image.fromarray(values.clip(0, 255).astype(np.uint8))  # 2-D uint8: mode "L"
 
 
 class SyntheticSource(Source):

@@ -19,6 +19,7 @@ from tlsync.plugins import get_source
 from tlsync.pull import pull
 from tlsync.sources import PullContext, Source
 from tlsync.splits import assign_split, parse_ratios
+from tlsync.store import Store
 
 
 def test_adding_items_never_moves_an_existing_item(store):
@@ -29,6 +30,21 @@ def test_adding_items_never_moves_an_existing_item(store):
     after = {i.id: i.split for i in store.open("s@2").items()}
     assert all(after[k] == v for k, v in before.items())
     assert set(after.values()) == {"train", "val", "test"}
+
+
+def test_the_synthetic_source_draws_the_same_images_every_time(tmp_path: Path):
+    # Its noise once came from C's rand(), which any earlier draw in the process moved: the same
+    # dataset pulled into a second home in one process had other pixels (and other sha256s).
+    from PIL import Image
+
+    def pulled(home: Path) -> dict[str, str]:
+        other = Store(home)
+        pull(other, get_source("synthetic"), {"items": 4, "size": 48}, "same")
+        return {i.id: i.image.sha256 for i in other.open("same@1").items()}
+
+    first = pulled(tmp_path / "a")
+    Image.effect_noise((8, 8), 30)  # anything else drawing noise in between
+    assert pulled(tmp_path / "b") == first
 
 
 def test_split_ratios_are_honoured_and_validated(store):
