@@ -22,16 +22,28 @@ VERDICT = re.compile(r"target[^:\n]*?: (?:NOT met|met)", re.I)
 SUMMARY_START, SUMMARY_END = "<!-- summary -->", "<!-- /summary -->"
 
 
+CELL = re.compile(r"\| [^|\n]*?\((NOT met|met)\) ")
+
+
 def verdicts(body: str) -> str:
-    """The sentences of a section that state a target and whether it was met."""
+    """The sentences of a section that state a target and whether it was met, and the table
+    cells that do (``| 917 (NOT met) |``): a missed target in a table must show here too."""
     found = [" ".join(v.split()) for v in VERDICT.findall(body)]
+    cells = CELL.findall(body)
+    if cells:
+        found.append(f"in its tables: {cells.count('met')} met, {cells.count('NOT met')} NOT met")
     return "; ".join(found) or "(figures only, no target)"
+
+
+def anchor(title: str) -> str:
+    """The id GitHub gives a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-")
 
 
 def table(text: str) -> str:
     rows = ["| benchmark | targets | reproduce with | ran on | date |", "|---|---|---|---|---|"]
     for m in SECTION.finditer(text):
-        rows.append(f"| [{m['title']}](#{m['name']}) | {verdicts(m['body'])} | `{m['command']}` | "
+        rows.append(f"| [{m['title']}](#{anchor(m['title'])}) | {verdicts(m['body'])} | `{m['command']}` | "
                     f"{m['machine']} | {m['date']} |")
     return "\n".join(rows)
 
