@@ -85,43 +85,33 @@ def test_a_full_disk_stops_the_pull_and_publishes_nothing(tmp_path: Path, run_cl
     assert cached >= 1, "images stored before the disk filled come from the fetch cache"
 
 
-class _FailingFile:
-    """A file whose writes fail after ``ok`` of them, as a filling disk does."""
+def _failing_writes(state: dict):
+    """``os.write`` whose calls fail after ``ok`` of them, as a filling disk does."""
+    real = os.write
 
-    def __init__(self, f, state: dict):
-        self._f, self._state = f, state
+    def write(fd: int, data) -> int:
+        state["writes"] += 1
+        if state["writes"] > state["ok"]:
+            raise OSError(state["errno"], os.strerror(state["errno"]))
+        return real(fd, data)
 
-    def write(self, data):
-        self._state["writes"] += 1
-        if self._state["writes"] > self._state["ok"]:
-            raise OSError(self._state["errno"], os.strerror(self._state["errno"]))
-        return self._f.write(data)
-
-    def __getattr__(self, name):
-        return getattr(self._f, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self._f.close()
+    return write
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT])
 def test_an_error_writing_an_image_is_fatal_under_skip(tmp_path: Path, run_cli, store, monkeypatch, code):
-    import tlsync.store
+    import tlsync.sink
 
     export = coco_folder(tmp_path / "export")
-    real_fdopen = os.fdopen
     state = {"writes": 0, "ok": 3, "errno": code}
-    monkeypatch.setattr(tlsync.store.os, "fdopen", lambda *a, **k: _FailingFile(real_fdopen(*a, **k), state))
+    monkeypatch.setattr(tlsync.sink, "write_fd", _failing_writes(state))
     result = pull(run_cli, export, "--on-error", "skip", "--concurrency", "1")
     assert result.exit_code == 1
     assert f"cannot write to the store at {store.home}: {os.strerror(code)} ({errno.errorcode[code]})" in result.stderr
     assert "cannot read image" not in result.stderr
     assert store.versions("cells") == [] and not leftovers(store.home)
 
-    monkeypatch.setattr(tlsync.store.os, "fdopen", real_fdopen)
+    monkeypatch.setattr(tlsync.sink, "write_fd", os.write)
     again = pull(run_cli, export, "--on-error", "skip")
     assert again.exit_code == 0, again.stderr
     assert f"{N - 3} images fetched, 3 from cache" in again.stdout
@@ -130,7 +120,7 @@ def test_an_error_writing_an_image_is_fatal_under_skip(tmp_path: Path, run_cli, 
 
 def test_a_plugin_that_swallows_the_write_error_cannot_hide_it(tmp_path: Path, store, monkeypatch):
     """A source's fetch that turns every exception into 'cannot read' still stops the pull."""
-    import tlsync.store
+    import tlsync.sink
     from tlsync.errors import SourceError
     from tlsync.plugins import get_source
     from tlsync.pull import pull as run_pull
@@ -147,9 +137,8 @@ def test_a_plugin_that_swallows_the_write_error_cannot_hide_it(tmp_path: Path, s
             raise SourceError(f"cannot read image: {e}") from None
 
     monkeypatch.setattr(type(coco), "fetch", careless)
-    real_fdopen = os.fdopen
     state = {"writes": 0, "ok": 0, "errno": errno.ENOSPC}
-    monkeypatch.setattr(tlsync.store.os, "fdopen", lambda *a, **k: _FailingFile(real_fdopen(*a, **k), state))
+    monkeypatch.setattr(tlsync.sink, "write_fd", _failing_writes(state))
     with pytest.raises(StoreWriteError, match="No space left on device"):
         run_pull(store, coco, {"path": export}, "cells", on_error="skip")
     assert store.versions("cells") == []

@@ -138,8 +138,31 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def sync_files(files: list[Path], threads: int = FSYNC_THREADS) -> None:
-    """fsync ``files``, then each folder holding them once, from up to ``threads`` threads at once.
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _fsync_pool() -> ThreadPoolExecutor:
+    """The fsync threads, made once per process: a pool per round started up to 16 threads for
+    every round, hundreds a second in a big pull, each start waiting for the GIL."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(FSYNC_THREADS, thread_name_prefix="tlsync-fsync")
+        return _pool
+
+
+def _forget_pool() -> None:
+    global _pool
+    _pool = None  # a forked child has none of its parent's threads
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
+def sync_files(files: list[Path]) -> None:
+    """fsync ``files``, then each folder holding them once, from up to ``FSYNC_THREADS`` threads at once.
 
     The folders too: one after another, each would wait for a journal commit of its own,
     since the other fetch threads keep adding images to the same 256 folders meanwhile
@@ -152,10 +175,9 @@ def sync_files(files: list[Path], threads: int = FSYNC_THREADS) -> None:
             _fsync_file(unique[0])
             fsync_dir(folders[0])
             return
-        with ThreadPoolExecutor(min(threads, len(unique)), thread_name_prefix="tlsync-fsync") as pool:
-            for start in range(0, len(unique), MAX_PENDING):  # a future per file: a bounded number at once
-                list(pool.map(_fsync_file, unique[start:start + MAX_PENDING]))
-            list(pool.map(fsync_dir, folders))
+        pool = _fsync_pool()
+        for start in range(0, len(unique), MAX_PENDING):  # a future per file: a bounded number at once
+            list(pool.map(_fsync_file, unique[start:start + MAX_PENDING]))
+        list(pool.map(fsync_dir, folders))
     except OSError as e:
         raise store_write_error(e, unique[0].parent) from None
-

@@ -38,7 +38,7 @@ from .format import Item
 from .images import EXTENSIONS, IncompleteImage, check_complete_image, image_info  # noqa: F401  (re-exported)
 from .locks import LockTimeout, exclusive
 from .manifest import INFO, ITEMS, atomic_write_json, read_info, read_items
-from .sink import ImageSink, store_write_error
+from .sink import ImageSink, create_temp, store_write_error
 
 T = TypeVar("T")
 
@@ -194,28 +194,24 @@ class Store:
         """
         tmp_dir = self.images_dir / ".tmp"
         try:
-            fd, tmp = self._folder(tmp_dir, lambda: tempfile.mkstemp(dir=tmp_dir, prefix=f"{os.getpid()}-"))
+            fd, tmp = self._folder(tmp_dir, lambda: create_temp(tmp_dir))
         except OSError as e:
             raise store_write_error(e, tmp_dir) from None
         try:
-            f = os.fdopen(fd, "wb")
-            sink = ImageSink(f, self.home, max_bytes, deadline)
+            sink = ImageSink(fd, self.home, max_bytes, deadline)
             try:
                 write(sink)
                 sink.flush()
             finally:
-                try:
-                    f.close()  # writes what the buffer still holds: a full disk can fail here too
-                except OSError as e:
-                    sink.failed = sink.failed or store_write_error(e, self.home)
+                sink.close()  # a full disk can fail here too
                 if sink.failed:
                     raise sink.failed from None
-            width, height, ext = check_complete_image(Path(tmp), sink.kept())  # IncompleteImage when cut short
+            width, height, ext = check_complete_image(tmp, sink.kept())  # IncompleteImage when cut short
             rel = self.image_relpath(sink.sha256(), ext)
-            self._place(Path(tmp), self.home / rel)
+            self._place(tmp, self.home / rel)
             return rel, sink.sha256(), width, height
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise
 
     def _place(self, tmp: Path, dest: Path) -> None:
