@@ -1,4 +1,4 @@
-"""Downloads sent straight through urllib3 (``tlsync.http_direct``) keep requests' behaviour where it matters.
+"""Downloads sent without requests (``tlsync.http_direct``) keep requests' behaviour where it matters.
 
 Each test runs ``HttpClient.download`` against a real loopback server. Where the direct path must
 be the one taken, the session's ``request`` is made to fail, so a silent fallback to requests
@@ -206,27 +206,18 @@ def test_a_cookie_for_the_image_host_is_sent_and_one_for_another_host_does_not_m
     assert "Cookie" not in first.headers and second.headers.get("Cookie") == "cdn=edge-7"
 
 
-def test_urllib3_failures_become_the_exceptions_requests_raises_for_them():
-    """So retries (connection errors, timeouts) and "could not be sent" (bad URL, bad header) stay as they were."""
+def test_connection_failures_become_the_exceptions_requests_raises_for_them():
+    """So retries (connection errors, timeouts) and "could not be sent" (bad URL) stay as they were."""
+    import http.client
+    import ssl
+
     import requests
-    from urllib3.exceptions import (
-        ConnectTimeoutError,
-        LocationValueError,
-        MaxRetryError,
-        NewConnectionError,
-        ProtocolError,
-        ReadTimeoutError,
-        SSLError,
-    )
 
-    from tlsync.http_direct import translate
+    from tlsync.http_lean import _translate
 
-    def retried(reason: Exception) -> Exception:
-        return translate(MaxRetryError(None, "/img.jpg", reason))  # type: ignore[arg-type]
-
-    assert type(retried(ConnectTimeoutError("slow"))) is requests.ConnectTimeout
-    assert type(retried(NewConnectionError(None, "refused"))) is requests.ConnectionError  # type: ignore[arg-type]
-    assert type(retried(SSLError("bad cert"))) is requests.exceptions.SSLError
-    assert type(translate(ReadTimeoutError(None, "/img.jpg", "slow"))) is requests.ReadTimeout  # type: ignore[arg-type]
-    assert type(translate(ProtocolError("reset"))) is requests.ConnectionError
-    assert type(translate(LocationValueError("no host"))) is requests.exceptions.InvalidURL
+    assert type(_translate(TimeoutError("slow"), "connect")) is requests.ConnectTimeout
+    assert type(_translate(TimeoutError("slow"), "read")) is requests.ReadTimeout
+    assert type(_translate(ConnectionRefusedError("refused"), "connect")) is requests.ConnectionError
+    assert type(_translate(ssl.SSLCertVerificationError("bad cert"), "connect")) is requests.exceptions.SSLError
+    assert type(_translate(http.client.BadStatusLine("garbage"), "read")) is requests.ConnectionError
+    assert type(_translate(http.client.InvalidURL("no host"), "connect")) is requests.exceptions.InvalidURL

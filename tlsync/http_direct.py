@@ -1,14 +1,14 @@
-"""Plain streamed GETs sent straight through urllib3, for the many image downloads of a pull.
+"""Plain streamed GETs sent without requests, for the many image downloads of a pull.
 
 ``requests`` does a lot per request that an anonymous image GET does not need: it merges
 cookies, hooks, auth and settings, re-prepares and re-quotes the URL, looks for a
 ``.netrc``, builds a response object and copies its headers. That is about half a
 millisecond of CPU per image, held under the GIL that all fetch threads share, so at 64
-threads it bounds the pull, not the network. Here the connection pool that requests'
-own adapter would use is looked up once per host and the request goes to it directly,
-with the same headers, timeouts, retry object and TLS settings, and the answer is
-wrapped so that it reads like a ``requests.Response`` (failures are raised as the same
-requests exceptions, so callers and their messages do not change).
+threads it bounds the pull, not the network. Here what requests would decide for a host
+(proxy, ``.netrc``, CA bundle, headers) is worked out once, and the GET goes out on a
+keep-alive ``http.client`` connection of the fetch thread's own (``http_lean``), with the
+same headers, timeouts and TLS settings; the answer reads like a ``requests.Response``
+(failures are raised as the same requests exceptions, so callers and their messages do not change).
 
 Anything that might make requests behave differently goes through requests instead: a
 mocked or custom transport adapter, a proxy or ``.netrc`` entry for the host, client
@@ -20,30 +20,15 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urljoin
 
 import requests
-import urllib3
 from requests.adapters import HTTPAdapter
 from requests.utils import get_netrc_auth, requote_uri, select_proxy
-from urllib3.exceptions import (
-    ClosedPoolError,
-    ConnectTimeoutError,
-    DecodeError,
-    LocationValueError,
-    MaxRetryError,
-    NewConnectionError,
-    ProtocolError,
-    ReadTimeoutError,
-    ResponseError,
-)
-from urllib3.exceptions import HTTPError as Urllib3Error
-from urllib3.exceptions import ProxyError as Urllib3ProxyError
-from urllib3.exceptions import SSLError as Urllib3SSLError
 
-_INVALID_HEADER: Any = getattr(urllib3.exceptions, "InvalidHeader", ())  # urllib3 >= 2 only
+from .http_lean import LeanGet, LeanResponse
+
 _STOCK_SEND = HTTPAdapter.send  # ``responses`` and friends patch it: then requests must send
 # Printable ASCII only, no user info: nothing that requests would quote, IDNA-encode or turn into auth.
 _PLAIN_URL = re.compile(r"(https?)://([A-Za-z0-9.\-]+(?::\d+)?)([/?][\x21-\x7e]*)?", re.IGNORECASE)
@@ -57,81 +42,16 @@ def _domain_matches(hostname: str, domain: str) -> bool:
     return any(name == domain or name.endswith(f".{domain}") for name in names)
 
 
-def translate(e: Exception) -> Exception:
-    """urllib3's exception as the one requests' adapter raises for it (``HTTPAdapter.send``)."""
-    if isinstance(e, MaxRetryError):
-        reason = e.reason
-        if isinstance(reason, ConnectTimeoutError) and not isinstance(reason, NewConnectionError):
-            return requests.ConnectTimeout(e)
-        if isinstance(reason, ResponseError):
-            return requests.exceptions.RetryError(e)
-        if isinstance(reason, Urllib3ProxyError):
-            return requests.exceptions.ProxyError(e)
-        if isinstance(reason, Urllib3SSLError):
-            return requests.exceptions.SSLError(e)
-        return requests.ConnectionError(e)
-    if isinstance(e, Urllib3SSLError):
-        return requests.exceptions.SSLError(e)
-    if isinstance(e, ReadTimeoutError):
-        return requests.ReadTimeout(e)
-    if isinstance(e, LocationValueError):  # not retried, as requests does not retry a bad URL
-        return requests.exceptions.InvalidURL(e)
-    if isinstance(e, _INVALID_HEADER):
-        return requests.exceptions.InvalidHeader(e)
-    if isinstance(e, (ProtocolError, OSError, ClosedPoolError, Urllib3Error)):
-        return requests.ConnectionError(e)
-    return e
-
-
-class DirectResponse:
-    """What ``HttpClient.download`` reads of a ``requests.Response``, over a urllib3 response."""
-
-    def __init__(self, raw: urllib3.BaseHTTPResponse, url: str):
-        self.raw = raw
-        self.url = url
-        self.status_code = raw.status
-        self.headers = raw.headers
-        self._consumed = False
-
-    @property
-    def ok(self) -> bool:
-        return self.status_code < 400
-
-    def iter_content(self, chunk_size: int) -> Iterator[bytes]:
-        """The decoded body, failures raised as ``requests.Response.iter_content`` raises them."""
-        try:
-            yield from self.raw.stream(chunk_size, decode_content=True)
-        except ProtocolError as e:
-            raise requests.exceptions.ChunkedEncodingError(e) from None
-        except DecodeError as e:
-            raise requests.exceptions.ContentDecodingError(e) from None
-        except ReadTimeoutError as e:
-            raise requests.ConnectionError(e) from None
-        except Urllib3SSLError as e:
-            raise requests.exceptions.SSLError(e) from None
-        self._consumed = True
-
-    def close(self) -> None:
-        """As ``requests.Response.close``: an unread body closes the connection; it goes back to the pool."""
-        if not self._consumed:
-            self.raw.close()
-        self.raw.release_conn()
-
-
 class _Plan:
-    """How one scheme://host is reached: requests' adapter and connection pool for it."""
+    """How one scheme://host is reached: requests' adapter for it (to notice a new one), and the GETs."""
 
-    def __init__(self, adapter: HTTPAdapter, pool: Any, key: Any, headers: dict[str, Any]):
+    def __init__(self, adapter: HTTPAdapter, lean: LeanGet):
         self.adapter = adapter
-        self.pool = pool
-        self.key = key  # what the pool was looked up with, to look it up again after eviction
-        # The session's headers as a plain dict, taken once: urllib3 copies them on every request, and
-        # copying requests' CaseInsensitiveDict is slow Python. The session is HttpClient's own.
-        self.headers = headers
+        self.lean = lean
 
 
 class DirectGet:
-    """Sends eligible GETs of one ``requests.Session`` through urllib3 (see the module's docstring)."""
+    """Sends eligible GETs of one ``requests.Session`` without it (see the module's docstring)."""
 
     def __init__(self, session: requests.Session):
         self.session = session
@@ -139,7 +59,7 @@ class DirectGet:
         self._cookie_hosts: dict[tuple[str, int], bool] = {}
         self._lock = threading.Lock()
 
-    def get(self, url: str, timeout: tuple[float, float]) -> requests.Response | DirectResponse | None:
+    def get(self, url: str, timeout: tuple[float, float]) -> requests.Response | LeanResponse | None:
         """The response to ``GET url``, or None where requests must send it. Redirects are followed
         as requests follows them; one to a URL this cannot send is handed to requests."""
         for _ in range(self.session.max_redirects + 1):
@@ -156,21 +76,11 @@ class DirectGet:
                 return self.session.request("GET", url, timeout=timeout, stream=True)
         raise requests.TooManyRedirects(f"Exceeded {self.session.max_redirects} redirects.")
 
-    def _send(self, plan: _Plan, url: str, timeout: tuple[float, float]) -> DirectResponse:
+    def _send(self, plan: _Plan, url: str, timeout: tuple[float, float]) -> LeanResponse:
         plain = _PLAIN_URL.fullmatch(url.split("#", 1)[0])
         rest = (plain.group(3) if plain else None) or ""
         target = requote_uri(rest if rest.startswith("/") else f"/{rest}")  # requests' path_url, fragment dropped
-        pool = plan.pool
-        if pool.pool is None:  # evicted from the pool manager (and closed) since: ask for it again
-            pool = plan.pool = plan.adapter.poolmanager.connection_from_host(**plan.key[0], pool_kwargs=plan.key[1])
-            plan.adapter.cert_verify(pool, url, *plan.key[2])
-        try:
-            raw = pool.urlopen("GET", target, headers=plan.headers, redirect=False, assert_same_host=False,
-                               preload_content=False, decode_content=False, retries=plan.adapter.max_retries,
-                               timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]))
-        except (ProtocolError, OSError, MaxRetryError, ClosedPoolError, Urllib3Error) as e:
-            raise translate(e) from None
-        return DirectResponse(raw, url)
+        return plan.lean.get(target, url, timeout)
 
     def _plan(self, url: str) -> _Plan | None:
         session = self.session
@@ -202,7 +112,8 @@ class DirectGet:
         return self._cookie_hosts[key]
 
     def _new_plan(self, url: str, adapter: Any) -> _Plan | None:
-        """The pool requests would send ``url`` through, if nothing about the host asks for requests."""
+        """How requests would reach ``url`` (scheme, host, port, CA bundle, headers), unless something
+        about the host (a custom adapter, a proxy, client certificates, a ``.netrc`` entry) asks for requests."""
         if type(adapter) is not HTTPAdapter or not hasattr(adapter, "build_connection_pool_key_attributes"):
             return None  # a custom adapter, or requests < 2.32: requests sends
         settings = self.session.merge_environment_settings(url, {}, None, None, None)
@@ -214,8 +125,8 @@ class DirectGet:
         if self.session.trust_env and get_netrc_auth(url):
             return None
         request = requests.Request("GET", url).prepare()
-        host_params, pool_kwargs = adapter.build_connection_pool_key_attributes(request, verify, cert)
-        pool = adapter.poolmanager.connection_from_host(**host_params, pool_kwargs=pool_kwargs)
-        adapter.cert_verify(pool, url, verify, cert)
+        host_params, _ = adapter.build_connection_pool_key_attributes(request, verify, cert)
+        # The session's headers as a plain dict, taken once: copying requests' CaseInsensitiveDict
+        # per request is slow Python. The session is HttpClient's own.
         headers: dict[str, Any] = dict(self.session.headers.items())
-        return _Plan(adapter, pool, (host_params, pool_kwargs, (verify, cert)), headers)
+        return _Plan(adapter, LeanGet(host_params["scheme"], host_params["host"], host_params["port"], headers, verify))
