@@ -89,23 +89,31 @@ def test_a_pull_killed_at_any_moment_leaves_the_last_version_and_the_cache_sound
     assert assert_cache_consistent(store) >= 10 + 8 * 15
 
 
+@pytest.mark.parametrize("syncfs", [True, False], ids=["syncfs", "file-by-file"])
 def test_images_are_fsynced_in_batches_before_the_version_is_published(nucleus: FakeNucleus, run_cli: Any,
-                                                                       store: Store,
+                                                                       store: Store, syncfs: bool,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every image file is fsynced before the rename that publishes the version naming it, and
-    its fetch-cache row is written only after that fsync."""
+    """Every image file is made durable (its own fsync, or a syncfs of the store's filesystem after
+    it was placed) before the rename that publishes the version naming it, and its fetch-cache row
+    is written only after that."""
+    from tlsync import durable, fetch_cache
+
+    if syncfs and durable._SYNCFS is None:
+        pytest.skip("no syncfs here (Linux 5.8 or later)")
     events: list[tuple[str, str]] = []
-    real_fsync, real_replace = os.fsync, os.replace
+    real_fsync, real_replace, real_syncfs = os.fsync, os.replace, durable._SYNCFS
 
     def fsync(fd: int) -> None:
         events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
         real_fsync(fd)
 
+    def whole_filesystem(fd: int) -> int:
+        events.append(("syncfs", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_syncfs(fd)  # type: ignore[misc]
+
     def replace(src: Any, dst: Any, **kw: Any) -> None:
         events.append(("rename", str(dst)))
         real_replace(src, dst, **kw)
-
-    from tlsync import fetch_cache
 
     real_put_many = fetch_cache.FetchCache.put_many
 
@@ -115,14 +123,18 @@ def test_images_are_fsynced_in_batches_before_the_version_is_published(nucleus: 
 
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(durable, "_SYNCFS", whole_filesystem if syncfs else None)
     monkeypatch.setattr(fetch_cache.FetchCache, "put_many", put_many)
     assert run_cli(*ARGS).exit_code == 0
     publish = events.index(("rename", str(store.datasets_dir / "d" / "1")))
     for item in store.open("d").items():
         image = str(store.home / str(item.image.path))
-        synced = events.index(("fsync", image))
+        placed = events.index(("rename", image))
+        synced = next(n for n, (kind, path) in enumerate(events) if (kind, path) == ("fsync", image)
+                      or (kind == "syncfs" and n > placed))  # the one filesystem of the store
         assert synced < publish
         assert events.index(("cache", image)) > synced
+    assert any(kind == "syncfs" for kind, _ in events) == syncfs
 
 
 def test_images_waiting_for_their_fsync_are_bounded_however_fast_they_arrive(monkeypatch: pytest.MonkeyPatch,

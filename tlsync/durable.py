@@ -18,11 +18,14 @@ their bytes, never named by a published version or a cache row, are harmless.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import cast
 
 from .atomic import fsync_dir
 from .sink import store_write_error
@@ -127,6 +130,49 @@ class DurableBatch:
         self.flushes += bool(files or rows)
 
 
+def _load_syncfs() -> Callable[[int], int] | None:
+    """Linux's ``syncfs(2)``, where it reports writeback errors (kernel 5.8 and later), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        major, minor = (int(part) for part in os.uname().release.split(".")[:2])
+        function = ctypes.CDLL(None, use_errno=True).syncfs
+    except (ValueError, OSError, AttributeError):
+        return None
+    if (major, minor) < (5, 8):  # before 5.8 syncfs returned 0 even when writing back had failed
+        return None
+    function.argtypes, function.restype = [ctypes.c_int], ctypes.c_int
+    return cast(Callable[[int], int], function)
+
+
+_SYNCFS = _load_syncfs()
+
+
+def _syncfs(folders: list[Path]) -> bool:
+    """Make everything on the filesystem holding ``folders`` durable in one call, if they share one.
+
+    A file or folder fsynced one by one costs three system calls and a task for the fsync
+    threads, each handing the GIL around a pull's fetch threads: 0.1-0.2 ms of CPU per image.
+    syncfs commits the files, their folders and their renames together. False: do it file by file.
+    """
+    if _SYNCFS is None:
+        return False
+    try:
+        devices = {os.stat(folder).st_dev for folder in folders}
+        fd = os.open(folders[0], os.O_RDONLY)
+    except OSError:
+        return False  # a folder removed meanwhile: the file-by-file path skips what is gone
+    try:
+        if len(devices) > 1:
+            return False
+        if _SYNCFS(fd) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, os.strerror(error))
+        return True
+    finally:
+        os.close(fd)
+
+
 def _fsync_file(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -171,6 +217,8 @@ def sync_files(files: list[Path]) -> None:
     unique = list(dict.fromkeys(files))
     folders = list(dict.fromkeys(path.parent for path in unique))
     try:
+        if len(unique) > 1 and _syncfs(folders):
+            return
         if len(unique) == 1:
             _fsync_file(unique[0])
             fsync_dir(folders[0])
