@@ -10,8 +10,10 @@ import os
 import platform
 import re
 import resource
+import threading
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 # The shared datasets as the roboflow source reads them (bccd's VOC folder one level down).
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,6 +46,35 @@ def machine() -> str:
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MB (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def wait_measured(pid: int) -> tuple[int, Any, float]:
+    """Wait for child ``pid``: its wait status, its rusage, and its own peak RSS in MB.
+
+    Not the rusage's ``ru_maxrss``: Linux carries a process's peak across ``execve``, so a child
+    forked from a benchmark that holds a 300 MB fake server reports 300 MB whatever it used.
+    ``VmHWM`` in ``/proc/PID/status`` is the peak of the child's own program; it is read until the
+    child ends (a high-water mark, so only its last few milliseconds can be missed).
+    """
+    peaks = [0.0]
+    ended = threading.Event()
+
+    def watch() -> None:  # on a thread, so that the wait below returns the moment the child ends
+        while not ended.is_set():
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        peaks.append(int(line.split()[1]) / 1024)
+            except (OSError, ValueError):
+                pass
+            ended.wait(0.02)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    _, status, usage = os.wait4(pid, 0)
+    ended.set()
+    watcher.join()
+    return status, usage, max(peaks) or usage.ru_maxrss / 1024  # no /proc: the rusage, caveat and all
 
 
 def update_section(name: str, title: str, body: str, command: str) -> None:

@@ -42,7 +42,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the fake API is a test double
-from bench_report import update_section  # noqa: E402
+from bench_report import update_section, wait_measured  # noqa: E402
 from fake_nucleus import FakeNucleus  # noqa: E402
 
 SLICE = "slc_bench"
@@ -86,16 +86,28 @@ FINDINGS = """What the rounds above measure, and what changed for them (issue 22
   thread fsyncs whatever images have landed, 16 at a time, then their folders, and records their
   fetch-cache rows in one transaction; a publish commits the rest first. Measured then against
   per-image fsyncs with another process writing 40 MB/s to the same disk: p50 1.88 s against 2.39 s;
-- the big slice is CPU-bound. Per item the pull spends about 1 ms of CPU (the HTTP request through
-  urllib3, the image's header and completeness check, hashing, the manifest) and the fake server
-  about 0.3 ms more, on the same 2 cores. On this machine's root disk, creating a file also costs
-  the kernel 0.02-0.8 ms depending on the folder (ext4 searching its block groups for a free inode:
-  0.78 ms measured in `/work`, 0.02 ms in `/tmp` of the same disk); the table's last column shows
-  the cost where the store was;
-- memory: 64 fetch threads made glibc keep a malloc arena each, and fragmentation took a 100,000-item
-  pull into tmpfs to 371 MB of RSS (166 MB on the slower root disk). The pull caps the arenas at 4
-  (`mallopt`, unless `MALLOC_ARENA_MAX` is set): 105 MB, as fast; and at most 4,096 images wait for
-  their fsync, so a slow disk cannot grow that backlog either."""
+- the big slice is CPU-bound, and its CPU per image went down this round (issue 22, session 9),
+  each step measured on a 20,000-item slice into tmpfs in 4 alternating rounds against the code
+  before it: one fsync thread pool per process instead of one started per durability round, and
+  small images written from memory with one system call (1,058 against 856 items/s); image GETs
+  on one keep-alive `http.client` connection per fetch thread instead of urllib3's pool
+  (`tlsync/http_lean.py`: 1,346 against 1,054 items/s, 0.76 against 0.97 ms of CPU per item);
+  durability rounds made with one `syncfs` instead of an fsync per file and folder (1,426
+  against 1,220 items/s; the 200-photo rounds above were unchanged by it, with the writer on the
+  same disk). What is left per item (tmpfs, 20,000 items): about 0.09 ms on the main thread
+  (export rows, splits, manifest) and 0.55 ms on the fetch threads (download ~0.16 ms, storing
+  ~0.14 ms, measured alone; the rest is the GIL passing between 64 threads). The fake server
+  adds about 0.35 ms on the same 2 cores; `benchmarks/loopback_ceiling.py` measures what a bare
+  client gets from it. On this machine's root disk, creating a file also costs the kernel
+  0.02-0.8 ms depending on the folder (ext4 searching its block groups for a free inode); the
+  table's last column shows the cost where the store was;
+- memory: the peak RSS in the table is the pull's own (`VmHWM`, read while it runs). It used to be
+  the rusage's `ru_maxrss`, which Linux carries across `execve`: a pull started by this benchmark,
+  whose fake server holds 100,000 items, was charged the benchmark's own size, so the later runs
+  of a session read 352-371 MB. That is where the "malloc arenas" story of the session before came
+  from; measured on the pull alone, 100,000 items into tmpfs peak at 98 MB with glibc's arenas
+  capped at 4 or not, and the cap is gone again. At most 4,096 images wait to be made durable, so
+  a slow disk cannot grow that backlog."""
 
 
 def baseline(nucleus: FakeNucleus, out: Path) -> float:
@@ -120,7 +132,7 @@ def tlsync_pull(nucleus: FakeNucleus, home: Path, python: str = sys.executable,
         start = time.monotonic()
         child = subprocess.Popen([python, "-m", "tlsync", "pull", "--source", "nucleus", "--slice", SLICE,
                                   "--dataset", "bench", *extra], env=env, stdout=out, stderr=err, cwd=NEUTRAL)
-        _, status, usage = os.wait4(child.pid, 0)  # reaped here, so the rusage is this child's alone
+        status, usage, peak = wait_measured(child.pid)  # reaped here, so the rusage is this child's alone
         end = time.monotonic()
         out.seek(0)
         err.seek(0)
@@ -136,7 +148,7 @@ def tlsync_pull(nucleus: FakeNucleus, home: Path, python: str = sys.executable,
         last_image = max(images) + nucleus.server.latency if images else first_image
         phases = {"startup": min(api) - start, "export": first_image - min(api),
                   "images": last_image - first_image, "publish": end - last_image}
-    return {"seconds": end - start, "rss": usage.ru_maxrss / 1024, "cpu": usage.ru_utime + usage.ru_stime,
+    return {"seconds": end - start, "rss": peak, "cpu": usage.ru_utime + usage.ru_stime,
             "user": usage.ru_utime, "sys": usage.ru_stime,
             "line": line, "requests": len(images), **phases}
 

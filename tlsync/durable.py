@@ -32,10 +32,9 @@ from .sink import store_write_error
 
 IDLE_SECONDS = 1.0  # the committing thread ends after this long with nothing to do
 FSYNC_THREADS = 16  # concurrent fsyncs share the filesystem's journal commits
-# Images placed but not yet fsynced, at most: past it a fetch thread waits for the round in
-# progress. Where files are created faster than a slow disk fsyncs them, the backlog (and each
-# round's futures) would otherwise grow with the pull. (The 371 MB a 100,000-image pull once
-# peaked at was malloc arenas, not this: see ``fetcher._cap_malloc_arenas``.)
+# Images placed but not yet made durable, at most: past it a fetch thread waits for the round in
+# progress. Where files are created faster than a slow disk syncs them, the backlog (and each
+# round's futures) would otherwise grow with the pull.
 MAX_PENDING = 4096
 
 Row = tuple[str, str, str, int, int]  # fetch-cache key, path, sha256, width, height

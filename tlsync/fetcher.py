@@ -6,11 +6,9 @@ into stored images, in the source's order, under the per-image limits.
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import os
 import queue
-import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -179,23 +177,6 @@ class Fetcher:
                 yield pop()
 
 
-def _cap_malloc_arenas(arenas: int = 4) -> None:
-    """Let glibc keep a few malloc arenas for the fetch threads, not one per thread.
-
-    glibc gives threads that allocate at once arenas of their own, up to 8 per core, and
-    64 fetch threads fragment them: a 100,000-image pull into a store on tmpfs peaked at
-    371 MB of RSS, and at 105 MB with ``MALLOC_ARENA_MAX=2``, as fast (30,000 images: 28-34 s
-    either way). The GIL serialises the threads' Python anyway. A user's own
-    ``MALLOC_ARENA_MAX`` wins; elsewhere than glibc this does nothing.
-    """
-    if "MALLOC_ARENA_MAX" in os.environ or not sys.platform.startswith("linux"):
-        return
-    try:
-        ctypes.CDLL(None).mallopt(-8, arenas)  # M_ARENA_MAX
-    except (OSError, AttributeError):
-        pass
-
-
 class _Workers:
     """A fixed set of fetch threads, started while the source reads its first items.
 
@@ -210,7 +191,6 @@ class _Workers:
     """
 
     def __init__(self, workers: int, warm: Callable[[], None] | None = None):
-        _cap_malloc_arenas()
         self.workers = workers
         self._warm = warm
         self._jobs: queue.SimpleQueue[tuple[Future, Callable[[Any], Any], Any] | None] = queue.SimpleQueue()
