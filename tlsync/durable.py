@@ -6,10 +6,11 @@ What changes is when the waiting happens. An ``fsync`` per image made each fetch
 wait for the disk's journal, which also carries every other writer's data, so a pull's
 speed followed the machine's writeback (1.5 s median for 200 images, against 0.8 s on
 tmpfs). Here a placed image only joins a batch, which a background thread commits as a
-group (``DurableBatch``), and which is always flushed before a version is published: its
-files are fsynced together from a few threads, so the filesystem commits them in one or two
-journal transactions rather than one each, then their folders, then the cache rows go into
-SQLite in one transaction. (Starting each image's writeback early with
+group (``DurableBatch``), and which is always flushed before a version is published: one
+``syncfs`` makes the group's files, folders and renames durable where Linux offers it (else
+the files are fsynced together from a few threads, so the filesystem commits them in one or
+two journal transactions rather than one each, then their folders), then the cache rows go
+into SQLite in one transaction. (Starting each image's writeback early with
 ``sync_file_range`` was tried and measured slower under a concurrent writer: it can block
 the fetch thread while the disk's queue is full.)
 A killed pull loses at most the last batch's cache rows (those images are fetched again);
@@ -207,7 +208,8 @@ if hasattr(os, "register_at_fork"):
 
 
 def sync_files(files: list[Path]) -> None:
-    """fsync ``files``, then each folder holding them once, from up to ``FSYNC_THREADS`` threads at once.
+    """Make ``files`` and their folders durable: one ``syncfs`` for several where it can (``_syncfs``),
+    else fsync each file, then each folder holding them once, from up to ``FSYNC_THREADS`` threads at once.
 
     The folders too: one after another, each would wait for a journal commit of its own,
     since the other fetch threads keep adding images to the same 256 folders meanwhile
