@@ -169,3 +169,33 @@ def test_images_waiting_for_their_fsync_are_bounded_however_fast_they_arrive(mon
     assert not ninth.is_alive()
     batch.flush()
     assert sorted(int(p.name) for p in synced) == list(range(10))
+
+
+def test_cache_rows_that_met_a_full_disk_are_recorded_at_the_end_once_there_is_room(tmp_path: Path):
+    """The pull's own 'images fetched so far are cached' must hold when the fetch cache's first write
+    met the full disk: the rows wait, and the pull's end records them once the failed image's
+    temp file is gone."""
+    import errno
+
+    from tlsync import durable
+
+    recorded: list[tuple] = []
+    disk_full = [True]
+
+    def record(rows: list) -> None:
+        if disk_full[0]:
+            raise OSError(errno.ENOSPC, "database or disk is full")
+        recorded.extend(rows)
+
+    image = tmp_path / "ab" / "image.png"
+    image.parent.mkdir()
+    image.write_bytes(b"png")
+    batch = durable.DurableBatch(record)
+    batch.add_file(image)
+    batch.add_row(("key", "images/ab/image.png", "ab" * 32, 1, 1))
+    with pytest.raises(OSError, match="disk is full"):
+        batch.flush()  # a publish would stop here
+    assert recorded == []
+    disk_full[0] = False  # the failed image's temp file was removed
+    batch.close()
+    assert [row[0] for row in recorded] == ["key"]

@@ -82,7 +82,7 @@ def test_a_full_disk_stops_the_pull_and_publishes_nothing(tmp_path: Path, run_cl
     assert again.exit_code == 0, again.stderr
     assert "new version cells@1" in again.stdout and "skipped" not in again.stdout
     cached = int(again.stdout.split(" from cache")[0].rsplit(" ", 1)[-1])
-    assert cached >= 1, "images stored before the disk filled come from the fetch cache"
+    assert cached >= 1, f"images stored before the disk filled come from the fetch cache: {result.stderr}"
 
 
 def _failing_writes(state: dict):

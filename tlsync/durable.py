@@ -23,6 +23,7 @@ import ctypes
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -108,8 +109,11 @@ class DurableBatch:
             with self._flushing:
                 try:
                     self._round()
+                    failed = False
                 except BaseException as e:  # kept for flush(), which the pull calls before publishing
-                    self._error = e
+                    self._error, failed = e, True
+            if failed:  # rows kept for another try: not in a tight loop while the disk stays full
+                time.sleep(IDLE_SECONDS)
 
     def flush(self) -> None:
         """Make every placed image durable, then record the waiting rows (before a publish, at a pull's end)."""
@@ -119,6 +123,20 @@ class DurableBatch:
                 raise error
             self._round()
 
+    def close(self) -> None:
+        """At a pull's end, failed or not: record what can still be recorded, once more.
+
+        Unlike ``flush`` it does not stop at a background round's error (the pull reports its
+        own): a round whose rows met a full disk kept them, and space freed since (the failed
+        image's temp file) may take them now. Errors here are not raised: nothing depends on them.
+        """
+        with self._flushing:
+            self._error = None
+            try:
+                self._round()
+            except Exception:
+                pass
+
     def _round(self) -> None:
         with self._lock:
             files, rows, self._files, self._rows = self._files, self._rows, [], []
@@ -126,7 +144,12 @@ class DurableBatch:
         if files:
             sync_files(files)
         if rows:
-            self._record(rows)
+            try:
+                self._record(rows)
+            except BaseException:  # their images are durable: the next round (or ``close``) tries again
+                with self._lock:
+                    self._rows[:0] = rows
+                raise
         self.flushes += bool(files or rows)
 
 

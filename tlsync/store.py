@@ -279,9 +279,7 @@ class Store:
     def cache_close(self) -> None:
         """Record what can still be recorded (durable images only), then close the cache."""
         try:
-            self._durable.flush()
-        except Exception:  # the pull's outcome is decided: a publish flushes first, and raises
-            pass  # it failed, or is failing, on the store: rows not yet recorded are simply not cached
+            self._durable.close()  # the pull's outcome is decided: a publish flushed first, and raised
         finally:
             self._cache.close()
 
