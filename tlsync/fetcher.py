@@ -13,12 +13,14 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
+from contextlib import closing as _closing
 from dataclasses import dataclass
 from typing import Any
 
 from . import plugins
 from .errors import PluginError, TlsyncError
 from .format import Item
+from .http_lean import close_thread_connections
 from .images import preload
 from .secrets import for_storage, stored_uri
 from .sink import DEFAULT_DEADLINE, DEFAULT_MAX_IMAGE_BYTES, ImageTooLarge, StoreWriteError
@@ -104,12 +106,29 @@ class Fetcher:
         Errors are handed back to the main thread, which applies ``--on-error``; a
         ``StoreWriteError`` is handed back as it is, and ends the pull there.
         """
+        placed = self.fetch_image(item)
+        if isinstance(placed, TlsyncError):
+            return placed
+        self.store.adopt_image(placed[0])
+        return self.stored(item, placed)
+
+    def stored(self, item: Item, placed: tuple[str, str, int, int]) -> Item:
+        """The item with its image placed in the store: filled in, and its cache row queued."""
+        self.store.cache_put(_cache_key(item), *placed)
+        _fill(item, *placed)
+        return item
+
+    def fetch_image(self, item: Item) -> tuple[str, str, int, int] | TlsyncError:
+        """The image written to its place in the store (path, sha256, width, height), or the error.
+
+        Not yet durable nor cached (``fetch`` does both): fetch worker processes run this
+        (``tlsync.fetch_worker``), and the pull's own process makes their images durable.
+        """
         remote = local_path(item.image.uri) is None
         for attempt in range(INCOMPLETE_ATTEMPTS if remote else 1):
             try:
-                path, sha256, width, height = self.store.add_image(
-                    lambda out: self._fetch(item, out), self.limits.max_bytes, self.limits.deadline)
-                self.store.cache_put(_cache_key(item), path, sha256, width, height)
+                return self.store.write_image(lambda out: self._fetch(item, out), self.limits.max_bytes,
+                                              self.limits.deadline)
             except StoreWriteError as e:
                 return e
             except IncompleteImage as e:
@@ -120,8 +139,6 @@ class Fetcher:
                 return self._failed(item, e.error, io=True)
             except TlsyncError as e:
                 return self._failed(item, e, io=False)
-            _fill(item, path, sha256, width, height)
-            return item
         raise AssertionError("unreachable")
 
     @staticmethod
@@ -154,7 +171,9 @@ class Fetcher:
 
         A bounded window of pending fetches keeps memory flat however long the source is.
         """
-        with _Workers(workers, self._warm) as pool:
+        from .fetch_procs import FetchProcesses
+
+        with _Workers(workers, self._warm) as pool, _closing(FetchProcesses(self, workers, pool)) as procs:
             window: deque[Future | Item] = deque()
 
             def head_ready() -> bool:
@@ -170,7 +189,10 @@ class Fetcher:
 
             for batch in _batches(items, FIRST_CACHE_BATCH, CACHE_BATCH):
                 for item, cached in zip(batch, self.from_cache(batch), strict=True):
-                    window.append(cached or pool.submit(self.fetch, item))
+                    if cached is not None:
+                        window.append(cached)
+                    else:
+                        window.append(procs.submit(item) if procs.takes(item) else pool.submit(self.fetch, item))
                     while len(window) >= workers * 4 or head_ready():
                         yield pop()
             while window:
@@ -225,6 +247,13 @@ class _Workers:
                 future.set_result(fn(arg))
             except BaseException as e:  # handed to the main thread, as ThreadPoolExecutor does
                 future.set_exception(e)
+        close_thread_connections()
+
+    def shrink(self, keep: int) -> None:
+        """Let all but ``keep`` threads end once the jobs queued so far are done (fetch worker processes took
+        over); each one's keep-alive connections close with it rather than sit idle on the server."""
+        for _ in range(max(0, self.workers - keep)):
+            self._jobs.put(None)
 
     def __enter__(self) -> _Workers:
         self._starter.start()

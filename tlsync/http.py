@@ -268,6 +268,10 @@ class HttpClient:
                 return response
         return self.session.request(method, url, timeout=timeout, **kwargs)
 
+    def sends_directly(self, url: str) -> bool:
+        """Whether a download of ``url`` is a plain GET that needs nothing of this session but its headers."""
+        return self._direct is not None and self._direct.sends(url)
+
     def json(self, method: str, url: str, what: str = "", **kwargs: Any) -> Any:
         """Request and decode JSON, with a clear error for a non-2xx status or a bad body.
 

@@ -76,6 +76,10 @@ class DirectGet:
                 return self.session.request("GET", url, timeout=timeout, stream=True)
         raise requests.TooManyRedirects(f"Exceeded {self.session.max_redirects} redirects.")
 
+    def sends(self, url: str) -> bool:
+        """Whether a GET of ``url`` goes out here rather than through requests (nothing about it needs requests)."""
+        return self._plan(url) is not None
+
     def _send(self, plan: _Plan, url: str, timeout: tuple[float, float]) -> LeanResponse:
         plain = _PLAIN_URL.fullmatch(url.split("#", 1)[0])
         rest = (plain.group(3) if plain else None) or ""

@@ -18,6 +18,7 @@ import http.client
 import os
 import ssl
 import threading
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,6 +34,23 @@ except ImportError:  # pragma: no cover - a urllib3 without it: the body is pass
 # A reused connection the server has closed meanwhile fails like this on its next request.
 _STALE = (http.client.RemoteDisconnected, http.client.ImproperConnectionState, BrokenPipeError,
           ConnectionResetError, ConnectionAbortedError)
+
+
+_ALL: weakref.WeakSet[LeanGet] = weakref.WeakSet()
+
+
+def close_thread_connections() -> None:
+    """Close the calling thread's connections, of every ``LeanGet`` (a fetch thread that is ending).
+
+    Left to the garbage collector, a finished thread's keep-alive connections could stay open
+    for as long as the server lets idle ones live (10 s and more): a server that limits the
+    connections per client then makes the pull's new ones (a fetch worker's) wait.
+    """
+    for lean in list(_ALL):
+        conn = getattr(lean._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            lean._local.conn = None
 
 
 def _tls_context(ca_file: str | bool) -> ssl.SSLContext:
@@ -53,6 +71,7 @@ class LeanGet:
         self.headers = headers
         self._context = _tls_context(verify) if self.https else None
         self._local = threading.local()
+        _ALL.add(self)
 
     def _connection(self) -> tuple[http.client.HTTPConnection, bool]:
         conn = getattr(self._local, "conn", None)

@@ -183,14 +183,25 @@ class Store:
 
     def add_image(self, write: Callable[[ImageSink], None], max_bytes: int | None = None,
                   deadline: float | None = None) -> tuple[str, str, int, int]:
+        """``write_image``, and the image joins this process's durability batch (``adopt_image``)."""
+        placed = self.write_image(write, max_bytes, deadline)
+        self.adopt_image(placed[0])
+        return placed
+
+    def adopt_image(self, rel: str) -> None:
+        """Make an image placed in the store (by this process or a fetch worker) durable before any version names
+        it. Not fsynced at once: the batch fsyncs many together, and a killed pull may have placed one without
+        making it durable, so one found in place joins the batch too (fsyncing a clean file costs little)."""
+        self._durable.add_file(self.home / rel)
+
+    def write_image(self, write: Callable[[ImageSink], None], max_bytes: int | None = None,
+                    deadline: float | None = None) -> tuple[str, str, int, int]:
         """Let ``write`` fill a temp file, check it is a whole image, move it to its content address.
 
         Returns ``(relative path, sha256, width, height)``. Bytes land in ``images/.tmp``
         first (named after this process), so a killed pull leaves no partial image under a
-        real name; ``clean_tmp`` removes what dead processes left behind. The image joins
-        the durability batch (``tlsync.durable``): fsynced with others before any version
-        names it and before the fetch cache records it. Any error writing the store is a
-        ``StoreWriteError``, whatever ``write`` did with it.
+        real name; ``clean_tmp`` removes what dead processes left behind. Any error writing
+        the store is a ``StoreWriteError``, whatever ``write`` did with it.
         """
         tmp_dir = self.images_dir / ".tmp"
         try:
@@ -222,9 +233,6 @@ class Store:
                 self._folder(dest.parent, lambda: os.replace(tmp, dest))
         except OSError as e:
             raise store_write_error(e, dest.parent) from None
-        # Not fsynced here: a killed pull may have placed ``dest`` without making it durable,
-        # so an image found in place joins the batch too (fsyncing a clean file costs little).
-        self._durable.add_file(dest)
 
     def _folder(self, folder: Path, act: Callable[[], T]) -> T:
         """``act()``, which writes into ``folder``, with ``folder`` created first if need be.
