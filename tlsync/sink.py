@@ -155,3 +155,22 @@ def create_temp(folder: Path) -> tuple[int, Path]:
             return os.open(path, flags, 0o600), path
         except FileExistsError:
             continue
+
+
+def process_alive(pid: int) -> bool:
+    """Whether the process that named a temp file still runs: not if gone, nor if a zombie.
+
+    A killed pull's fetch workers are zombies until someone reaps them, and in a container
+    whose first process reaps nothing they stay so: their temp files must still be removable.
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):  # no /proc (not Linux): the signal test's answer stands
+        return True

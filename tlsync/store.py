@@ -38,22 +38,12 @@ from .format import Item
 from .images import EXTENSIONS, IncompleteImage, check_complete_image, image_info  # noqa: F401  (re-exported)
 from .locks import LockTimeout, exclusive
 from .manifest import INFO, ITEMS, atomic_write_json, read_info, read_items
-from .sink import ImageSink, create_temp, store_write_error
+from .sink import ImageSink, create_temp, process_alive, store_write_error
 
 T = TypeVar("T")
 
 LAST_PULL = "last-pull.json"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -261,7 +251,7 @@ class Store:
             return
         for path in tmp_dir.iterdir():
             pid = path.name.split("-", 1)[0]
-            if pid.isdigit() and not _alive(int(pid)):
+            if pid.isdigit() and not process_alive(int(pid)):
                 path.unlink(missing_ok=True)
 
     # -- fetch cache ----------------------------------------------------------------------
