@@ -49,24 +49,27 @@ def peak_rss_mb() -> float:
 
 
 def wait_measured(pid: int) -> tuple[int, Any, float]:
-    """Wait for child ``pid``: its wait status, its rusage, and its own peak RSS in MB.
+    """Wait for child ``pid``: its wait status, its rusage, and the peak RSS in MB of it and its own children.
 
     Not the rusage's ``ru_maxrss``: Linux carries a process's peak across ``execve``, so a child
     forked from a benchmark that holds a 300 MB fake server reports 300 MB whatever it used.
     ``VmHWM`` in ``/proc/PID/status`` is the peak of the child's own program; it is read until the
-    child ends (a high-water mark, so only its last few milliseconds can be missed).
+    child ends (a high-water mark, so only its last few milliseconds can be missed). A pull's
+    fetch worker processes count too: the figure is the sum of every process's own peak, an upper
+    bound of what they held together.
     """
-    peaks = [0.0]
+    peaks: dict[int, float] = {}
     ended = threading.Event()
 
     def watch() -> None:  # on a thread, so that the wait below returns the moment the child ends
         while not ended.is_set():
-            try:
-                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                    if line.startswith("VmHWM:"):
-                        peaks.append(int(line.split()[1]) / 1024)
-            except (OSError, ValueError):
-                pass
+            for each in _tree(pid):
+                try:
+                    for line in Path(f"/proc/{each}/status").read_text().splitlines():
+                        if line.startswith("VmHWM:"):
+                            peaks[each] = max(peaks.get(each, 0.0), int(line.split()[1]) / 1024)
+                except (OSError, ValueError):
+                    pass
             ended.wait(0.02)
 
     watcher = threading.Thread(target=watch, daemon=True)
@@ -74,7 +77,21 @@ def wait_measured(pid: int) -> tuple[int, Any, float]:
     _, status, usage = os.wait4(pid, 0)
     ended.set()
     watcher.join()
-    return status, usage, max(peaks) or usage.ru_maxrss / 1024  # no /proc: the rusage, caveat and all
+    return status, usage, sum(peaks.values()) or usage.ru_maxrss / 1024  # no /proc: the rusage, caveat and all
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants, from ``/proc/PID/task/TID/children``."""
+    found, todo = [], [pid]
+    while todo:
+        each = todo.pop()
+        found.append(each)
+        for children in Path(f"/proc/{each}/task").glob("*/children"):
+            try:
+                todo += [int(c) for c in children.read_text().split()]
+            except (OSError, ValueError):
+                pass
+    return found
 
 
 def update_section(name: str, title: str, body: str, command: str) -> None:

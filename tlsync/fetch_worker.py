@@ -92,45 +92,39 @@ def run_job(fetcher: Fetcher, job: list[Any]) -> list[Any]:
 
 
 class _Output:
-    """Answer lines to the parent, written by one thread: as many as are ready go in one system call.
+    """Answer lines to the parent: whichever fetch thread finds no write in progress writes them all.
 
-    Fetch threads only queue their answer. A lock around each write made them queue behind
-    one another, and a write per answer is a wake-up of the parent's reader per image.
-    A parent gone (the pipe closed) means this worker is done.
+    A lock around one write per answer made fetch threads queue behind each other, and a
+    writer thread woken for each answer cost more CPU than the write. Here an answer is
+    appended to a list, and the thread that found nobody writing writes what has gathered,
+    as many lines per system call as arrived meanwhile. A parent gone (the pipe closed)
+    means this worker is done.
     """
 
     def __init__(self) -> None:
-        self._lines: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._write, name="tlsync-answers")
-        self._thread.start()
+        self._lock = threading.Lock()
+        self._lines: list[bytes] = []
+        self._writing = False
 
     def send(self, message: Any) -> None:
-        self._lines.put(orjson.dumps(message) + b"\n")
-
-    def close(self) -> None:
-        """Write every answer queued so far, and end."""
-        self._lines.put(None)
-        self._thread.join()
-
-    def _write(self) -> None:
-        while (line := self._lines.get()) is not None:
-            lines = [line]
-            while len(lines) < 256 and (line := self._next()):
-                lines.append(line)
+        line = orjson.dumps(message) + b"\n"
+        with self._lock:
+            self._lines.append(line)
+            if self._writing:
+                return
+            self._writing = True
+        while True:
+            with self._lock:
+                lines, self._lines = self._lines, []
+                if not lines:
+                    self._writing = False
+                    return
             data = memoryview(b"".join(lines))
             try:
                 while data:
                     data = data[os.write(1, data):]
             except OSError:  # the parent closed the pipe: it has ended (or was killed)
                 os._exit(0)
-            if line is None:
-                return
-
-    def _next(self) -> bytes | None:
-        try:
-            return self._lines.get_nowait()
-        except queue.Empty:
-            return b""
 
 
 def _die_with_parent(parent: int) -> None:
@@ -168,7 +162,6 @@ def main() -> int:
         jobs.put(None)
     for thread in threads:
         thread.join()
-    out.close()
     return 0
 
 
