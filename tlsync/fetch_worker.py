@@ -131,7 +131,7 @@ def _die_with_parent(parent: int) -> None:
     """Ask Linux to kill this process when the thread that started it ends (the pull's main thread)."""
     try:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):
         return  # not Linux: a closed stdin ends the worker
     if os.getppid() != parent:  # the parent ended before the request took effect
         os._exit(0)
