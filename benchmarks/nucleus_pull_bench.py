@@ -101,7 +101,18 @@ FINDINGS = """What the rounds above measure, and what changed for them (issue 22
   client gets from it. On this machine's root disk, creating a file also costs the kernel
   0.02-0.8 ms depending on the folder (ext4 searching its block groups for a free inode); the
   table's last column shows the cost where the store was;
-- memory: the peak RSS in the table is the pull's own (`VmHWM`, read while it runs). It used to be
+- the big slice uses more than one core (session 10): one process's fetch threads share one GIL,
+  and at about 0.5 ms of CPU per image one process cannot pass ~2,000 images a second. After
+  1,000 images a pull hands its plain image GETs to fetch worker processes (`tlsync/fetch_procs.py`;
+  two on this 2-core machine), which place images in the store and answer; the pull's process
+  makes them durable and records them. On 20,000 items into tmpfs, alternating with
+  `TLSYNC_FETCH_PROCESSES=0`: 1,962 and 2,032 against 1,675 and 1,664 items/s. The pull's CPU per
+  item is the same either way (0.58-0.61 ms, workers included): the gain is the second core, which
+  the fake server also needs (0.30-0.45 ms per item), so on this machine the big slice is bound by
+  the two processes' CPU together, and its rate moves with the machine's load (1,600-1,960 items/s
+  for the same 100,000-item pull into tmpfs within the hour);
+- memory: the peak RSS in the table is the pull's own (`VmHWM`, read while it runs), plus each
+  fetch worker's own peak since they exist (about 35 MB each). It used to be
   the rusage's `ru_maxrss`, which Linux carries across `execve`: a pull started by this benchmark,
   whose fake server holds 100,000 items, was charged the benchmark's own size, so the later runs
   of a session read 352-371 MB. That is where the "malloc arenas" story of the session before came

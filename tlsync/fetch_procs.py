@@ -102,7 +102,6 @@ class FetchProcesses:
         self.after = _env_count(AFTER_ENV, DEFAULT_AFTER)
         self.workers: list[_Worker] = []
         self.misses = 0
-        self.sent = 0  # images fetched by workers
         self._seq = itertools.count()
         self._closing = False
         self._shrunk = False
@@ -202,7 +201,6 @@ class FetchProcesses:
             placed = (rest[0], rest[1], rest[2], rest[3])
             self.fetcher.store.adopt_image(placed[0])
             outcome = self.fetcher.stored(item, placed)
-            self.sent += 1
         elif kind == "failed":
             outcome = FetchFailed(rest[0], bool(rest[1]))
         elif kind == "store":
