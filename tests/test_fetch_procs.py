@@ -256,6 +256,15 @@ def test_only_plain_gets_of_the_default_fetch_go_to_workers(tmp_path, monkeypatc
     assert not plain.http.sends_directly("https://user:pw@x.example/a.jpg")
 
 
+def test_a_big_pull_of_local_files_starts_no_worker(tmp_path, monkeypatch):
+    monkeypatch.setenv(fetch_procs.PROCESSES_ENV, "2")
+    monkeypatch.setenv(fetch_procs.AFTER_ENV, "0")
+    procs = FetchProcesses(Fetcher(Store(tmp_path), _Plain(), Limits()), 8, pool=None)  # type: ignore[arg-type]
+    assert not procs.takes(Item("a", ImageRef(str(tmp_path / "a.jpg"))))
+    assert not procs.takes(Item("b", ImageRef(f"file://{tmp_path}/b.jpg")))
+    assert procs.workers == [] and procs.misses == 0
+
+
 def test_the_process_count_is_a_setting(monkeypatch):
     monkeypatch.setenv(fetch_procs.PROCESSES_ENV, "0")
     assert fetch_procs.process_count() == 0

@@ -108,15 +108,16 @@ class FetchProcesses:
         self._lock = threading.Lock()
 
     def takes(self, item: Item) -> bool:
-        """Whether ``item``, a cache miss, goes to a worker; the workers start at the ``after``-th miss."""
-        if self.http is None or self.count == 0:
+        """Whether ``item``, a cache miss, goes to a worker; they start at the ``after``-th miss a worker could take
+        (local files never start them)."""
+        uri = item.image.uri
+        if (self.http is None or self.count == 0 or not uri.startswith(("http://", "https://"))
+                or not self.http.sends_directly(uri)):
             return False
         self.misses += 1
         if not self.workers and self.misses >= self.after:
             self._start()
-        uri = item.image.uri
-        return (any(w.ready and not w.gone for w in self.workers) and uri.startswith(("http://", "https://"))
-                and self.http.sends_directly(uri))
+        return any(w.ready and not w.gone for w in self.workers)
 
     def submit(self, item: Item) -> Future:
         future: Future = Future()
