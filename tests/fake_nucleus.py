@@ -16,7 +16,8 @@ import io
 import itertools
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -274,3 +275,16 @@ class FakeNucleus:
                 return self.misbehave[ref](data, nth)
             kind = "image/jpeg" if data[:2] == b"\xff\xd8" else "image/png"
             return Response(200, data, {"Content-Type": kind})
+
+
+@contextmanager
+def serving_slice(monkeypatch: Any, key: str, items: int, name: str, slice_name: str = "") -> Iterator[FakeNucleus]:
+    """A fake Nucleus whose dataset ds_1 (``name``) and slice slc_1 hold ``items`` items; the
+    environment (through pytest's ``monkeypatch``) points tlsync at it with ``key``."""
+    with FakeNucleus(api_key=key) as fake:
+        fake.add_dataset("ds_1", name)
+        fake.add_slice("slc_1", "ds_1", [], name=slice_name or name)
+        fake.add_items("ds_1", items, slice_id="slc_1")
+        monkeypatch.setenv("NUCLEUS_API_KEY", key)
+        monkeypatch.setenv("NUCLEUS_ENDPOINT", fake.endpoint)
+        yield fake

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_nucleus import FakeNucleus
+from fake_nucleus import FakeNucleus, serving_slice
 
 from tlsync.store import Store
 
@@ -28,12 +28,7 @@ KEY = "nucleus_live_durable_0123456789"
 
 @pytest.fixture
 def nucleus(monkeypatch: pytest.MonkeyPatch):
-    with FakeNucleus(api_key=KEY) as fake:
-        fake.add_dataset("ds_1", "durable")
-        fake.add_slice("slc_1", "ds_1", [], name="durable")
-        fake.add_items("ds_1", 10, slice_id="slc_1")
-        monkeypatch.setenv("NUCLEUS_API_KEY", KEY)
-        monkeypatch.setenv("NUCLEUS_ENDPOINT", fake.endpoint)
+    with serving_slice(monkeypatch, KEY, 10, "durable") as fake:
         yield fake
 
 

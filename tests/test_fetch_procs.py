@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_nucleus import FakeNucleus
+from fake_nucleus import serving_slice
 from test_nucleus_e2e import KEY, assert_store_matches_server, finished_images, pull_args
 
 from tlsync import fetch_procs, fetch_worker, sink
@@ -33,12 +33,7 @@ from tlsync.testing.server import Faults, Response
 @pytest.fixture
 def nucleus(monkeypatch: pytest.MonkeyPatch):
     """A fake Nucleus whose slice slc_1 holds 40 items; pulls use two fetch workers after 4 misses."""
-    with FakeNucleus(api_key=KEY) as fake:
-        fake.add_dataset("ds_1", "horses")
-        fake.add_slice("slc_1", "ds_1", [], name="horses train")
-        fake.add_items("ds_1", 40, slice_id="slc_1")
-        monkeypatch.setenv("NUCLEUS_API_KEY", KEY)
-        monkeypatch.setenv("NUCLEUS_ENDPOINT", fake.endpoint)
+    with serving_slice(monkeypatch, KEY, 40, "horses", "horses train") as fake:
         monkeypatch.setenv(fetch_procs.PROCESSES_ENV, "2")
         monkeypatch.setenv(fetch_procs.AFTER_ENV, "4")
         yield fake

@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from fake_nucleus import FakeNucleus
+from fake_nucleus import FakeNucleus, serving_slice
 
 from tlsync.connectors.nucleus import NucleusSource, NucleusTarget
 from tlsync.format import Box, ImageRef, Item
@@ -24,12 +24,7 @@ KEY = "nucleus_live_8d1f0c9e2a7b"
 @pytest.fixture
 def nucleus(monkeypatch: pytest.MonkeyPatch):
     """A fake Nucleus with dataset ds_1 and slice slc_1 holding 20 items; env points tlsync at it."""
-    with FakeNucleus(api_key=KEY) as fake:
-        fake.add_dataset("ds_1", "horses")
-        fake.add_slice("slc_1", "ds_1", [], name="horses train")
-        fake.add_items("ds_1", 20, slice_id="slc_1")
-        monkeypatch.setenv("NUCLEUS_API_KEY", KEY)
-        monkeypatch.setenv("NUCLEUS_ENDPOINT", fake.endpoint)
+    with serving_slice(monkeypatch, KEY, 20, "horses", "horses train") as fake:
         yield fake
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import responses
-from fake_nucleus import FakeItem, FakeNucleus
+from fake_nucleus import FakeItem, FakeNucleus, serving_slice
 
 from tlsync.connectors.roboflow import RoboflowSource
 from tlsync.testing.server import Request, Response
@@ -23,12 +23,7 @@ DEEP = b"[" * 100_000 + b"]" * 100_000
 
 @pytest.fixture
 def nucleus(monkeypatch: pytest.MonkeyPatch):
-    with FakeNucleus(api_key=KEY) as fake:
-        fake.add_dataset("ds_1", "rows")
-        fake.add_slice("slc_1", "ds_1", [], name="rows")
-        fake.add_items("ds_1", 3, slice_id="slc_1")
-        monkeypatch.setenv("NUCLEUS_API_KEY", KEY)
-        monkeypatch.setenv("NUCLEUS_ENDPOINT", fake.endpoint)
+    with serving_slice(monkeypatch, KEY, 3, "rows") as fake:
         yield fake
 
 
