@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from contextlib import closing as _closing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from . import plugins
 from .errors import PluginError, TlsyncError
@@ -166,14 +166,17 @@ class Fetcher:
         self.store.cache_warm()
         preload()
 
-    def in_order(self, items: Iterable[Item], workers: int) -> Iterator[Item | TlsyncError]:
+    def in_order(self, items: Iterable[Item], workers: int,
+                 processes: Callable[[Fetcher, int, Any], Helpers] | None = None) -> Iterator[Item | TlsyncError]:
         """Every item with its image in the store, in input order, misses fetched in parallel.
 
         A bounded window of pending fetches keeps memory flat however long the source is.
+        ``processes`` (``fetch_procs.FetchProcesses``, which the pull passes) may take misses
+        off the threads; it is handed this fetcher, the concurrency and the thread pool.
         """
-        from .fetch_procs import FetchProcesses
-
-        with _Workers(workers, self._warm) as pool, _closing(FetchProcesses(self, workers, pool)) as procs:
+        helpers = (processes or _NoHelpers)(self, workers, None)
+        with _Workers(workers, self._warm) as pool, _closing(helpers) as procs:
+            procs.pool = pool
             window: deque[Future | Item] = deque()
 
             def head_ready() -> bool:
@@ -197,6 +200,34 @@ class Fetcher:
                         yield pop()
             while window:
                 yield pop()
+
+
+class Helpers(Protocol):
+    """What takes misses off the pull's threads (``fetch_procs.FetchProcesses``)."""
+
+    pool: Any  # the pull's fetch threads, set once they exist
+
+    def takes(self, item: Item) -> bool: ...
+
+    def submit(self, item: Item) -> Future: ...
+
+    def close(self) -> None: ...
+
+
+class _NoHelpers:
+    """Every miss on the threads."""
+
+    def __init__(self, fetcher: Fetcher, threads: int, pool: Any):
+        self.pool = pool
+
+    def takes(self, item: Item) -> bool:
+        return False
+
+    def submit(self, item: Item) -> Future:
+        raise AssertionError("takes() said no")
+
+    def close(self) -> None:
+        pass
 
 
 class _Workers:

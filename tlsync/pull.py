@@ -20,6 +20,7 @@ from typing import Any
 
 from . import __version__, plugins
 from .errors import InvalidItem, PluginError, TlsyncError
+from .fetch_procs import FetchProcesses
 from .fetcher import Fetcher, FetchFailed, Limits
 from .format import Item
 from .manifest import INFO, ManifestWriter, VersionResult, atomic_write_json
@@ -202,7 +203,7 @@ def _write_items(staging: Path, fetcher: Fetcher, source: Source, ctx: PullConte
         writer = ManifestWriter(staging)
     try:
         items = _unique(_from_source(source, ctx, options), set(), ctx)
-        for result in fetcher.in_order(items, concurrency or source.concurrency):
+        for result in fetcher.in_order(items, concurrency or source.concurrency, FetchProcesses):
             if isinstance(result, StoreWriteError):
                 raise result
             if isinstance(result, TlsyncError):
