@@ -173,6 +173,18 @@ def test_kill_9_of_a_pull_ends_its_workers_and_keeps_the_last_version(nucleus, r
     assert_store_matches_server(store, nucleus, "horses@2", 40 + len(added))
 
 
+def test_a_failure_recording_a_workers_image_ends_the_pull_instead_of_hanging_it(nucleus, run_cli, store,
+                                                                                 monkeypatch, answers):
+    def broken(self: Store, rel: str) -> None:
+        raise RuntimeError("recording failed")
+
+    monkeypatch.setattr(Store, "adopt_image", broken)
+    monkeypatch.setenv(fetch_procs.AFTER_ENV, "0")
+    result = run_cli(*pull_args())
+    assert result.exit_code != 0 and "ok" in answers
+    assert "recording failed" in result.stderr and store.versions("horses") == []
+
+
 # -- the worker's side, in this process --------------------------------------------------
 
 

@@ -189,7 +189,11 @@ class FetchProcesses:
                     seq, kind, *rest = orjson.loads(line)
                     with worker.lock:
                         future, item = worker.pending.pop(seq)
-                    self._answer(future, item, kind, rest)
+                    try:
+                        self._answer(future, item, kind, rest)
+                    except Exception as e:  # a bug here must reach the pull, not leave it waiting forever
+                        if not future.done():
+                            future.set_exception(e)
         except (OSError, ValueError, KeyError):  # a garbled line: treat the worker as gone
             pass
         with worker.lock:
