@@ -109,10 +109,11 @@ FINDINGS = """What the rounds above measure, and what changed for them (issue 22
   `TLSYNC_FETCH_PROCESSES=0`: 1,962 and 2,032 against 1,675 and 1,664 items/s. The pull's CPU per
   item is the same either way (0.58-0.61 ms, workers included): the gain is the second core, which
   the fake server also needs (0.30-0.45 ms per item), so on this machine the big slice is bound by
-  the two processes' CPU together, and its rate moves with the machine's load (1,600-1,960 items/s
+  the two processes' CPU together, and its rate moves with the machine's speed (1,399-1,959 items/s
   for the same 100,000-item pull into tmpfs within the hour);
 - memory: the peak RSS in the table is the pull's own (`VmHWM`, read while it runs), plus each
-  fetch worker's own peak since they exist (about 35 MB each). It used to be
+  fetch worker's own peak since they exist (165-167 MB in all, against 98-101 MB for the pull
+  alone before workers). It used to be
   the rusage's `ru_maxrss`, which Linux carries across `execve`: a pull started by this benchmark,
   whose fake server holds 100,000 items, was charged the benchmark's own size, so the later runs
   of a session read 352-371 MB. That is where the "malloc arenas" story of the session before came

@@ -249,11 +249,11 @@ def test_only_plain_gets_of_the_default_fetch_go_to_workers(tmp_path, monkeypatc
     monkeypatch.setenv(fetch_procs.PROCESSES_ENV, "2")
     monkeypatch.setenv(fetch_procs.AFTER_ENV, "1000000")  # never start: only the decision is tested
     store = Store(tmp_path)
-    own = FetchProcesses(Fetcher(store, _OwnFetch(), Limits()), 8, pool=None)
+    own = FetchProcesses(Fetcher(store, _OwnFetch(), Limits()), 8, pool=None)  # type: ignore[arg-type]
     assert own.http is None and not own.takes(Item("a", ImageRef("https://x.example/a.jpg")))
 
     plain = _Plain()
-    procs = FetchProcesses(Fetcher(store, plain, Limits()), 8, pool=None)
+    procs = FetchProcesses(Fetcher(store, plain, Limits()), 8, pool=None)  # type: ignore[arg-type]
     assert procs.http is plain.http and procs.count == 2
 
     plain.http.session.auth = ("user", "pass")  # requests must send this one
@@ -266,7 +266,7 @@ def test_only_plain_gets_of_the_default_fetch_go_to_workers(tmp_path, monkeypatc
 def test_a_big_pull_of_local_files_starts_no_worker(tmp_path, monkeypatch):
     monkeypatch.setenv(fetch_procs.PROCESSES_ENV, "2")
     monkeypatch.setenv(fetch_procs.AFTER_ENV, "0")
-    procs = FetchProcesses(Fetcher(Store(tmp_path), _Plain(), Limits()), 8, pool=None)
+    procs = FetchProcesses(Fetcher(Store(tmp_path), _Plain(), Limits()), 8, pool=None)  # type: ignore[arg-type]
     assert not procs.takes(Item("a", ImageRef(str(tmp_path / "a.jpg"))))
     assert not procs.takes(Item("b", ImageRef(f"file://{tmp_path}/b.jpg")))
     assert procs.workers == [] and procs.misses == 0

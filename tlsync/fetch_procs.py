@@ -93,7 +93,7 @@ class _Worker:
 class FetchProcesses:
     """Hands a pull's plain GETs to worker processes once the pull is big enough (see the module's docstring)."""
 
-    def __init__(self, fetcher: Fetcher, threads: int, pool: ThreadPool | None):
+    def __init__(self, fetcher: Fetcher, threads: int, pool: ThreadPool):
         self.fetcher = fetcher
         self.threads = threads  # the pull's concurrency, shared among the workers
         self.pool = pool
@@ -131,13 +131,8 @@ class FetchProcesses:
         if taken:  # if sending fails, the worker is gone: its reader hands this job to the threads with the rest
             self._send(cast(_Worker, worker), [seq, item.image.uri, item.id])
         else:
-            self._chain(self._threads().submit(self.fetcher.fetch, item), future)
+            self._chain(self.pool.submit(self.fetcher.fetch, item), future)
         return future
-
-    def _threads(self) -> ThreadPool:
-        if self.pool is None:
-            raise AssertionError("Fetcher.in_order sets the pool before the first miss")
-        return self.pool
 
     def _send(self, worker: _Worker, job: Any) -> bool:
         data = memoryview(orjson.dumps(job) + b"\n")
@@ -184,7 +179,7 @@ class FetchProcesses:
                 with self._lock:
                     first, self._shrunk = not self._shrunk, True
                 if first:  # the workers' connections replace most of the threads'
-                    self._threads().shrink(KEEP_THREADS)
+                    self.pool.shrink(KEEP_THREADS)
                 for line in stdout:
                     seq, kind, *rest = orjson.loads(line)
                     with worker.lock:
@@ -203,7 +198,7 @@ class FetchProcesses:
             if self._closing:
                 future.cancel()
             else:
-                self._chain(self._threads().submit(self.fetcher.fetch, item), future)
+                self._chain(self.pool.submit(self.fetcher.fetch, item), future)
 
     def _answer(self, future: Future, item: Item, kind: str, rest: list[Any]) -> None:
         outcome: Any

@@ -56,7 +56,8 @@ class Downloads(Source):
         self._http = http
 
     def items(self, ctx: PullContext, **options: Any) -> Iterator[Item]:
-        raise NotImplementedError("a fetch worker only fetches")
+        """None: a worker is handed its items one by one, by the pull that listed them."""
+        return iter(())
 
 
 def http_settings(http: HttpClient) -> dict[str, Any]:

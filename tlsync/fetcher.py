@@ -174,9 +174,7 @@ class Fetcher:
         ``processes`` (``fetch_procs.FetchProcesses``, which the pull passes) may take misses
         off the threads; it is handed this fetcher, the concurrency and the thread pool.
         """
-        helpers = (processes or _NoHelpers)(self, workers, None)
-        with _Workers(workers, self._warm) as pool, _closing(helpers) as procs:
-            procs.pool = pool
+        with _Workers(workers, self._warm) as pool, _closing((processes or _NoHelpers)(self, workers, pool)) as procs:
             window: deque[Future | Item] = deque()
 
             def head_ready() -> bool:
@@ -205,8 +203,6 @@ class Fetcher:
 class Helpers(Protocol):
     """What takes misses off the pull's threads (``fetch_procs.FetchProcesses``)."""
 
-    pool: Any  # the pull's fetch threads, set once they exist
-
     def takes(self, item: Item) -> bool: ...
 
     def submit(self, item: Item) -> Future: ...
@@ -218,7 +214,7 @@ class _NoHelpers:
     """Every miss on the threads."""
 
     def __init__(self, fetcher: Fetcher, threads: int, pool: Any):
-        self.pool = pool
+        pass
 
     def takes(self, item: Item) -> bool:
         return False
