@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+from pathlib import Path
 
 import pytest
 
@@ -61,9 +62,9 @@ def test_a_small_image_reaches_the_disk_in_one_write(store, monkeypatch) -> None
 def test_temp_names_carry_the_pid_and_skip_a_name_already_taken(tmp_path) -> None:
     fd, first = create_temp(tmp_path)
     os.close(fd)
-    pid, number = first.name.split("-")
+    pid, number = Path(first).name.split("-")
     assert pid == str(os.getpid())  # clean_tmp removes a dead process's leftovers by this pid
     (tmp_path / f"{pid}-{int(number) + 1}").write_bytes(b"left by an earlier process of this pid")
     fd, second = create_temp(tmp_path)
     os.close(fd)
-    assert second.name == f"{pid}-{int(number) + 2}" and second.read_bytes() == b""
+    assert Path(second).name == f"{pid}-{int(number) + 2}" and Path(second).read_bytes() == b""

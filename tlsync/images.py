@@ -157,7 +157,7 @@ class IncompleteImage(TlsyncError):
     """
 
 
-def check_complete_image(path: Path, data: bytes | None = None) -> tuple[int, int, str]:
+def check_complete_image(path: str | Path, data: bytes | None = None) -> tuple[int, int, str]:
     """``image_info`` plus proof that the file holds the whole image, not just its header.
 
     The one check every stored image passes (local files and downloads alike): the
@@ -258,7 +258,7 @@ def _check_png(f: IO[bytes], size: int) -> None:
     raise IncompleteImage("not a readable image (truncated PNG: its chunks end before IEND)")
 
 
-def _decode_fully(path: Path) -> None:
+def _decode_fully(path: str | Path) -> None:
     from PIL import Image
 
     try:

@@ -14,7 +14,6 @@ import errno
 import hashlib
 import itertools
 import os
-from pathlib import Path
 from typing import Any
 
 from .errors import TlsyncError
@@ -141,18 +140,20 @@ if hasattr(os, "register_at_fork"):  # POSIX: a forked child counts under its ow
     os.register_at_fork(after_in_child=_forked)
 
 
-def create_temp(folder: Path) -> tuple[int, Path]:
+_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+
+
+def create_temp(folder: str | os.PathLike[str]) -> tuple[int, str]:
     """A new empty file in ``folder``, named ``<pid>-<n>`` (``Store.clean_tmp`` reads the pid).
 
     Not ``tempfile.mkstemp``: that asks the kernel for the pid and draws a random name for
     every file. Here the pid is known and the number counts up; ``O_EXCL`` still refuses an
     existing name (one left by an earlier process of the same pid), and the next number is tried.
     """
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
     while True:
-        path = folder / f"{_PID}-{next(_TEMP_NUMBERS)}"
+        path = os.path.join(folder, f"{_PID}-{next(_TEMP_NUMBERS)}")
         try:
-            return os.open(path, flags, 0o600), path
+            return os.open(path, _TEMP_FLAGS, 0o600), path
         except FileExistsError:
             continue
 

@@ -22,7 +22,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -124,7 +124,11 @@ class Store:
         self.datasets_dir = self.home / "datasets"
         self._cache = FetchCache(self.home / "fetch-cache.sqlite")
         self._durable = DurableBatch(self._cache.put_many)
-        self._folders: set[Path] = set()  # image folders known to exist (see ``_folder``)
+        # The write path works on strings: a fetch thread stores thousands of images a second,
+        # and pathlib's parsing and joining cost it more than the system calls they name.
+        self._home = str(self.home)
+        self._tmp_dir = os.path.join(self._home, "images", ".tmp")
+        self._folders: set[str] = set()  # image folders known to exist (see ``_folder``)
 
     # -- images ---------------------------------------------------------------------------
 
@@ -193,7 +197,7 @@ class Store:
         real name; ``clean_tmp`` removes what dead processes left behind. Any error writing
         the store is a ``StoreWriteError``, whatever ``write`` did with it.
         """
-        tmp_dir = self.images_dir / ".tmp"
+        tmp_dir = self._tmp_dir
         try:
             fd, tmp = self._folder(tmp_dir, lambda: create_temp(tmp_dir))
         except OSError as e:
@@ -209,22 +213,24 @@ class Store:
                     raise sink.failed from None
             width, height, ext = check_complete_image(tmp, sink.kept())  # IncompleteImage when cut short
             rel = self.image_relpath(sink.sha256(), ext)
-            self._place(tmp, self.home / rel)
+            self._place(tmp, os.path.join(self._home, rel))
             return rel, sink.sha256(), width, height
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            with suppress(FileNotFoundError):
+                os.unlink(tmp)
             raise
 
-    def _place(self, tmp: Path, dest: Path) -> None:
+    def _place(self, tmp: str, dest: str) -> None:
+        folder = os.path.dirname(dest)
         try:
-            if dest.exists():
-                tmp.unlink()
+            if os.path.exists(dest):
+                os.unlink(tmp)
             else:
-                self._folder(dest.parent, lambda: os.replace(tmp, dest))
+                self._folder(folder, lambda: os.replace(tmp, dest))
         except OSError as e:
-            raise store_write_error(e, dest.parent) from None
+            raise store_write_error(e, folder) from None
 
-    def _folder(self, folder: Path, act: Callable[[], T]) -> T:
+    def _folder(self, folder: str, act: Callable[[], T]) -> T:
         """``act()``, which writes into ``folder``, with ``folder`` created first if need be.
 
         A pull's images go into 257 folders: making sure of one with ``mkdir(exist_ok=True)``
@@ -232,12 +238,12 @@ class Store:
         CPU per image). Known folders are remembered; one removed meanwhile is made again.
         """
         if folder not in self._folders:
-            folder.mkdir(parents=True, exist_ok=True)
+            os.makedirs(folder, exist_ok=True)
             self._folders.add(folder)
         try:
             return act()
         except FileNotFoundError:
-            folder.mkdir(parents=True, exist_ok=True)
+            os.makedirs(folder, exist_ok=True)
             return act()
 
     def sync_images(self) -> None:

@@ -197,6 +197,8 @@ class LoopbackServer:
     # -- serving (called from handler threads) ------------------------------------------
 
     def _pick_fault(self, method: str, path: str) -> str | None:
+        if self._faults is None:  # most servers: no lock taken, no generator seeded per request
+            return None
         with self._lock:
             faults = self._faults
             key = (method, path)
