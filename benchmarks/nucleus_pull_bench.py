@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import requests
@@ -279,9 +280,14 @@ def speed(args: argparse.Namespace, photos: list[bytes]) -> tuple[list[str], dic
     return rows, figures
 
 
-def memory(items: int, python: str, folder: Path | None = None) -> dict[str, float | str]:
-    """The big slice: tiny images, no latency, so that what is measured is tlsync's own cost per item."""
-    with FakeNucleus(image_size=(8, 8)) as nucleus, tempfile.TemporaryDirectory(dir=folder) as tmp:
+def memory(items: int, python: str, folder: Path | None = None,
+           keep: ExitStack | None = None) -> dict[str, float | str]:
+    """The big slice: tiny images, no latency, so that what is measured is tlsync's own cost per item.
+
+    The store is removed when ``keep`` closes (at once without one): see ``file_creation_cost``.
+    """
+    with FakeNucleus(image_size=(8, 8)) as nucleus, ExitStack() as own:
+        tmp = (keep or own).enter_context(tempfile.TemporaryDirectory(dir=folder))
         nucleus.add_dataset("ds_bench", "bench")
         nucleus.add_slice(SLICE, "ds_bench", [])
         nucleus.add_items("ds_bench", items, slice_id=SLICE)
@@ -294,28 +300,34 @@ def memory(items: int, python: str, folder: Path | None = None) -> dict[str, flo
     return run
 
 
-def file_creation_cost(folder: Path, files: int = 2000) -> float:
+def file_creation_cost(folder: Path, keep: ExitStack, files: int = 2000) -> float:
     """Kernel CPU seconds one empty-file creation costs on ``folder``'s filesystem.
 
     A store keeps one file per image, so this is a floor under any pull's cost per item that
-    no change to tlsync can lower (on this machine's ext4: ~0.8 ms, against ~0.01 ms on tmpfs).
+    no change to tlsync can lower. The files are removed only when the ``with`` block ends (after
+    the benchmark): on a journal-less ext4, as this machine's root disk is, the allocator passes
+    over every inode freed in the last 1-6 minutes (``recently_deleted`` in ext4's ialloc.c), so
+    files deleted at once would make the pull's own file creations cost more.
     """
-    with tempfile.TemporaryDirectory(dir=folder) as tmp:
-        before = resource.getrusage(resource.RUSAGE_THREAD)
-        for n in range(files):
-            os.close(os.open(f"{tmp}/{n}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
-        after = resource.getrusage(resource.RUSAGE_THREAD)
+    tmp = keep.enter_context(tempfile.TemporaryDirectory(dir=folder))
+    before = resource.getrusage(resource.RUSAGE_THREAD)
+    for n in range(files):
+        os.close(os.open(f"{tmp}/{n}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    after = resource.getrusage(resource.RUSAGE_THREAD)
     return (after.ru_stime - before.ru_stime) / files
 
 
-def big_slice(args: argparse.Namespace) -> list[str]:
-    """The 100,000-item pull on the benchmark's disk and, where there is one, on tmpfs (or ``--big-dirs``)."""
+def big_slice(args: argparse.Namespace, keep: ExitStack) -> list[str]:
+    """The 100,000-item pull on the benchmark's disk and, where there is one, on tmpfs (or ``--big-dirs``).
+
+    Its stores and files are removed when ``keep`` closes, at the benchmark's end (``file_creation_cost``).
+    """
     met = lambda ok: "met" if ok else "NOT met"  # noqa: E731
     lines = []
     places = [Path(p) for p in args.big_dirs.split(",")] if args.big_dirs else [args.dir, Path("/dev/shm")]
     for where in [p for p in places if p.is_dir()]:
-        create = file_creation_cost(where)
-        run = memory(args.big, args.python, where)
+        create = file_creation_cost(where, keep)
+        run = memory(args.big, args.python, where, keep)
         seconds, rss = float(run["seconds"]), float(run["rss"])
         rate, cpu = args.big / seconds, (float(run["user"]) + float(run["sys"])) / args.big
         lines.append(f"| {where} | {seconds:.0f} s | **{rate:,.0f}** ({met(rate >= ITEMS_PER_S_TARGET)}) | "
@@ -358,7 +370,12 @@ def main() -> None:
     print(f"{len(photos)} photos from {args.photos} ({mb:.0f} MB), {args.latency * 1000:.0f} ms per request")
 
     load_before = os.getloadavg()[0]
-    rows, f = speed(args, photos)
+    # The big slice first, its stores kept to the end: on a journal-less ext4 the files deleted in
+    # the last minutes make every file created meanwhile cost more (``file_creation_cost``).
+    keep = ExitStack()
+    with keep:
+        big = big_slice(args, keep) if args.big else []
+        rows, f = speed(args, photos)
     met = lambda ok: "met" if ok else "NOT met"  # noqa: E731
     body = [f"{args.items} real photos ({args.photos.parent.name}/{args.photos.name}: {mb:.0f} MB of JPEG), "
             f"{args.latency * 1000:.0f} ms per request, fake Nucleus on 127.0.0.1, {args.rounds} alternating "
@@ -380,8 +397,7 @@ def main() -> None:
                      f"start-up {f['before_startup']:.2f} s, export paging "
                      f"{f['before_export']:.2f} s, images {f['before_images']:.2f} s, publishing "
                      f"{f['before_publish']:.2f} s; {f['before_cpu']:.2f} s of CPU.", "", FINDINGS]
-    if args.big:
-        body += big_slice(args)
+    body += big
     print("\n".join(body))
     if not args.no_report:
         update_section("nucleus", "Nucleus pull", "\n".join(body), "python benchmarks/nucleus_pull_bench.py")

@@ -208,16 +208,16 @@ def test_a_cookie_for_the_image_host_is_sent_and_one_for_another_host_does_not_m
 
 def test_connection_failures_become_the_exceptions_requests_raises_for_them():
     """So retries (connection errors, timeouts) and "could not be sent" (bad URL) stay as they were."""
-    import http.client
     import ssl
 
     import requests
 
     from tlsync.http_lean import _translate
+    from tlsync.http_wire import InvalidTarget, WireError
 
     assert type(_translate(TimeoutError("slow"), "connect")) is requests.ConnectTimeout
     assert type(_translate(TimeoutError("slow"), "read")) is requests.ReadTimeout
     assert type(_translate(ConnectionRefusedError("refused"), "connect")) is requests.ConnectionError
     assert type(_translate(ssl.SSLCertVerificationError("bad cert"), "connect")) is requests.exceptions.SSLError
-    assert type(_translate(http.client.BadStatusLine("garbage"), "read")) is requests.ConnectionError
-    assert type(_translate(http.client.InvalidURL("no host"), "connect")) is requests.exceptions.InvalidURL
+    assert type(_translate(WireError("garbage"), "read")) is requests.ConnectionError
+    assert type(_translate(InvalidTarget("a space"), "connect")) is requests.exceptions.InvalidURL

@@ -1,4 +1,4 @@
-"""Image GETs on ``http.client`` (``tlsync.http_lean``) do what urllib3 did for them.
+"""Image GETs on a socket of their own (``tlsync.http_lean``, ``tlsync.http_wire``) do what urllib3 did for them.
 
 Each test downloads through ``HttpClient`` from a real loopback server, with requests' own
 ``Session.request`` made to fail, so that only the lean path can pass it.
@@ -7,7 +7,6 @@ Each test downloads through ``HttpClient`` from a real loopback server, with req
 from __future__ import annotations
 
 import gzip
-import http.client
 import io
 import threading
 import time
@@ -16,6 +15,7 @@ import pytest
 from test_http_direct import BODY, direct_client
 
 from tlsync.http import HttpError
+from tlsync.http_wire import Connection
 from tlsync.testing.server import LoopbackServer, Response
 
 
@@ -28,13 +28,13 @@ def sleeps() -> list[float]:
 def connects(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Every TCP connection the lean path opens, by thread."""
     opened: list[str] = []
-    real = http.client.HTTPConnection.connect
+    real = Connection.connect
 
-    def connect(self) -> None:
+    def connect(self, timeout: float) -> None:
         opened.append(threading.current_thread().name)
-        real(self)
+        real(self, timeout)
 
-    monkeypatch.setattr(http.client.HTTPConnection, "connect", connect)
+    monkeypatch.setattr(Connection, "connect", connect)
     return opened
 
 

@@ -6,7 +6,7 @@ cookies, hooks, auth and settings, re-prepares and re-quotes the URL, looks for 
 millisecond of CPU per image, held under the GIL that all fetch threads share, so at 64
 threads it bounds the pull, not the network. Here what requests would decide for a host
 (proxy, ``.netrc``, CA bundle, headers) is worked out once, and the GET goes out on a
-keep-alive ``http.client`` connection of the fetch thread's own (``http_lean``), with the
+keep-alive connection of the fetch thread's own (``http_lean``), with the
 same headers, timeouts and TLS settings; the answer reads like a ``requests.Response``
 (failures are raised as the same requests exceptions, so callers and their messages do not change).
 
@@ -133,4 +133,8 @@ class DirectGet:
         # The session's headers as a plain dict, taken once: copying requests' CaseInsensitiveDict
         # per request is slow Python. The session is HttpClient's own.
         headers: dict[str, Any] = dict(self.session.headers.items())
-        return _Plan(adapter, LeanGet(host_params["scheme"], host_params["host"], host_params["port"], headers, verify))
+        try:
+            lean = LeanGet(host_params["scheme"], host_params["host"], host_params["port"], headers, verify)
+        except (ValueError, UnicodeError):  # a header with a line break in it: requests refuses it in its words
+            return None
+        return _Plan(adapter, lean)
