@@ -55,7 +55,12 @@ class FakeSlice:
 
 @lru_cache(maxsize=4096)
 def image_bytes(ref_id: str, size: tuple[int, int] = (64, 48)) -> bytes:
-    """The PNG the server serves for ``ref_id``: deterministic, distinct per item.
+    """The PNG the server serves for ``ref_id``: deterministic, distinct per item."""
+    return draw_png(ref_id, size)
+
+
+def draw_png(ref_id: str, size: tuple[int, int]) -> bytes:
+    """``image_bytes``, uncached.
 
     A background of one colour with a rectangle of another, both drawn from the id's hash.
     Encoded here with zlib rather than by PIL: the benchmarks' fake server serves 100,000
@@ -94,6 +99,7 @@ class FakeNucleus:
         self.api_key = api_key
         self.photos = photos or []
         self._photo_of: dict[str, int] = {}
+        self._stored: dict[str, bytes] = {}  # generated PNGs, drawn when their item is added
         self.image_size = image_size
         self.max_page_size = max_page_size
         self.datasets: dict[str, FakeDataset] = {}
@@ -144,6 +150,8 @@ class FakeNucleus:
                      (LABELS[(i + 1) % len(LABELS)], w / 4, h / 4, w / 3, h / 3)]
             dataset.items[ref] = FakeItem(ref, boxes)
             self._photo_of[ref] = i
+            if not self.photos:  # a CDN serves stored bytes: none are drawn while a pull is being timed
+                self._stored[ref] = draw_png(ref, self.image_size)
             ref_ids.append(ref)
         if slice_id:
             self.slices[slice_id].ref_ids.extend(ref_ids)
@@ -158,7 +166,8 @@ class FakeNucleus:
         """The bytes served for ``ref_id``: its photo, or its generated PNG."""
         if self.photos and ref_id in self._photo_of:
             return self.photos[self._photo_of[ref_id] % len(self.photos)]
-        return image_bytes(ref_id, self.image_size)
+        stored = self._stored.get(ref_id)
+        return stored if stored is not None else image_bytes(ref_id, self.image_size)
 
     def image_sha256(self, ref_id: str) -> str:
         return hashlib.sha256(self.image_data(ref_id)).hexdigest()

@@ -296,6 +296,19 @@ class _Handler(BaseHTTPRequestHandler):
         # client's delayed ACK and every response waits ~40 ms.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
+    _date: tuple[int, str] = (0, "")
+
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        """The ``Date`` header, formatted once a second: the stdlib formats it for every answer."""
+        if timestamp is not None:
+            return super().date_time_string(timestamp)
+        second, text = _Handler._date
+        if second != int(time.time()):
+            second = int(time.time())
+            text = super().date_time_string(second)
+            _Handler._date = (second, text)
+        return text
+
     def handle_one_request(self) -> None:
         try:
             super().handle_one_request()
