@@ -100,8 +100,8 @@ FINDINGS = """What the rounds above measure, and what changed for them (issue 22
   ~0.14 ms, measured alone; the rest is the GIL passing between 64 threads). The fake server
   adds about 0.35 ms on the same 2 cores; `benchmarks/loopback_ceiling.py` measures what a bare
   client gets from it. On this machine's root disk, creating a file also costs the kernel
-  0.02-0.8 ms depending on the folder (ext4 searching its block groups for a free inode); the
-  table's last column shows the cost where the store was;
+  0.02-0.8 ms (see the session 11 item below for why); the table's last column shows the cost
+  where the store was;
 - the big slice uses more than one core (session 10): one process's fetch threads share one GIL,
   and at about 0.5 ms of CPU per image one process cannot pass ~2,000 images a second. After
   1,000 images a pull hands its plain image GETs to fetch worker processes (`tlsync/fetch_procs.py`;
@@ -112,6 +112,26 @@ FINDINGS = """What the rounds above measure, and what changed for them (issue 22
   the fake server also needs (0.30-0.45 ms per item), so on this machine the big slice is bound by
   the two processes' CPU together, and its rate moves with the machine's speed (1,399-1,959 items/s
   for the same 100,000-item pull into tmpfs within the hour);
+- the big slice's CPU per item went down again (session 11). Measured on 20,000 items into tmpfs in
+  3 alternating rounds against the session's starting code, with the same fake server: the
+  store's write path on plain strings instead of pathlib (`Store.write_image` alone, one thread:
+  51-58 against 114-127 µs per image), and image answers parsed by llhttp (`httptools`) on a
+  plain socket instead of `http.client` (`tlsync/http_wire.py`; one GET's client CPU measured
+  alone: 36-38 against 101-110 µs). Both together: 1,837 against 1,652 items/s (medians), 0.62
+  against 0.76 ms of CPU per item. With `TLSYNC_FETCH_PROCESSES=0` (one process) the same pull ran
+  at 1,841 and 2,029 items/s, against 2,429 and 2,886 with its two workers;
+- the fake server's own CPU per item went down from 0.30-0.46 ms (session 10) to 0.22-0.27 ms. It
+  stands in for a remote API and CDN, whose CPU is not spent on the pull's machine, but here it
+  shares the 2 cores: it drew each generated PNG with PIL as it was requested (about 0.1 ms); it
+  now draws them with zlib (the same pixels) when the items are added, encodes its export pages
+  with orjson, and formats its `Date` header once a second;
+- this machine's root disk is ext4 without a journal. There, a new inode passes over every inode
+  freed in the last 1-6 minutes (`recently_deleted` in the kernel's fs/ext4/ialloc.c, which only
+  journal-less file systems run), one by one: creating an empty file cost 0.2-0.7 ms of kernel
+  CPU within minutes of deleting many files, and 22-27 µs otherwise (5,000 files, measured
+  alone). A pull creates a file per image, so the big slice now runs before the rounds (which
+  delete a store each) and its files, and those of the creation-cost measurement, are removed
+  only when the benchmark ends;
 - memory: the peak RSS in the table is the pull's own (`VmHWM`, read while it runs), plus each
   fetch worker's own peak since they exist (165-167 MB in all, against 98-101 MB for the pull
   alone before workers). It used to be
