@@ -120,7 +120,7 @@ FINDINGS = """What the rounds above measure, and what changed for them (issue 22
   alone: 36-38 against 101-110 µs). Both together: 1,837 against 1,652 items/s (medians), 0.62
   against 0.76 ms of CPU per item. With `TLSYNC_FETCH_PROCESSES=0` (one process) the same pull ran
   at 1,841 and 2,029 items/s, against 2,429 and 2,886 with its two workers;
-- the fake server's own CPU per item went down from 0.30-0.46 ms (session 10) to 0.22-0.27 ms. It
+- the fake server's own CPU per item went down from 0.30-0.46 ms (session 10) to 0.19-0.29 ms. It
   stands in for a remote API and CDN, whose CPU is not spent on the pull's machine, but here it
   shares the 2 cores: it drew each generated PNG with PIL as it was requested (about 0.1 ms); it
   now draws them with zlib (the same pixels) when the items are added, encodes its export pages

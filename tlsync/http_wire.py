@@ -3,7 +3,7 @@
 ``http_lean`` sends a pull's image GETs here. ``http.client`` cost about 70 µs of CPU per
 request over the socket work itself (a buffered file over the socket, a ``readline`` per
 header line, the email package's parser for the header block), held under the GIL that a
-fetch worker's threads share: a quarter of what a worker spends on an image. Here a
+fetch worker's threads share: about a fifth of what a worker spent on an image. Here a
 request is one ``sendall`` of bytes prepared once per host, and the answer is fed, as it
 arrives, to llhttp: Node.js's parser, in C, and strict about what it accepts (conflicting
 lengths, malformed chunk sizes, bytes that are not HTTP).

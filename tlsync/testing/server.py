@@ -302,11 +302,11 @@ class _Handler(BaseHTTPRequestHandler):
         """The ``Date`` header, formatted once a second: the stdlib formats it for every answer."""
         if timestamp is not None:
             return super().date_time_string(timestamp)
+        now = int(time.time())
         second, text = _Handler._date
-        if second != int(time.time()):
-            second = int(time.time())
-            text = super().date_time_string(second)
-            _Handler._date = (second, text)
+        if second != now:
+            text = super().date_time_string(now)
+            _Handler._date = (now, text)
         return text
 
     def handle_one_request(self) -> None:
