@@ -108,7 +108,9 @@ def redact(text: str) -> str:
     """Replace every known secret, and any ``api_key=...`` query value, with ``***``."""
     if _KNOWN_RE is not None:
         text = _KNOWN_RE.sub("***", text)
-    return _QUERY_KEY.sub(r"\1***", text)
+    # The case-blind query pattern costs 3 µs even on a URL it cannot match, and a pull redacts
+    # every item's URI twice: most have no "=" at all.
+    return _QUERY_KEY.sub(r"\1***", text) if "=" in text else text
 
 
 def strip_queries(text: str) -> str:

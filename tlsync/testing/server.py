@@ -226,7 +226,7 @@ class LoopbackServer:
                     return Response.json({"error": "handler raised"}, 500)
         return Response.json({"error": f"no route for {method} {path}"}, 404)
 
-    def _serve(self, handler: BaseHTTPRequestHandler) -> None:
+    def _serve(self, handler: _Handler) -> None:
         length = int(handler.headers.get("Content-Length") or 0)
         body = handler.rfile.read(length) if length else b""
         parts = urlsplit(handler.path)
@@ -257,9 +257,13 @@ class LoopbackServer:
         else:
             handler.send_header("Connection", "close")
             handler.close_connection = True
-        handler.end_headers()
-        if handler.command != "HEAD":
+        if handler.command == "HEAD":
+            handler.end_headers()
+        elif response.drip or response.cut_at is not None:
+            handler.end_headers()
             _send_body(handler, response)
+        else:
+            handler.end_headers_with(response.body)
 
 
 def _send_body(handler: BaseHTTPRequestHandler, response: Response) -> None:
@@ -297,6 +301,17 @@ class _Handler(BaseHTTPRequestHandler):
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     _date: tuple[int, str] = (0, "")
+    _headers_buffer: list[bytes]  # http.server's own, which its stub leaves out
+
+    def end_headers_with(self, body: bytes) -> None:
+        """End the headers and send them with ``body`` in one write, as a CDN answers a small file.
+
+        Two writes were two sends and two TCP segments (``TCP_NODELAY``): on a 30,000-image loopback
+        pull the fake Nucleus server's CPU per image went from 0.19-0.20 ms to 0.16-0.18 ms.
+        """
+        self._headers_buffer.append(b"\r\n")
+        self._headers_buffer.append(body)
+        self.flush_headers()
 
     def date_time_string(self, timestamp: float | None = None) -> str:
         """The ``Date`` header, formatted once a second: the stdlib formats it for every answer."""
