@@ -60,3 +60,30 @@ def test_a_pull_finishes_when_the_os_refuses_more_fetch_threads(run_cli, store, 
     assert "12 items" in result.stdout and "new version limited@1" in result.stdout
     assert started == ["tlsync-fetch_0"]
     assert len(list(store.open("limited").items())) == 12
+
+
+def test_one_slow_image_does_not_hold_up_the_downloads_behind_it(run_cli, store, monkeypatch):
+    """Items are written in the source's order, but the fetches behind a slow one go on: with 2 threads,
+    the first image is released only once 20 later ones are in the store (the window is 16 per thread).
+    Had the pull stopped starting fetches while it waited, it would have waited out the 20 s."""
+    from tlsync.connectors.synthetic import SyntheticSource
+
+    real_fetch = SyntheticSource.fetch
+    done, lock, twenty = [0], threading.Lock(), threading.Event()
+    waited: list[bool] = []
+
+    def fetch(self: SyntheticSource, item, out) -> None:
+        if item.id.endswith("-000000"):
+            waited.append(twenty.wait(20))
+        real_fetch(self, item, out)
+        with lock:
+            done[0] += 1
+            if done[0] >= 20:
+                twenty.set()
+
+    monkeypatch.setattr(SyntheticSource, "fetch", fetch)
+    result = run_cli("pull", "--source", "synthetic", "--items", "24", "--size", "32", "--concurrency", "2",
+                     "--dataset", "patient")
+    assert result.exit_code == 0, result.stderr
+    assert waited == [True]
+    assert [item.id for item in store.open("patient").items()][:2] == ["synthetic-0-000000", "synthetic-0-000001"]
