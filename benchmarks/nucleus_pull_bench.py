@@ -132,6 +132,16 @@ FINDINGS = """What the rounds above measure, and what changed for them (issue 22
   alone). A pull creates a file per image, so the big slice now runs before the rounds (which
   delete a store each) and its files, and those of the creation-cost measurement, are removed
   only when the benchmark ends;
+- the big slice's idle cores (session 12). Items leave the fetcher in the source's order, and at
+  most 4 fetches per thread (256) could be pending: one slow fetch at the head stopped new ones
+  from starting, and the 2 cores sat idle 6-10% of a 30,000-item pull into tmpfs. With 16 per
+  thread (`WINDOW_PER_THREAD` in `tlsync/fetcher.py`), 4 alternating rounds: 3,056 against 2,589
+  items/s (8 per thread: 2,837; 32: 2,910; 64: 2,881), 0.42 against 0.47 ms of CPU per item, the
+  same peak RSS (148-149 MB), idle 2-5%. Also this session: `redact` runs its case-blind query
+  pattern only on text holding an `=` (3.3 µs a call, two calls per item), and the fake server
+  sends each answer's headers and body in one write (its CPU per item 0.16-0.18 against
+  0.19-0.20 ms). All of it against the session's starting code, with the new fake server in both
+  arms, 30,000 items into tmpfs, 4 alternating rounds: 3,350 against 2,962 items/s;
 - memory: the peak RSS in the table is the pull's own (`VmHWM`, read while it runs), plus each
   fetch worker's own peak since they exist (165-167 MB in all, against 98-101 MB for the pull
   alone before workers). It used to be
