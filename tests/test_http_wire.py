@@ -120,6 +120,7 @@ def test_a_body_that_ends_at_close_is_read_to_the_close(sleeps, monkeypatch) -> 
     (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n", "a protocol switch"),
     (b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(101)) + b"Content-Length: 3\r\n\r\nabc",
      "101 headers"),
+    (b"HTTP/1.1 200 OK\r\n" + b"X-Same: 1\r\n" * 101 + b"Content-Length: 3\r\n\r\nabc", "one header 101 times"),
     (b"HTTP/1.1 200 OK\r\nContent-Length: 300\r\n\r\n" + PNG[:120], "a body cut short"),
     (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n", "headers cut short"),
     (b"", "nothing at all"),

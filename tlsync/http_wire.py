@@ -145,6 +145,7 @@ class Answer:
         self.headers = Headers()
         self.wire = 0  # body bytes received, before any Content-Encoding is undone
         self._pieces: list[bytes] = []
+        self._header_lines = 0
         self._head_done = self._complete = self._extra = self._closed = self._keep_alive = False
 
     # -- llhttp's callbacks ---------------------------------------------------------------
@@ -155,7 +156,8 @@ class Answer:
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._head_done:
             return  # a chunked body's trailer (or a second answer's): ignored, as http.client ignores it
-        if len(self.headers) >= MAX_HEADERS:
+        self._header_lines += 1  # lines, not names: a repeated header keeps one value but counts each time
+        if self._header_lines > MAX_HEADERS:
             raise WireError(f"the answer has more than {MAX_HEADERS} headers")
         self.headers.add(name.decode("latin-1"), value.decode("latin-1"))
 
@@ -164,7 +166,7 @@ class Answer:
             return  # a second answer's
         status = self._parser.get_status_code()
         if 100 <= status < 200:  # "100 Continue" and the like: the real answer follows
-            self.headers = Headers()
+            self.headers, self._header_lines = Headers(), 0
             return
         self.status, self._head_done = status, True
 

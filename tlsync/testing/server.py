@@ -296,8 +296,8 @@ class _Handler(BaseHTTPRequestHandler):
         # socketserver reads it per instance in setup(); the stub wrongly calls it a ClassVar.
         self.timeout = self.server.app.idle_timeout  # type: ignore[misc]
         super().setup()
-        # Headers and body go out in two writes; without this, Nagle's algorithm meets the
-        # client's delayed ACK and every response waits ~40 ms.
+        # A dripped or cut answer's headers and body go out in separate writes; without this,
+        # Nagle's algorithm meets the client's delayed ACK and such a response waits ~40 ms.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     _date: tuple[int, str] = (0, "")
